@@ -1,0 +1,3 @@
+from ebmtool.cli import main
+
+main()

@@ -1,0 +1,331 @@
+"""The only code that touches safetensors and HDF5: schemas, provenance, validation, atomic writes.
+
+Every artifact says what it is (`kind`), which format version wrote it, and where it came from (`provenance`).
+Readers check all three and fail with one sentence that names the file. Writers go to a temporary file beside
+the target and `os.replace` it, so a killed run never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ebmtool import FORMAT_VERSION, __version__
+from ebmtool.errors import InputError, RunError
+from ebmtool.tasks import Problems
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+KINDS = ("checkpoint", "dataset", "metrics", "negatives", "scores", "weights", "evaluation")
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+@contextlib.contextmanager
+def atomic_path(target: Path):
+    """Yield a temporary path beside `target`; on success fsync and rename it onto the target.
+
+    On any failure the temporary file is removed and the target (if it existed) is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Path:
+    """Refuse to overwrite an existing output (without --overwrite) or any input file (ever)."""
+    path = Path(path)
+    for src in inputs:
+        if src is not None and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
+            raise InputError(f"{path}: the output would overwrite an input file; choose another output path")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} already exists; pass --overwrite to replace it")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git(*args) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.decode() if out.returncode == 0 else None
+
+
+def code_version() -> dict:
+    """ebmtool version, git commit and a hash of uncommitted changes (when running from a checkout)."""
+    commit = _git("rev-parse", "HEAD")
+    diff = _git("diff", "HEAD", "--", ".")
+    return {
+        "ebmtool_version": __version__,
+        "git_commit": commit.strip() if commit else "not a git checkout",
+        "git_dirty_hash": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else "clean",
+    }
+
+
+def provenance(command: str, config: dict | None = None, inputs: dict[str, Path] | None = None, **extra) -> dict:
+    """What every artifact records: tool and code version, command, configuration and input file hashes."""
+    rec = {
+        "command": command,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "format_version": FORMAT_VERSION,
+        **code_version(),
+        "config": config or {},
+        "inputs": {k: {"path": str(v), "sha256": sha256_file(Path(v))} for k, v in (inputs or {}).items()},
+    }
+    rec.update(extra)
+    return rec
+
+
+def write_h5(path: Path, kind: str, datasets: dict[str, np.ndarray], attrs: dict, prov: dict) -> None:
+    """Write an HDF5 artifact atomically: chunked gzip+shuffle datasets, JSON provenance, scalar attributes."""
+    with atomic_path(Path(path)) as tmp:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            f.attrs["kind"] = kind
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["ebmtool_version"] = __version__
+            f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            for name, arr in datasets.items():
+                write_array(f, name, np.asarray(arr))
+
+
+def write_array(group, name, arr, maxshape=None):
+    """One dataset, chunked (~256 KiB) and compressed when it is more than a few KiB."""
+    kwargs = {"track_times": False}
+    if arr.size * arr.itemsize > 16384 and arr.ndim >= 1:
+        row_bytes = max(1, int(np.prod(arr.shape[1:])) * arr.itemsize)
+        rows = int(max(1, min(arr.shape[0], (256 * 1024) // row_bytes)))
+        kwargs.update(chunks=(rows, *arr.shape[1:]), compression="gzip", compression_opts=4, shuffle=True)
+    if maxshape is not None:
+        kwargs["maxshape"] = maxshape
+        kwargs.setdefault("chunks", True)
+    return group.create_dataset(name, data=arr, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+def sniff(path: Path) -> str:
+    """'safetensors', 'hdf5', or raise InputError for anything else (missing, empty, other formats)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a file")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if len(head) == 0:
+        raise InputError(f"{path} is empty")
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n <= 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    raise InputError(f"{path} is neither a safetensors nor an HDF5 file")
+
+
+def h5_kind(path: Path) -> str:
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get("kind")
+            if kind is None:
+                return "dataset" if "inputs" in f and "targets" in f else "unknown"
+            return str(kind)
+    except OSError as exc:
+        raise InputError(f"{path} is a damaged or truncated HDF5 file ({exc})") from None
+
+
+def artifact_kind(path: Path) -> str:
+    fmt = sniff(path)
+    if fmt == "hdf5":
+        return h5_kind(path)
+    meta = _safetensors_metadata(path)
+    return meta.get("ebmtool.kind", "unknown")
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path} is a damaged or truncated safetensors file ({exc})") from None
+    if not meta or "ebmtool.kind" not in meta:
+        raise InputError(f"{path} is a safetensors file but not one written by ebmtool (no ebmtool metadata)")
+    return meta
+
+
+def open_h5(path: Path, expect: str) -> h5py.File:
+    """Open an HDF5 artifact of kind `expect`, checking kind and format version."""
+    fmt = sniff(path)
+    if fmt != "hdf5":
+        raise InputError(f"{path} is a safetensors file, not an HDF5 {expect} file")
+    kind = h5_kind(path)
+    if kind != expect:
+        raise InputError(f"{path} is a {kind} file, not a {expect} file")
+    f = h5py.File(path, "r")
+    version = int(f.attrs.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        f.close()
+        raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads {FORMAT_VERSION})")
+    return f
+
+
+def read_provenance(f: h5py.File) -> dict:
+    raw = f.attrs.get("provenance")
+    return json.loads(raw) if raw else {}
+
+
+def read_dataset(path: Path) -> Problems:
+    """A data set: any HDF5 with `inputs` and `targets` (rows = problems), optional `mask` like targets."""
+    path = Path(path)
+    if sniff(path) != "hdf5":
+        raise InputError(f"{path} is not an HDF5 data file (a safetensors file was given)")
+    try:
+        with h5py.File(path, "r") as f:
+            kind = f.attrs.get("kind")
+            if kind is not None and str(kind) != "dataset":
+                raise InputError(f"{path} is a {kind} file, not a data set")
+            missing = [k for k in ("inputs", "targets") if k not in f]
+            if missing:
+                raise InputError(f"{path} has no {' or '.join(repr(m) for m in missing)} dataset; a data file needs "
+                                 "'inputs' and 'targets' (rows = problems)")
+            x, y = np.asarray(f["inputs"], dtype=np.float32), np.asarray(f["targets"], dtype=np.float32)
+            mask = np.asarray(f["mask"], dtype=np.float32) if "mask" in f else None
+            desc = json.loads(f.attrs["provenance"]).get("data", {}) if "provenance" in f.attrs else {}
+    except OSError as exc:
+        raise InputError(f"{path} is a damaged or truncated HDF5 file ({exc})") from None
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise InputError(f"{path}: 'inputs' and 'targets' must have the same number of rows "
+                         f"(got shapes {x.shape} and {y.shape})")
+    if x.shape[0] == 0:
+        raise InputError(f"{path} holds no problems (0 rows)")
+    x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    if mask is not None:
+        if mask.size != y.size:
+            raise InputError(f"{path}: 'mask' must have the shape of 'targets' ({y.shape}), got {mask.shape}")
+        mask = mask.reshape(y.shape)
+    for name, arr in (("inputs", x), ("targets", y), ("mask", mask)):
+        if arr is not None and not np.isfinite(arr).all():
+            row, col = np.argwhere(~np.isfinite(arr))[0]
+            raise InputError(f"{path}: '{name}' has a non-finite value at row {row}, column {col}")
+    return Problems(x, y, mask, desc)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file, read: metadata parsed, tensors grouped by prefix (model/, ema/, optim/, rng/)."""
+
+    path: Path
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.meta["ebmtool.config"])
+
+    @property
+    def dims(self) -> dict:
+        return json.loads(self.meta["ebmtool.model"])
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["ebmtool.step"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["ebmtool.seed"])
+
+    @property
+    def task(self) -> str:
+        return self.meta["ebmtool.task"]
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        p = prefix + "/"
+        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    def json(self, key: str):
+        return json.loads(self.meta[key])
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Atomically write tensors and string metadata. A failed write leaves the previous file intact."""
+    meta = {"format": "pt", "ebmtool.kind": "checkpoint", "ebmtool.format_version": str(FORMAT_VERSION), **meta}
+    bad = [k for k, v in meta.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"checkpoint metadata must be strings: {bad}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(Path(path)) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except OSError as exc:
+            raise RunError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and validate a checkpoint; one sentence naming the file on any problem."""
+    path = Path(path)
+    fmt = sniff(path)
+    if fmt == "hdf5":
+        raise InputError(f"{path} is an HDF5 {h5_kind(path)} file, not a checkpoint")
+    meta = _safetensors_metadata(path)
+    kind = meta.get("ebmtool.kind")
+    if kind != "checkpoint":
+        raise InputError(f"{path} is a {kind} file, not a checkpoint")
+    version = int(meta.get("ebmtool.format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads "
+                         f"{FORMAT_VERSION}); upgrade ebmtool to read it")
+    required = ["ebmtool.config", "ebmtool.model", "ebmtool.step", "ebmtool.seed", "ebmtool.task"]
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise InputError(f"{path} is an incomplete checkpoint (missing metadata {', '.join(missing)})")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+        json.loads(meta["ebmtool.config"]), json.loads(meta["ebmtool.model"])
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path} is a damaged or truncated checkpoint ({exc})") from None
+    return Checkpoint(path, meta, tensors)
+
+
+def resolve_checkpoint_path(path: Path) -> Path:
+    """Accept a run directory wherever a checkpoint is expected: DIR means DIR/ckpt.safetensors."""
+    path = Path(path)
+    if path.is_dir():
+        cand = path / "ckpt.safetensors"
+        if not cand.exists():
+            raise InputError(f"{path} is a directory without a ckpt.safetensors")
+        return cand
+    return path

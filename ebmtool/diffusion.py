@@ -1,0 +1,201 @@
+"""Noise schedule, forward noising, the one energy-descent routine, and the annealed sampler.
+
+Everything here follows ../shared/reference/ired-algorithm.md (sections cited as §n). There is exactly one
+descent routine, `descend`: `opt_step` in training negatives, the sampler's inner loop and the mining code
+all call it, so its sign is fixed in one place and tested once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+NUM_LEVELS = 10  # §1: K = 10 landscape levels, t in {0..9}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Cosine schedule (s = 0.008), computed in float64 and stored in float32 (§1)."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    sqrt_ab: torch.Tensor  # sqrt(alpha_bar_t)
+    sqrt_1mab: torch.Tensor  # sqrt(1 - alpha_bar_t)
+    step_size: torch.Tensor  # eta_t = beta_t / sqrt(1 - alpha_bar_t), the inner-loop step
+
+    @property
+    def levels(self) -> int:
+        return self.betas.shape[0]
+
+    def to(self, device) -> "Schedule":
+        return Schedule(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+def cosine_schedule(levels: int = NUM_LEVELS, s: float = 0.008) -> Schedule:
+    u = torch.arange(levels + 1, dtype=torch.float64)
+    f = torch.cos(((u / levels) + s) / (1 + s) * math.pi / 2) ** 2
+    betas = torch.clamp(1 - f[1:] / f[:-1], max=0.999)
+    ab = torch.cumprod(1 - betas, dim=0)
+    sqrt_1mab = torch.sqrt(1 - ab)
+    return Schedule(
+        betas=betas.float(),
+        alphas_cumprod=ab.float(),
+        sqrt_ab=torch.sqrt(ab).float(),
+        sqrt_1mab=sqrt_1mab.float(),
+        step_size=(betas / sqrt_1mab).float(),
+    )
+
+
+def noised(sched: Schedule, y: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Forward process x_t = sqrt(ab_t) y + sqrt(1 - ab_t) eps, per example t (§1)."""
+    return sched.sqrt_ab[t][:, None] * y + sched.sqrt_1mab[t][:, None] * eps
+
+
+def impose_mask(sched, y, t, x_given, mask):
+    """Masked tasks: given entries <- sqrt(ab_t) * given value (§3.1). No-op without a mask."""
+    if mask is None:
+        return y
+    return y * (1 - mask) + mask * sched.sqrt_ab[t][:, None] * x_given
+
+
+class CallCounter:
+    """Counts energy-network evaluations (forward passes) and rows, for the benchmarks and tests."""
+
+    def __init__(self):
+        self.calls = 0
+        self.grad_calls = 0
+        self.rows = 0
+
+    def reset(self):
+        self.calls = self.grad_calls = self.rows = 0
+
+
+def energy(model, x, y, t) -> torch.Tensor:
+    """Energies (B,) without any gradient."""
+    with torch.no_grad():
+        out = model(x, y, t)
+    _count(model, y.shape[0], grad=False)
+    return out
+
+
+def energy_and_grad(model, x, y, t, create_graph: bool = False):
+    """(E, dE/dy) at y. The gradient is the noise prediction eps_hat (§2).
+
+    Works inside no-grad contexts (grad is enabled locally) and never mutates the caller's tensor.
+    With create_graph=True the gradient stays differentiable w.r.t. the parameters (double backprop).
+    """
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        e = model(x, y, t)
+        (g,) = torch.autograd.grad(e.sum(), y, create_graph=create_graph)
+    _count(model, y.shape[0], grad=True)
+    if not create_graph:
+        e, g = e.detach(), g.detach()
+    return e, g
+
+
+def _count(model, rows, grad):
+    counter = getattr(model, "counter", None)
+    if counter is not None:
+        counter.calls += 1
+        counter.grad_calls += int(grad)
+        counter.rows += rows
+
+
+def descend(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor,
+    sched: Schedule,
+    steps: int,
+    *,
+    multiplier: float = 2.0,
+    clamp: float | None = 2.0,
+    bound: torch.Tensor | None = None,
+    step_scale: float = 1.0,
+    mask: torch.Tensor | None = None,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
+    project=None,
+):
+    """Energy descent with the acceptance rule: `opt_step` of §4.
+
+    Each step moves y <- y - m_i * eta_t * dE/dy with m_0 = 1 and m_i = `multiplier` after (§4.2; the release
+    overwrites its step-size argument, giving this 1x-then-2x pattern), re-imposes the mask, clamps to
+    +-clamp * sqrt(ab_t) **per example** (the release uses the first example's t for the whole batch, a bug:
+    see `bound` for the compatibility switch), and reverts examples whose energy rose (E' > E strictly).
+
+    Reuse: the energy and gradient at an accepted point are computed in the same network call, so the next
+    step needs no new evaluation, and a rejected example keeps its known (E, g). S steps cost S+1 calls (S
+    when `start` gives the energy and gradient at y), against 2S in the release, with the same answers. The
+    last step needs only the energy.
+
+    `project(y_new)` (optional) maps a proposal back into a feasible set (ANM's radius) before the clamp.
+    Returns (y, E) detached, and the number of accepted steps per example.
+    """
+    y = y.detach()
+    eta = (sched.step_size[t] * step_scale)[:, None]
+    if bound is None and clamp is not None:
+        bound = clamp * sched.sqrt_ab[t][:, None]
+    e, g = start if start is not None else energy_and_grad(model, x, y, t)
+    accepted = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+    for i in range(steps):
+        m = 1.0 if i == 0 else multiplier
+        proposal = y - m * eta * g
+        if project is not None:
+            proposal = project(proposal)
+        proposal = impose_mask(sched, proposal, t, x, mask)
+        if bound is not None:
+            proposal = torch.maximum(torch.minimum(proposal, bound), -bound)
+        if i == steps - 1:
+            e_new, g_new = energy(model, x, proposal, t), None
+        else:
+            e_new, g_new = energy_and_grad(model, x, proposal, t)
+        ok = e_new <= e  # acceptance: revert only where the energy rose strictly
+        y = torch.where(ok[:, None], proposal, y)
+        e = torch.where(ok, e_new, e)
+        if g_new is not None:
+            g = torch.where(ok[:, None], g_new, g)
+        accepted += ok.long()
+    return y.detach(), e.detach(), accepted
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Per-task switches of the sampler (§5.1)."""
+
+    inner_steps: int = 5
+    x0_clamp: float = 2.0
+    opt_clamp: float = 2.0
+    opt_multiplier: float = 2.0
+    post_clamp: float = 2.0
+
+
+@torch.no_grad()
+def sample(model, x, sched: Schedule, out_dim: int, settings: SamplerSettings, generator=None, mask=None):
+    """The annealed sampler with inner-loop optimisation (§5). Returns y_hat (the clean answer).
+
+    The release returns sqrt(ab_0) * y_hat and computes its MSE on that; callers that compare with reference
+    numbers multiply by sched.sqrt_ab[0] (`mse_ref_scaled`). Network calls per problem: 10 x (1 + 1 + S)
+    = 70 at S = 5, against the release's 110, with the same answers (see `descend`).
+    """
+    b = x.shape[0]
+    y = torch.randn(b, out_dim, generator=generator, device="cpu").to(x.device)
+    for level in reversed(range(sched.levels)):
+        t = torch.full((b,), level, dtype=torch.long, device=x.device)
+        sab, s1mab = sched.sqrt_ab[level], sched.sqrt_1mab[level]
+        y = impose_mask(sched, y, t, x, mask)
+        _, eps_hat = energy_and_grad(model, x, y, t)
+        x0 = (y / sab - (s1mab / sab) * eps_hat).clamp(-settings.x0_clamp, settings.x0_clamp)
+        y = impose_mask(sched, sab * x0, t, x, mask)
+        if settings.inner_steps > 0:
+            y, _, _ = descend(
+                model, x, y, t, sched, settings.inner_steps,
+                multiplier=settings.opt_multiplier, clamp=settings.opt_clamp, mask=mask,
+            )
+        y = y.clamp(-settings.post_clamp * sab, settings.post_clamp * sab)
+        if level > 0:
+            y = sched.sqrt_ab[level - 1] * y / sab
+    return y / sched.sqrt_ab[0]

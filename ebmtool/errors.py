@@ -1,0 +1,32 @@
+"""The two kinds of failure a user can see; the CLI maps them to exit codes.
+
+InputError (exit 2): the user gave something wrong (a missing or wrong file, a bad flag combination).
+RunError (exit 1): the inputs were fine but the run failed (a non-finite loss, a full disk).
+Both carry one sentence that names what is wrong; the CLI never shows a traceback unless --debug.
+"""
+
+
+class EbmtoolError(Exception):
+    """Base class; exit code 1."""
+
+    exit_code = 1
+
+
+class RunError(EbmtoolError):
+    """The run failed for a reason other than bad input."""
+
+    exit_code = 1
+
+
+class InputError(EbmtoolError):
+    """Bad input from the user: a file, a flag, a combination of them."""
+
+    exit_code = 2
+
+
+class Interrupted(EbmtoolError):
+    """The run was stopped by a signal after saving what it had (exit 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

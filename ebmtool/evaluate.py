@@ -1,0 +1,120 @@
+"""Evaluation: pure functions of frozen weights. No optimiser is built, nothing is written back.
+
+Per-problem errors are returned (not only means) so that `compare` can pair problems across models and
+compute confidence intervals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ebmtool.diffusion import cosine_schedule, sample
+from ebmtool.tasks import Problems, Task
+
+# Seed of the sampler's initial noise: fixed, so two models evaluated on one set also share their starting noise.
+SAMPLER_SEED = 0
+
+
+@torch.no_grad()
+def sample_answers(model, task: Task, problems: Problems, *, batch_size: int = 256, seed: int = SAMPLER_SEED,
+                   device="cpu", inner_steps: int | None = None, progress=None) -> np.ndarray:
+    """Run the sampler over every problem; returns y_hat (N, y_dim) as float32."""
+    sched = cosine_schedule().to(device)
+    settings = task.sampler
+    if inner_steps is not None:
+        settings = type(settings)(**{**settings.__dict__, "inner_steps": inner_steps})
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    try:
+        for start in range(0, len(problems), batch_size):
+            x = torch.from_numpy(problems.x[start:start + batch_size]).to(device)
+            mask = None
+            if problems.mask is not None:
+                mask = torch.from_numpy(problems.mask[start:start + batch_size]).to(device)
+            out.append(sample(model, x, sched, task.y_dim, settings, generator=gen, mask=mask).cpu().numpy())
+            if progress is not None:
+                progress(len(x))
+    finally:
+        model.train(was_training)
+    return np.concatenate(out, axis=0)
+
+
+def per_problem_errors(task: Task, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
+    """The task's metrics per problem: `mse` on y_hat and `mse_ref_scaled` on sqrt(ab_0) * y_hat (§5)."""
+    y = problems.y.astype(np.float64)
+    pred = y_hat.astype(np.float64)
+    scale = float(cosine_schedule().sqrt_ab[0])
+    return {
+        "mse": ((pred - y) ** 2).mean(axis=1),
+        "mse_ref_scaled": ((scale * pred - y) ** 2).mean(axis=1),
+    }
+
+
+def evaluate_model(model, task: Task, problems: Problems, **kw) -> dict[str, np.ndarray]:
+    return per_problem_errors(task, problems, sample_answers(model, task, problems, **kw))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+WEIGHTS = ("ema", "model")
+
+
+def load_model(ckpt, weights: str = "ema", device="cpu"):
+    """A frozen network from a checkpoint: the EMA weights (as the reference evaluates) or the raw ones."""
+    from ebmtool.models import build_model
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}")
+    model = build_model(ckpt.dims)
+    model.load_state_dict(ckpt.group(weights), strict=True)
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def checkpoint_task(ckpt):
+    """The task a checkpoint was trained on (a built-in task, or the user's data file)."""
+    from ebmtool.tasks import resolve_task
+
+    cfg = ckpt.config
+    task, _ = resolve_task(cfg["task"], cfg["size"]) if cfg["task"] in _builtin() else (None, None)
+    if task is None:
+        from ebmtool.tasks import FileTask
+
+        d = ckpt.dims
+        task = FileTask(name="file", size=0, path=cfg["task"], x_dim_=d["x_dim"], y_dim_=d["y_dim"])
+    return task
+
+
+def _builtin():
+    from ebmtool.tasks import TASK_NAMES
+
+    return TASK_NAMES
+
+
+def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
+    """The held-out problems for a checkpoint: a data file, or the task's fixed split (seeded, shared)."""
+    from ebmtool.artifacts import read_dataset
+    from ebmtool.errors import InputError
+    from ebmtool.tasks import FileTask, split_user_data
+
+    task = checkpoint_task(ckpt)
+    if data is not None:
+        problems = read_dataset(data)
+        if problems.x.shape[1] != task.x_dim or problems.y.shape[1] != task.y_dim:
+            raise InputError(f"{data}: problems of shape {problems.x.shape[1]} -> {problems.y.shape[1]} do not fit "
+                             f"the checkpoint's model ({task.x_dim} -> {task.y_dim})")
+        return task, problems.subset(n) if n else problems, {"data": str(data), "fingerprint": problems.fingerprint}
+    if isinstance(task, FileTask):
+        if harder:
+            raise InputError("--harder needs a built-in task; this checkpoint was trained on a data file "
+                             "(give held-out problems with --data)")
+        _, val = split_user_data(read_dataset(task.path))
+        return task, val, {"data": task.path, "split": "val (last 10 %)", "fingerprint": val.fingerprint}
+    problems = task.generate(n, split, harder=harder)
+    desc = {"task": task.label, "split": split, "harder": harder, "n": n, "fingerprint": problems.fingerprint}
+    return task, problems, desc

@@ -1,0 +1,531 @@
+"""The training loop, readable top to bottom: config -> data -> model -> loop (loss, step, EMA, log, eval,
+checkpoint) -> final checkpoint.
+
+Randomness is a pure function of (seed, step): each step draws its batch, levels and noises from a generator
+seeded by (seed, step). A resumed run therefore replays exactly what an uninterrupted run would have done,
+and evaluation or diagnostics can never shift the training stream.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import secrets
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ebmtool import __version__
+from ebmtool.artifacts import (
+    Checkpoint, code_version, load_checkpoint, provenance, save_checkpoint, sha256_file, write_h5,
+)
+from ebmtool.diffusion import cosine_schedule, energy_and_grad, noised
+from ebmtool.errors import InputError, Interrupted, RunError
+from ebmtool.evaluate import evaluate_model
+from ebmtool.models import EnergyMLP, build_model
+from ebmtool.negatives import CLAMP_MODES, ired_negative
+from ebmtool.tasks import Problems, Task, resolve_task, split_user_data
+
+RECIPES = {
+    # A CPU budget that converges in a few minutes on 2 cores (8x8 inverse beats both trivial baselines).
+    "cpu": {"size": 8, "steps": 1500, "batch_size": 256, "lr": 1e-3},
+    # The published recipe (ired-algorithm.md §8): a GPU job.
+    "paper": {"size": 20, "steps": 100_000, "batch_size": 2048, "lr": 1e-4},
+}
+
+# Fields that do not change what is computed, only when things are saved or shown; a resume may change them.
+CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "device", "val_size")
+
+
+@dataclass
+class TrainConfig:
+    """Every field is read by the loop; the resolved config is stored in every checkpoint."""
+
+    task: str = "inverse"
+    size: int = 8
+    recipe: str = "cpu"
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    seed: int | None = None
+    train_size: int = 12800  # fixed training problems generated from the seed; 0 = fresh draws every step
+    supervise_energy: bool = True  # the energy-landscape term (full IRED); off only for ablations
+    energy_weight: float | None = None  # None = the task's reference λ
+    neg_steps: int = 2
+    neg_noise_scale: float = 3.0
+    clamp_mode: str = "per-example"
+    width: int = 512
+    time_dim: int = 128
+    ema_beta: float = 0.995
+    ema_every: int = 10
+    ema_start: int = 100
+    on_nan: str = "stop"
+    log_every: int = 10
+    eval_every: int = 500
+    ckpt_every: int = 500
+    val_size: int = 256
+    device: str = "auto"
+    init: str | None = None
+    init_sha256: str | None = None
+
+    def validate(self):
+        for name in ("steps", "batch_size", "log_every", "ema_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "ckpt_every", "train_size", "neg_steps", "ema_start", "val_size"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.clamp_mode not in CLAMP_MODES:
+            raise InputError(f"--clamp-mode must be one of {', '.join(CLAMP_MODES)}")
+        if self.on_nan not in ("stop", "skip"):
+            raise InputError("--on-nan must be 'stop' or 'skip'")
+        if self.energy_weight is not None and self.energy_weight < 0:
+            raise InputError(f"--energy-weight must be non-negative, got {self.energy_weight}")
+        if self.train_size and 0 < self.train_size < self.batch_size:
+            raise InputError(f"--train-size ({self.train_size}) must be at least the batch size ({self.batch_size})")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def checksum(self) -> str:
+        """sha256 of the fields that determine the computation (PyKEEN-style resume guard)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in CADENCE_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"checkpoint configuration has fields this ebmtool does not know: {sorted(unknown)}")
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def step_generator(seed: int, step: int, purpose: int = 0) -> torch.Generator:
+    """The generator of one training step: a pure function of (seed, step)."""
+    state = np.random.SeedSequence(entropy=seed, spawn_key=(7, purpose, step)).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+class TrainingData:
+    """The training problems (a fixed, seeded set, or fresh draws per step) and the validation set."""
+
+    def __init__(self, cfg: TrainConfig):
+        task, user = resolve_task(cfg.task, cfg.size)
+        self.task: Task = task
+        if user is not None:
+            self.train, self.val = split_user_data(user)
+            self.val = self.val.subset(cfg.val_size) if cfg.val_size else self.val
+        else:
+            self.train = task.generate(cfg.train_size, "train", seed=cfg.seed) if cfg.train_size else None
+            self.val = task.generate(cfg.val_size, "val") if cfg.val_size else None
+        self.cfg = cfg
+        if self.train is not None:
+            self.fingerprint = self.train.fingerprint
+        else:
+            spec = json.dumps({"task": task.name, "size": task.size, "seed": cfg.seed, "online": True}, sort_keys=True)
+            self.fingerprint = "online:" + hashlib.sha256(spec.encode()).hexdigest()
+
+    def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of `step`: a slice of the epoch's permutation (epoch order seeded by (seed, epoch))."""
+        b, seed = self.cfg.batch_size, self.cfg.seed
+        if self.train is None:
+            rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(1, 1, step)))
+            from ebmtool.tasks import GENERATORS
+            x, y = GENERATORS[self.task.name](rng, b, self.task.size, False)
+            return (torch.from_numpy(x.astype(np.float32)).to(device),
+                    torch.from_numpy(y.astype(np.float32)).to(device))
+        n = len(self.train)
+        idx = []
+        pos = step * b
+        while len(idx) < b:
+            epoch, off = divmod(pos, n)
+            perm = torch.randperm(n, generator=step_generator(seed, epoch, purpose=1)).numpy()
+            take = min(b - len(idx), n - off)
+            idx.extend(perm[off:off + take])
+            pos += take
+        idx = np.asarray(idx)
+        return (torch.from_numpy(self.train.x[idx]).to(device), torch.from_numpy(self.train.y[idx]).to(device))
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+
+class EMA:
+    """ema_pytorch's schedule with beta 0.995, update_every 10 (ired-algorithm.md §8).
+
+    Update call s (0-based): nothing unless s % every == 0; a plain copy while s <= start (100);
+    then decay = min(beta, 1 - (1 + s - start - 1)^(-2/3)) and ema <- decay * ema + (1 - decay) * theta.
+    """
+
+    def __init__(self, model, beta=0.995, every=10, start=100):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.beta, self.every, self.start = beta, every, start
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model):
+        s = self.updates
+        self.updates += 1
+        if s % self.every:
+            return
+        if s <= self.start:
+            decay = 0.0
+        else:
+            decay = min(self.beta, 1 - (1 + s - self.start - 1) ** (-2 / 3))
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+
+def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float) -> dict[str, torch.Tensor]:
+    """One IRED training objective (ired-algorithm.md §3). Every part is reduced to shape (B,) before use.
+
+    Denoising: eps_hat = dE/dy at x_t (double backprop), per-example mean squared error against eps.
+    Energy landscape: a fresh eps' shared by the positive and its negative; softplus(E+ - E-).
+    """
+    b, device = x.shape[0], x.device
+    eps = torch.randn(y.shape, generator=gen).to(device)
+    _, eps_hat = energy_and_grad(model, x, noised(sched, y, t, eps), t, create_graph=True)
+    parts = {"loss_denoise": ((eps_hat - eps) ** 2).mean(dim=1)}
+    if cfg.supervise_energy:
+        eps_shared = torch.randn(y.shape, generator=gen).to(device)
+        y_neg = ired_negative(model, x, y, t, eps_shared, sched, steps=cfg.neg_steps,
+                              noise_scale=cfg.neg_noise_scale, clamp_mode=cfg.clamp_mode)
+        x_pos = noised(sched, y, t, eps_shared)
+        x_neg = noised(sched, y_neg, t, eps_shared)  # the positive's own noise: they differ only in y
+        e = model(torch.cat([x, x]), torch.cat([x_pos, x_neg]), torch.cat([t, t]))
+        e_pos, e_neg = e[:b], e[b:]
+        parts.update(loss_energy=F.softplus(e_pos - e_neg), energy_pos=e_pos.detach(), energy_neg=e_neg.detach(),
+                     norm_ratio=(x_neg.norm(dim=1) / x_pos.norm(dim=1).clamp_min(1e-12)).detach())
+    for k, v in parts.items():
+        assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts (F10)
+    total = parts["loss_denoise"].mean()
+    if cfg.supervise_energy:
+        total = total + energy_weight * parts["loss_energy"].mean()
+    parts["loss_total"] = total
+    return parts
+
+
+# ------------------------------------------------------------------------------------------------ state I/O
+
+def _rng_meta() -> dict[str, str]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "ebmtool.rng_python": json.dumps([py[0], list(py[1]), py[2]]),
+        "ebmtool.rng_numpy": json.dumps([np_state[0], np_state[1].tolist(), *[float(v) if isinstance(v, float)
+                                                                              else int(v) for v in np_state[2:]]]),
+    }
+
+
+def _restore_rng(ckpt: Checkpoint):
+    if "rng/torch_cpu" in ckpt.tensors:
+        torch.set_rng_state(ckpt.tensors["rng/torch_cpu"])
+    if "ebmtool.rng_python" in ckpt.meta:
+        v, state, gauss = json.loads(ckpt.meta["ebmtool.rng_python"])
+        random.setstate((v, tuple(state), gauss))
+    if "ebmtool.rng_numpy" in ckpt.meta:
+        name, keys, pos, has_gauss, cached = json.loads(ckpt.meta["ebmtool.rng_numpy"])
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+class RunState:
+    """Model, EMA, optimiser, step and metric rows: everything a checkpoint holds."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, device):
+        self.cfg, self.data, self.device = cfg, data, device
+        torch.manual_seed(cfg.seed)  # initial weights come from the seed too
+        self.model = EnergyMLP(data.task.x_dim, data.task.y_dim, cfg.width, cfg.time_dim).to(device)
+        self.ema = EMA(self.model, cfg.ema_beta, cfg.ema_every, cfg.ema_start)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.step = 0
+        self.rows: list[dict] = []
+        self.eval_rows: list[dict] = []
+        self.skipped = 0
+
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema/{k}": v for k, v in self.ema.model.state_dict().items()})
+        for i, st in self.opt.state_dict()["state"].items():
+            for k, v in st.items():
+                tensors[f"optim/{i}/{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors["rng/torch_cpu"] = torch.get_rng_state()
+        return tensors
+
+    def save(self, path: Path):
+        cfg = self.cfg
+        meta = {
+            "ebmtool.version": __version__,
+            "ebmtool.task": self.data.task.name if cfg.task in ("inverse", "addition", "lowrank") else cfg.task,
+            "ebmtool.config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "ebmtool.config_sha256": cfg.checksum(),
+            "ebmtool.model": json.dumps(self.model.dims, sort_keys=True),
+            "ebmtool.step": str(self.step),
+            "ebmtool.seed": str(cfg.seed),
+            "ebmtool.data_fingerprint": self.data.fingerprint,
+            "ebmtool.optim_groups": json.dumps(self.opt.state_dict()["param_groups"]),
+            "ebmtool.ema_updates": str(self.ema.updates),
+            "ebmtool.skipped_steps": str(self.skipped),
+            **{f"ebmtool.{k}": v for k, v in code_version().items() if k != "ebmtool_version"},
+            **_rng_meta(),
+        }
+        save_checkpoint(path, self.checkpoint_tensors(), meta)
+
+    def load(self, ckpt: Checkpoint, full: bool):
+        """full=True: resume (everything); False: --init (weights only, as EMA too)."""
+        try:
+            self.model.load_state_dict(ckpt.group("model"), strict=True)
+            if full:
+                self.ema.model.load_state_dict(ckpt.group("ema"), strict=True)
+            else:
+                self.ema.model.load_state_dict(ckpt.group("model"), strict=True)
+        except RuntimeError as exc:
+            raise InputError(f"{ckpt.path}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
+        if not full:
+            return
+        groups = json.loads(ckpt.meta["ebmtool.optim_groups"])
+        state = {}
+        for k, v in ckpt.group("optim").items():
+            i, name = k.split("/", 1)
+            state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
+        self.opt.load_state_dict({"state": state, "param_groups": groups})
+        self.ema.updates = int(ckpt.meta["ebmtool.ema_updates"])
+        self.skipped = int(ckpt.meta.get("ebmtool.skipped_steps", "0"))
+        self.step = ckpt.step
+        _restore_rng(ckpt)
+
+
+METRIC_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin",
+                  "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "step_seconds", "wall_time")
+EVAL_COLUMNS = ("step", "mse_model", "mse_ema", "mse_ref_scaled_model", "mse_ref_scaled_ema")
+
+
+def write_metrics(path: Path, st: RunState):
+    rows, erows = st.rows, st.eval_rows
+    datasets = {c: np.asarray([r.get(c, np.nan) for r in rows], dtype=np.float64) for c in METRIC_COLUMNS}
+    datasets["step"] = datasets["step"].astype(np.int64)
+    datasets.update({f"eval/{c}": np.asarray([r[c] for r in erows], dtype=np.float64) for c in EVAL_COLUMNS})
+    datasets["eval/step"] = datasets["eval/step"].astype(np.int64)
+    prov = provenance("train", st.cfg.to_dict(), data_fingerprint=st.data.fingerprint)
+    write_h5(path, "metrics", datasets,
+             {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped}, prov)
+
+
+def read_metric_rows(path: Path, upto_step: int) -> tuple[list[dict], list[dict]]:
+    """Rows of an existing metrics.h5 up to a checkpoint's step (a resume continues the same curves)."""
+    import h5py
+
+    if not path.exists():
+        return [], []
+    with h5py.File(path, "r") as f:
+        cols = [c for c in METRIC_COLUMNS if c in f]
+        rows = [dict(zip(cols, vals)) for vals in zip(*(f[c][()].tolist() for c in cols))]
+        ecols = [c for c in EVAL_COLUMNS if f"eval/{c}" in f]
+        erows = [dict(zip(ecols, vals)) for vals in zip(*(f[f"eval/{c}"][()].tolist() for c in ecols))]
+    return [r for r in rows if r["step"] <= upto_step], [r for r in erows if r["step"] <= upto_step]
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits (130 / 143)."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    seconds: float
+    final_eval: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+def prepare(cfg: TrainConfig, resume: Path | None = None,
+            overrides: dict | None = None) -> tuple[TrainConfig, Checkpoint | None]:
+    """Resolve the seed and, for a resume, take the configuration from the checkpoint.
+
+    On resume only the cadence fields in `overrides` (steps, log/eval/checkpoint periods, device) may change.
+    """
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        stored = TrainConfig.from_dict(ckpt.config)
+        if stored.checksum() != ckpt.meta.get("ebmtool.config_sha256"):
+            raise InputError(f"{resume}: configuration checksum mismatch; the checkpoint was altered")
+        bad = sorted(set(overrides or {}) - set(CADENCE_FIELDS))
+        if bad:
+            raise InputError(f"{bad[0]} cannot change on resume: a resumed run keeps its configuration")
+        cfg = dataclasses.replace(stored, **(overrides or {}))
+    if cfg.seed is None:
+        cfg.seed = secrets.randbelow(2**31)
+    return cfg.validate(), ckpt
+
+
+def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides: dict | None = None,
+          log=print) -> TrainResult:
+    """Train (or resume) and write out_dir/ckpt.safetensors and out_dir/metrics.h5.
+
+    For a resume, `cfg` is ignored: the checkpoint's configuration is used, with `overrides` (cadence only).
+    """
+    cfg, resume_ckpt = prepare(cfg, resume, overrides)
+    out_dir = Path(out_dir)
+    ckpt_path, metrics_path = out_dir / "ckpt.safetensors", out_dir / "metrics.h5"
+    device = resolve_device(cfg.device)
+    data = TrainingData(cfg)
+    sched = cosine_schedule().to(device)
+    energy_weight = data.task.energy_weight if cfg.energy_weight is None else cfg.energy_weight
+    st = RunState(cfg, data, device)
+
+    if resume_ckpt is not None:
+        if resume_ckpt.meta.get("ebmtool.data_fingerprint") != data.fingerprint:
+            raise InputError(f"{resume}: the training data differ from the data this checkpoint was trained on")
+        st.load(resume_ckpt, full=True)
+        st.rows, st.eval_rows = read_metric_rows(metrics_path, st.step)
+    elif cfg.init:
+        init = load_checkpoint(Path(cfg.init))
+        if init.dims != st.model.dims:
+            raise InputError(f"{cfg.init}: its model ({init.dims}) does not match this run's ({st.model.dims})")
+        st.load(init, full=False)
+
+    log(f"ebmtool {__version__} train: {data.task.label}, seed {cfg.seed}, device {device}, "
+        f"steps {st.step} -> {cfg.steps}, output {out_dir}")
+    log("config " + json.dumps(cfg.to_dict(), sort_keys=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def evaluate_now():
+        row = {"step": st.step}
+        for name, m in (("model", st.model), ("ema", st.ema.model)):
+            errs = evaluate_model(m, data.task, data.val, device=device)
+            row[f"mse_{name}"] = float(errs["mse"].mean())
+            row[f"mse_ref_scaled_{name}"] = float(errs["mse_ref_scaled"].mean())
+        st.eval_rows = [r for r in st.eval_rows if r["step"] != st.step] + [row]
+        return row
+
+    def checkpoint():
+        st.save(ckpt_path)
+        write_metrics(metrics_path, st)
+
+    t0 = time.perf_counter() - (st.rows[-1]["wall_time"] if st.rows else 0.0)
+    window: list[dict] = []
+    bar = tqdm(total=cfg.steps, initial=st.step, desc="train", file=sys.stderr, disable=None, dynamic_ncols=True)
+    with StopFlag() as stop:
+        while st.step < cfg.steps:
+            step_start = time.perf_counter()
+            gen = step_generator(cfg.seed, st.step)
+            x, y = data.batch(st.step, device)
+            t = torch.randint(0, sched.levels, (x.shape[0],), generator=gen).to(device)
+            parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight)
+
+            bad = [k for k in ("loss_denoise", "loss_energy") if k in parts and not torch.isfinite(parts[k]).all()]
+            if bad or not torch.isfinite(parts["loss_total"]):
+                where = bad[0] if bad else "loss_total"
+                if cfg.on_nan == "stop":
+                    bar.close()
+                    kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else \
+                        "no checkpoint had been written yet"
+                    raise RunError(f"non-finite {where} at step {st.step}; training stopped and {kept}")
+                st.skipped += 1
+                st.step += 1  # --on-nan skip: the batch is dropped, counted, and the step counter moves on
+                bar.update(1)
+                continue
+
+            st.opt.zero_grad(set_to_none=True)
+            parts["loss_total"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
+            st.opt.step()
+            st.ema.update(st.model)
+            st.step += 1
+            bar.update(1)
+
+            window.append(_summarise(parts, grad_norm, time.perf_counter() - step_start))
+            if st.step % cfg.log_every == 0 or st.step == cfg.steps:
+                row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                row.update(step=st.step, lr=cfg.lr, energy_weight=energy_weight,
+                           wall_time=time.perf_counter() - t0)
+                st.rows.append(row)
+                window = []
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_denoise", "loss_energy", "p_hard")
+                                 if k in row}, refresh=False)
+            if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps and data.val is not None:
+                row = evaluate_now()
+                bar.write(f"step {st.step}: val mse {row['mse_model']:.4g} (ema {row['mse_ema']:.4g})", file=sys.stderr)
+            if cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
+                checkpoint()
+            if stop.signum is not None:
+                bar.close()
+                checkpoint()
+                name = "SIGINT" if stop.signum == signal.SIGINT else "SIGTERM"
+                raise Interrupted(f"{name}: saved a resumable checkpoint at step {st.step} in {ckpt_path}; "
+                                  f"continue with: ebmtool train --resume {ckpt_path}",
+                                  130 if stop.signum == signal.SIGINT else 143)
+    bar.close()
+    final = evaluate_now() if data.val is not None else {}
+    checkpoint()
+    return TrainResult(out_dir, st.step, time.perf_counter() - t0, final, cfg.to_dict())
+
+
+def _summarise(parts, grad_norm, seconds) -> dict:
+    row = {"loss_total": parts["loss_total"].item(), "loss_denoise": parts["loss_denoise"].detach().mean().item(),
+           "grad_norm": float(grad_norm), "step_seconds": seconds}
+    if "loss_energy" in parts:
+        e_pos, e_neg = parts["energy_pos"], parts["energy_neg"]
+        row.update(loss_energy=parts["loss_energy"].detach().mean().item(), energy_pos=float(e_pos.mean()),
+                   energy_neg=float(e_neg.mean()), margin=float((e_neg - e_pos).mean()),
+                   p_hard=float((e_neg < e_pos).float().mean()), norm_ratio=float(parts["norm_ratio"].mean()))
+    return row
+
+
+def file_sha(path) -> str:
+    return sha256_file(Path(path))
