@@ -1,0 +1,35 @@
+"""Run benchmark modules and record their results: python -m benchmarks [--quick] [topic ...]."""
+
+import argparse
+import importlib
+import json
+import pkgutil
+from pathlib import Path
+
+from benchmarks.common import machine
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main():
+    topics = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(Path(__file__).parent))
+                    if m.name.startswith("bench_"))
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("topics", nargs="*", choices=topics + [[]], help=f"default: all of {topics}")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes (a smoke run)")
+    args = ap.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    for topic in args.topics or topics:
+        mod = importlib.import_module(f"benchmarks.bench_{topic}")
+        result = mod.run(quick=args.quick)
+        result.setdefault("machine", machine())
+        result.setdefault("command", f"python -m benchmarks {topic}" + (" --quick" if args.quick else ""))
+        suffix = "-quick" if args.quick else ""
+        (RESULTS / f"{topic}{suffix}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        md = mod.markdown(result)
+        (RESULTS / f"{topic}{suffix}.md").write_text(md + "\n")
+        print(md)
+
+
+if __name__ == "__main__":
+    main()
