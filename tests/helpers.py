@@ -1,0 +1,13 @@
+"""Tiny configurations shared by the tests (seconds, not minutes)."""
+
+from ebmtool.train import TrainConfig
+
+TINY = dict(task="inverse", size=4, width=32, time_dim=16, train_size=256, batch_size=32, val_size=8,
+            log_every=2, eval_every=0, ckpt_every=0, device="cpu", lr=1e-3)
+
+TINY_FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-size", "32", "--val-size", "8",
+              "--log-every", "2", "--eval-every", "0", "--device", "cpu"]
+
+
+def tiny(**kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, **kw})

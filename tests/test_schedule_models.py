@@ -1,0 +1,48 @@
+"""Golden values: the schedule table of ired-algorithm.md §1 and the reference parameter counts (§6.1)."""
+
+import torch
+
+from ebmtool.diffusion import cosine_schedule
+from ebmtool.models import EnergyMLP, parameter_count, sinusoidal_embedding
+
+# t, beta, alpha_bar, sqrt(alpha_bar), sqrt(1 - alpha_bar), eta
+TABLE = [
+    (0, 0.02791, 0.97209, 0.98595, 0.16705, 0.16705),
+    (1, 0.07549, 0.89871, 0.94800, 0.31827, 0.23720),
+    (2, 0.12440, 0.78691, 0.88708, 0.46162, 0.26948),
+    (3, 0.17719, 0.64748, 0.80466, 0.59374, 0.29843),
+    (4, 0.23728, 0.49384, 0.70274, 0.71145, 0.33352),
+    (5, 0.30988, 0.34081, 0.58379, 0.81191, 0.38167),
+    (6, 0.40400, 0.20312, 0.45069, 0.89268, 0.45257),
+    (7, 0.53700, 0.09405, 0.30667, 0.95182, 0.56418),
+    (8, 0.74383, 0.02409, 0.15522, 0.98788, 0.75295),
+    (9, 0.99900, 0.00002, 0.00491, 0.99999, 0.99901),
+]
+
+
+def test_schedule_matches_reference_table():
+    s = cosine_schedule()
+    assert s.levels == 10
+    for t, beta, ab, sab, s1mab, eta in TABLE:
+        got = [s.betas[t], s.alphas_cumprod[t], s.sqrt_ab[t], s.sqrt_1mab[t], s.step_size[t]]
+        for g, want in zip(got, [beta, ab, sab, s1mab, eta]):
+            assert abs(float(g) - want) < 1e-5 + 5e-6, (t, float(g), want)
+
+
+def test_parameter_counts_match_reference():
+    assert parameter_count(EnergyMLP(800, 400)) == 1_642_640  # addition
+    assert parameter_count(EnergyMLP(400, 400)) == 1_437_840  # inverse, lowrank
+
+
+def test_energy_is_nonnegative_scalar_per_example():
+    m = EnergyMLP(6, 4, width=16, time_dim=8)
+    e = m(torch.randn(5, 6), torch.randn(5, 4), torch.randint(0, 10, (5,)))
+    assert e.shape == (5,)
+    assert (e >= 0).all()
+
+
+def test_time_embedding_uses_raw_integer_levels():
+    emb = sinusoidal_embedding(torch.tensor([0, 9]), 8)
+    assert torch.allclose(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    # f_0 = 1, so the first sine is sin(9): t enters unscaled
+    assert abs(float(emb[1, 0]) - float(torch.sin(torch.tensor(9.0)))) < 1e-6
