@@ -12,12 +12,15 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def main():
-    topics = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(Path(__file__).parent))
+    topics = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(Path(__file__).parent)])
                     if m.name.startswith("bench_"))
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("topics", nargs="*", choices=topics + [[]], help=f"default: all of {topics}")
+    ap.add_argument("topics", nargs="*", help=f"any of {topics} (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes (a smoke run)")
     args = ap.parse_args()
+    unknown = sorted(set(args.topics) - set(topics))
+    if unknown:
+        ap.error(f"unknown benchmark {unknown[0]!r}; choose from {topics}")
     RESULTS.mkdir(exist_ok=True)
     for topic in args.topics or topics:
         mod = importlib.import_module(f"benchmarks.bench_{topic}")

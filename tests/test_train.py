@@ -158,3 +158,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
         train(TrainConfig(), tmp_path / "r", resume=tmp_path / "r" / "ckpt.safetensors", overrides={"steps": 4},
               log=quiet)
     assert sha256_file(tmp_path / "r" / "ckpt.safetensors") == before
+
+
+def test_training_step_costs_five_network_calls():
+    # The release spends 6: denoise, 2 x 2 in opt_step, energies of [x+; x-]. Reuse in `descend` saves one.
+    cfg = tiny(seed=0)
+    data = TrainingData(cfg)
+    model = EnergyMLP(16, 16, 32, 16)
+    x, y = data.batch(0, "cpu")
+    gen = step_generator(0, 0)
+    t = torch.randint(0, 10, (32,), generator=gen)
+    model.counter.reset()
+    ired_losses(model, x, y, t, gen, cosine_schedule(), cfg, 0.5)
+    assert model.counter.calls == 5
+    assert model.counter.rows == 32 * 6  # the last call scores positives and negatives together (2B rows)
