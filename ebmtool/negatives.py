@@ -3,15 +3,36 @@
 The framework (train.py) re-noises a negative with the positive's own noise:
     x_neg = sqrt(ab_t) * y_neg + sqrt(1 - ab_t) * eps_pos
 so a positive and its negative differ only in their clean component (lessons.md F3).
+
+One signature for every source: `generate(source, model, x, y, t, eps, sched, k, settings, gen)` returns a
+`NegativeBatch` with y_neg (B, K, D), a validity mask (B, K) after the near-duplicate filter, and counts. Sources
+are batched over examples and over K: the B*K rows are one batch (x, y, t and eps repeated with
+`repeat_interleave`, row b*K + j is negative j of example b), so every descent step is one network call.
+Everything is generated, refined and scored at the positive's own level t.
+
+Sources (ired-algorithm.md §3.2 for the reference; lessons.md F2/F3/F5 for what the variants must avoid):
+- ired     the reference: z = sqrt(ab_t) y + sqrt(1-ab_t) * 3 eps, 2 descent steps (1x, 2x), clamp(z/sqrt(ab_t), +-2).
+- anm      adversarial: start from the ired start mapped to clean space, then projected descent on the energy the
+           loss will actually see (the re-noised point, positive's noise), inside an RMS radius around the start.
+- hnm      candidates started at several noise levels, refined by descent at t, selected by a deception score
+           -E + lambda * RMS(y_cand - y) (low energy, far from the ground truth in clean space).
+- gaussian control: y + scale * N(0, 1), clamped.
+Negative j = 0 of each example starts from the positive's own noise eps (so K = 1 ired is exactly the reference);
+j >= 1 start from fresh draws of `gen`. Near-duplicates (RMS(y_neg - y) <= dup_threshold) are marked invalid and
+counted; the caller never uses them.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import torch
 
-from ebmtool.diffusion import Schedule, descend, noised
+from ebmtool.diffusion import Schedule, descend, energy, noised
 
 CLAMP_MODES = ("per-example", "first-example")
+CLEAN_CLAMP = 2.0  # continuous answers live in [-2, 2] (the reference's clean-space clamp)
 
 
 def ired_negative(model, x, y, t, eps, sched: Schedule, *, steps: int = 2, noise_scale: float = 3.0,
@@ -32,3 +53,156 @@ def ired_negative(model, x, y, t, eps, sched: Schedule, *, steps: int = 2, noise
         raise ValueError(f"unknown clamp mode {clamp_mode!r}")
     z, _, _ = descend(model, x, z, t, sched, steps, multiplier=2.0, bound=bound, mask=mask)
     return (z / sched.sqrt_ab[t][:, None]).clamp(-2.0, 2.0).detach()
+
+
+@dataclass(frozen=True)
+class NegativeSettings:
+    """Hyper-parameters of every source (resolved from TrainConfig; each one is read by its source)."""
+
+    ired_steps: int = 2
+    ired_noise: float = 3.0
+    clamp_mode: str = "per-example"
+    anm_steps: int = 5
+    anm_step_size: float = 1.0  # multiplies eta_t
+    anm_radius: float = 0.5  # RMS distance from the start, clean space
+    anm_noise: float = 3.0  # start noise scale (as ired's 3 eps)
+    hnm_candidates: int = 4  # candidates per negative, at evenly spaced start levels 0..T-1
+    hnm_steps: int = 2
+    hnm_lambda: float = 1.0
+    gaussian_scale: float = 1.0
+    dup_threshold: float = 1e-3  # RMS(y_neg - y) at or below this is a near-duplicate of the positive
+
+
+@dataclass
+class NegativeBatch:
+    y_neg: torch.Tensor  # (B, K, D) clean space, detached
+    valid: torch.Tensor  # (B, K) bool: False = near-duplicate, dropped
+    candidates: int  # candidates examined (B*K, or B*K*C for hnm)
+    duplicates: int  # candidates dropped as near-duplicates
+    info: dict = field(default_factory=dict)  # per-source extras (hnm: selected start level per negative)
+
+
+def _rep(v: torch.Tensor, k: int) -> torch.Tensor:
+    return v if k == 1 else v.repeat_interleave(k, dim=0)
+
+
+def start_noise(eps: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor:
+    """(B*K, D) start noises: slot 0 of each example is the positive's eps, slots >= 1 fresh draws."""
+    if k == 1:
+        return eps
+    b, d = eps.shape
+    fresh = torch.randn((b, k - 1, d), generator=gen).to(eps.device)
+    return torch.cat([eps[:, None, :], fresh], dim=1).reshape(b * k, d)
+
+
+def rms(a: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return a.pow(2).mean(dim=dim).sqrt()
+
+
+def refine_renoised(model, x, y0, t, eps, sched: Schedule, steps: int, *, step_scale: float = 1.0,
+                    radius: float | None = None, multiplier: float = 1.0):
+    """Projected energy descent on the point the loss scores: z = sqrt(ab_t) y + sqrt(1-ab_t) eps (eps = the
+    positive's noise), starting at clean y0. The projection keeps y inside an RMS `radius` around y0 (if given)
+    and inside the clean box +-2. Returns (clean y, its energy at the re-noised point), detached.
+
+    Descending the re-noised point's energy is what makes the negative hard for the loss that uses it; the
+    acceptance rule of `descend` guarantees the energy never rises (lessons.md F2).
+    """
+    sab, s1 = sched.sqrt_ab[t][:, None], sched.sqrt_1mab[t][:, None]
+    noise = s1 * eps
+
+    def project(z):
+        yc = (z - noise) / sab
+        if radius is not None:
+            delta = yc - y0
+            r = rms(delta)[:, None]
+            delta = delta * torch.clamp(radius / r.clamp_min(1e-12), max=1.0)
+            yc = y0 + delta
+        return sab * yc.clamp(-CLEAN_CLAMP, CLEAN_CLAMP) + noise
+
+    z0 = sab * y0 + noise
+    z, e, _ = descend(model, x, z0, t, sched, steps, multiplier=multiplier, clamp=None, step_scale=step_scale,
+                      project=project)
+    y = ((z - noise) / sab).clamp(-CLEAN_CLAMP, CLEAN_CLAMP)
+    return y.detach(), e
+
+
+def _ired(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
+    noise = start_noise(eps, k, gen)
+    return ired_negative(model, _rep(x, k), _rep(y, k), _rep(t, k), noise, sched, steps=s.ired_steps,
+                         noise_scale=s.ired_noise, clamp_mode=s.clamp_mode), {}
+
+
+def _clean_start(sched, y, t, noise, scale):
+    """The ired start z = sqrt(ab_t) y + sqrt(1-ab_t) scale * noise, expressed in clean space and clamped."""
+    return (noised(sched, y, t, scale * noise) / sched.sqrt_ab[t][:, None]).clamp(-CLEAN_CLAMP, CLEAN_CLAMP)
+
+
+def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
+    xr, yr, tr, er = _rep(x, k), _rep(y, k), _rep(t, k), _rep(eps, k)
+    y0 = _clean_start(sched, yr, tr, start_noise(eps, k, gen), s.anm_noise)
+    y_neg, _ = refine_renoised(model, xr, y0, tr, er, sched, s.anm_steps, step_scale=s.anm_step_size,
+                               radius=s.anm_radius)
+    return y_neg, {}
+
+
+def hnm_levels(candidates: int, levels: int = 10) -> torch.Tensor:
+    """Evenly spaced start levels for the candidates of one negative (one candidate: level 0)."""
+    if candidates == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.round(torch.linspace(0, levels - 1, candidates)).long()
+
+
+def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
+    """C candidates per negative (B*K*C rows, one batch), started at levels hnm_levels(C) in clean space,
+    refined at t on the re-noised energy, scored at t; per negative the candidate with the largest
+    -E + lambda * RMS(y_cand - y) wins (near-duplicates score -inf). Returns the selected level too."""
+    b, d = y.shape
+    c = s.hnm_candidates
+    kc = k * c
+    xr, yr, tr, er = _rep(x, kc), _rep(y, kc), _rep(t, kc), _rep(eps, kc)
+    levels = hnm_levels(c, sched.levels).to(y.device)
+    lv = levels.repeat(b * k)  # row (b*K + j)*C + c has level levels[c]
+    delta = torch.randn((b * kc, d), generator=gen).to(y.device)
+    y0 = (noised(sched, yr, lv, delta) / sched.sqrt_ab[lv][:, None]).clamp(-CLEAN_CLAMP, CLEAN_CLAMP)
+    y_c, e_c = refine_renoised(model, xr, y0, tr, er, sched, s.hnm_steps)
+    dist = rms(y_c - yr)
+    dup = dist <= s.dup_threshold
+    score = (-e_c + s.hnm_lambda * dist).masked_fill(dup, -math.inf).view(b * k, c)
+    pick = score.argmax(dim=1)  # batched selection, no loop over examples
+    y_sel = y_c.view(b * k, c, d)[torch.arange(b * k, device=y.device), pick]
+    return y_sel, {"level": levels[pick].view(b, k), "candidate_duplicates": int(dup.sum()),
+                   "candidates": b * kc}
+
+
+SOURCE_FUNCTIONS = {"ired": _ired, "anm": _anm, "hnm": _hnm,
+                    "gaussian": lambda model, x, y, t, eps, sched, k, s, gen: (
+                        (_rep(y, k) + s.gaussian_scale * torch.randn((y.shape[0] * k, y.shape[1]),
+                                                                     generator=gen).to(y.device)
+                         ).clamp(-CLEAN_CLAMP, CLEAN_CLAMP), {})}
+
+
+@torch.no_grad()
+def generate(source: str, model, x, y, t, eps, sched: Schedule, k: int, settings: NegativeSettings,
+             gen: torch.Generator | None = None) -> NegativeBatch:
+    """K negatives per positive from `source`, in clean space, with the near-duplicate filter applied.
+
+    eps is the positive's own noise (B, D): sources refine and score at (t, eps) and the framework re-noises
+    with it. `gen` supplies every extra random draw (fresh start noises for j >= 1, gaussian and hnm noise).
+    """
+    if source not in SOURCE_FUNCTIONS:
+        raise ValueError(f"unknown negative source {source!r}")
+    b, d = y.shape
+    y_neg, info = SOURCE_FUNCTIONS[source](model, x, y, t, eps, sched, k, settings, gen)
+    y_neg = y_neg.detach().view(b, k, d)
+    valid = rms(y_neg - y[:, None, :]) > settings.dup_threshold
+    cands = info.pop("candidates", b * k)
+    # hnm counts dropped candidates (a selected near-duplicate implies all its candidates were); others count picks
+    dups = info.pop("candidate_duplicates", None)
+    dups = int((~valid).sum()) if dups is None else dups
+    return NegativeBatch(y_neg, valid, cands, dups, info)
+
+
+def renoise(sched: Schedule, y_neg: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_neg (B, K, D) = sqrt(ab_t) y_neg + sqrt(1-ab_t) eps_pos, the same eps for all K negatives of a positive."""
+    return sched.sqrt_ab[t][:, None, None] * y_neg + sched.sqrt_1mab[t][:, None, None] * eps[:, None, :]

@@ -35,7 +35,9 @@ from ebmtool.diffusion import cosine_schedule, energy_and_grad, noised
 from ebmtool.errors import InputError, Interrupted, RunError
 from ebmtool.evaluate import evaluate_model
 from ebmtool.models import EnergyMLP, build_model
-from ebmtool.negatives import CLAMP_MODES, ired_negative
+from ebmtool import curriculum as curriculum_mod
+from ebmtool import sans as sans_mod
+from ebmtool.negatives import CLAMP_MODES, NegativeSettings, generate, renoise
 from ebmtool.tasks import Problems, Task, resolve_task, split_user_data
 
 RECIPES = {
@@ -69,6 +71,27 @@ class TrainConfig:
     neg_steps: int = 2
     neg_noise_scale: float = 3.0
     clamp_mode: str = "per-example"
+    # Negatives (issue 9). Source-specific fields are None unless their source is used; validate() fills in the
+    # defaults of used sources (so the stored config is fully resolved) and rejects fields of unused ones.
+    negatives: str = "ired"  # --negatives-from: SOURCE or SOURCE:FRACTION,... (one-stage curriculum)
+    curriculum: str | None = None  # inline spec or preset; excludes a non-default --negatives-from
+    curriculum_total: int | None = None  # run length the curriculum is laid out for (set at start; kept on resume)
+    k: int = 1  # negatives per positive
+    dup_threshold: float = 1e-3  # clean-space RMS(y_neg - y) at or below which a negative is a near-duplicate
+    anm_steps: int | None = None
+    anm_step_size: float | None = None
+    anm_radius: float | None = None
+    anm_noise: float | None = None
+    hnm_candidates: int | None = None
+    hnm_steps: int | None = None
+    hnm_lambda: float | None = None
+    gaussian_scale: float | None = None
+    sans: bool = False
+    alpha: float | None = None
+    alpha_schedule: str | None = None
+    alpha_floor: float | None = None
+    sans_loss: str | None = None
+    margin: float | None = None
     width: int = 512
     time_dim: int = 128
     ema_beta: float = 0.995
@@ -100,7 +123,82 @@ class TrainConfig:
             raise InputError(f"--energy-weight must be non-negative, got {self.energy_weight}")
         if self.train_size and 0 < self.train_size < self.batch_size:
             raise InputError(f"--train-size ({self.train_size}) must be at least the batch size ({self.batch_size})")
+        self._validate_negatives()
         return self
+
+    def _validate_negatives(self):
+        """Every negative-mining field is used or rejected (lessons.md F1, F8): fields of unused sources, SANS
+        fields without --sans and any mining field without energy supervision are errors; used ones get defaults."""
+        defaults = NegativeSettings()
+        if not self.supervise_energy:
+            changed = [n for n, d in MINING_FIELDS.items() if getattr(self, n) != d]
+            if changed:
+                raise InputError(f"--{_flag(changed[0])} has no effect without energy supervision "
+                                 "(--no-supervise-energy): negatives are only used by the energy term")
+            return
+        if self.energy_weight == 0:
+            raise InputError("--energy-weight 0 switches the energy term off while negatives are configured; "
+                             "use --no-supervise-energy for that ablation")
+        if self.curriculum and self.negatives != "ired":
+            raise InputError("--curriculum and --negatives-from exclude each other: give the mix in the curriculum")
+        stages = curriculum_mod.resolve(self.negatives, self.curriculum)
+        used = curriculum_mod.sources_of(stages)
+        if self.k < 1:
+            raise InputError(f"--k must be at least 1, got {self.k}")
+        if not (self.dup_threshold >= 0 and math.isfinite(self.dup_threshold)):
+            raise InputError(f"--dup-threshold must be a non-negative number, got {self.dup_threshold}")
+        for src, fields in SOURCE_FIELDS.items():
+            for name in fields:
+                if src in used:
+                    if getattr(self, name) is None:
+                        setattr(self, name, getattr(defaults, name))
+                elif getattr(self, name) != MINING_FIELDS.get(name):
+                    raise InputError(f"--{_flag(name)} is set but no negative source {src!r} is used "
+                                     f"(sources: {', '.join(used)})")
+        for name in ("anm_steps", "hnm_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise InputError(f"--{_flag(name)} must be non-negative")
+        for name in ("anm_step_size", "anm_radius", "hnm_candidates", "gaussian_scale"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise InputError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if "ired" not in used:
+            changed = [n for n in IRED_FIELDS if getattr(self, n) != MINING_FIELDS[n]]
+            if changed:
+                raise InputError(f"--{_flag(changed[0])} is a setting of the ired source, which is not used "
+                                 f"(sources: {', '.join(used)})")
+        if not self.sans:
+            given = [n for n in SANS_FIELDS if getattr(self, n) is not None]
+            if given:
+                raise InputError(f"--{_flag(given[0])} is a SANS setting and needs --sans")
+            return
+        self.alpha = 1.0 if self.alpha is None else self.alpha
+        self.alpha_schedule = self.alpha_schedule or "constant"
+        self.sans_loss = self.sans_loss or "pairwise"
+        if self.sans_loss not in sans_mod.LOSS_FORMS:
+            raise InputError(f"--sans-loss must be one of {', '.join(sans_mod.LOSS_FORMS)}")
+        if self.alpha_schedule not in sans_mod.ALPHA_SCHEDULES:
+            raise InputError(f"--alpha-schedule must be one of {', '.join(sans_mod.ALPHA_SCHEDULES)}")
+        if self.sans_loss == "logistic":
+            self.margin = 9.0 if self.margin is None else self.margin  # PyKEEN's NSSALoss default
+        elif self.margin is not None:
+            raise InputError("--margin is only used by --sans-loss logistic")
+        if self.alpha_schedule == "linear":
+            self.alpha_floor = 0.1 if self.alpha_floor is None else self.alpha_floor
+        elif self.alpha_floor is not None:
+            raise InputError("--alpha-floor is only used by --alpha-schedule linear")
+        if self.alpha < 0 or (self.alpha_floor or 0) < 0:
+            raise InputError("--alpha and --alpha-floor must be non-negative (alpha is an inverse temperature)")
+
+    def stages(self):
+        return curriculum_mod.resolve(self.negatives, self.curriculum)
+
+    def negative_settings(self) -> NegativeSettings:
+        d = NegativeSettings()
+        return NegativeSettings(
+            ired_steps=self.neg_steps, ired_noise=self.neg_noise_scale, clamp_mode=self.clamp_mode,
+            **{n: getattr(self, n) if getattr(self, n) is not None else getattr(d, n)
+               for fields in SOURCE_FIELDS.values() for n in fields},
+            dup_threshold=self.dup_threshold)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,6 +215,23 @@ class TrainConfig:
         if unknown:
             raise InputError(f"checkpoint configuration has fields this ebmtool does not know: {sorted(unknown)}")
         return cls(**d)
+
+
+# Fields of each source (besides ired's existing neg_steps, neg_noise_scale, clamp_mode).
+SOURCE_FIELDS = {"anm": ("anm_steps", "anm_step_size", "anm_radius", "anm_noise"),
+                 "hnm": ("hnm_candidates", "hnm_steps", "hnm_lambda"),
+                 "gaussian": ("gaussian_scale",)}
+# Every negative-mining field with its default: any other value without energy supervision is an error.
+MINING_FIELDS = {"negatives": "ired", "curriculum": None, "k": 1, "dup_threshold": 1e-3, "neg_steps": 2,
+                 "neg_noise_scale": 3.0, "clamp_mode": "per-example", "sans": False, "alpha": None,
+                 "alpha_schedule": None, "alpha_floor": None, "sans_loss": None, "margin": None,
+                 **{n: None for fs in SOURCE_FIELDS.values() for n in fs}}
+IRED_FIELDS = ("neg_steps", "neg_noise_scale", "clamp_mode")
+SANS_FIELDS = ("alpha", "alpha_schedule", "alpha_floor", "sans_loss", "margin")
+
+
+def _flag(name: str) -> str:
+    return {"negatives": "negatives-from"}.get(name, name.replace("_", "-"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -210,33 +325,129 @@ class EMA:
 
 # ------------------------------------------------------------------------------------------------ the loss
 
-def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float) -> dict[str, torch.Tensor]:
+def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float, *, step: int = 0,
+                neg_gen: torch.Generator | None = None) -> dict:
     """One IRED training objective (ired-algorithm.md §3). Every part is reduced to shape (B,) before use.
 
     Denoising: eps_hat = dE/dy at x_t (double backprop), per-example mean squared error against eps.
-    Energy landscape: a fresh eps' shared by the positive and its negative; softplus(E+ - E-).
+    Energy landscape: a fresh eps' shared by the positive and its K negatives; with the default configuration
+    (ired, K = 1, no SANS) the loss is exactly the reference softplus(E+ - E-) (golden-tested).
+    `neg_gen` supplies the negatives' extra randomness (source assignment, fresh starts) so that it never shifts
+    the training stream `gen`; `step` selects the curriculum stage. parts["diagnostics"] holds logged floats.
     """
     b, device = x.shape[0], x.device
     eps = torch.randn(y.shape, generator=gen).to(device)
     _, eps_hat = energy_and_grad(model, x, noised(sched, y, t, eps), t, create_graph=True)
     parts = {"loss_denoise": ((eps_hat - eps) ** 2).mean(dim=1)}
+    diag: dict[str, float] = {}
+    included = None
     if cfg.supervise_energy:
         eps_shared = torch.randn(y.shape, generator=gen).to(device)
-        y_neg = ired_negative(model, x, y, t, eps_shared, sched, steps=cfg.neg_steps,
-                              noise_scale=cfg.neg_noise_scale, clamp_mode=cfg.clamp_mode)
-        x_pos = noised(sched, y, t, eps_shared)
-        x_neg = noised(sched, y_neg, t, eps_shared)  # the positive's own noise: they differ only in y
-        e = model(torch.cat([x, x]), torch.cat([x_pos, x_neg]), torch.cat([t, t]))
-        e_pos, e_neg = e[:b], e[b:]
-        parts.update(loss_energy=F.softplus(e_pos - e_neg), energy_pos=e_pos.detach(), energy_neg=e_neg.detach(),
-                     norm_ratio=(x_neg.norm(dim=1) / x_pos.norm(dim=1).clamp_min(1e-12)).detach())
+        if neg_gen is None:
+            neg_gen = torch.Generator().manual_seed(gen.initial_seed() ^ 0x9E3779B97F4A7C15)
+        energy_parts, diag, included = energy_term(model, x, y, t, eps_shared, sched, cfg, step, neg_gen)
+        parts.update(energy_parts)
     for k, v in parts.items():
         assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts (F10)
     total = parts["loss_denoise"].mean()
     if cfg.supervise_energy:
-        total = total + energy_weight * parts["loss_energy"].mean()
+        le = parts["loss_energy"]
+        # Examples whose K negatives were all near-duplicates are excluded from the energy term (counted).
+        mean_e = le.mean() if bool(included.all()) else (le * included).sum() / included.sum().clamp_min(1)
+        parts["energy_term"] = energy_weight * mean_e
+        total = total + parts["energy_term"]
     parts["loss_total"] = total
+    parts["diagnostics"] = diag
     return parts
+
+
+def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen: torch.Generator):
+    """Negatives from the stage's sources (each example assigned one source; a loop over sources, never over
+    examples), re-noised with the positive's eps, scored with the positives in ONE network call of B(1+K) rows,
+    weighted (uniform, or SANS) and turned into a per-example loss. Returns (parts, diagnostics, included)."""
+    b, d, k = y.shape[0], y.shape[1], cfg.k
+    stages = cfg.stages()
+    si = curriculum_mod.stage_at(stages, step, cfg.curriculum_total or cfg.steps)
+    stage = stages[si]
+    names = [n for n, _ in stage.mix]
+    assign = curriculum_mod.assign(stage, b, neg_gen).to(x.device)
+    settings = cfg.negative_settings()
+    y_neg = torch.empty(b, k, d, device=x.device)
+    valid = torch.empty(b, k, dtype=torch.bool, device=x.device)
+    diag: dict[str, float] = {"stage": float(si), "k": float(k)}
+    source_rows, cand, dups = {}, 0, 0
+    for j, name in enumerate(names):
+        if len(names) == 1:
+            rows = None
+            sub = (x, y, t, eps)
+        else:
+            rows = torch.nonzero(assign == j).squeeze(1)
+            if rows.numel() == 0:
+                continue
+            sub = (x[rows], y[rows], t[rows], eps[rows])
+        t0 = time.perf_counter()
+        nb = generate(name, model, *sub, sched, k, settings, neg_gen)
+        seconds = time.perf_counter() - t0
+        if rows is None:
+            y_neg, valid = nb.y_neg, nb.valid
+        else:
+            y_neg[rows], valid[rows] = nb.y_neg, nb.valid
+        source_rows[name] = rows
+        cand, dups = cand + nb.candidates, dups + nb.duplicates
+        diag[f"source/{name}/seconds"] = seconds
+        diag[f"source/{name}/dup_fraction"] = nb.duplicates / max(nb.candidates, 1)
+        if "level" in nb.info:
+            lv = nb.info["level"][nb.valid]
+            diag[f"source/{name}/selected_level"] = float(lv.float().mean()) if lv.numel() else math.nan
+    x_pos = noised(sched, y, t, eps)
+    x_neg = renoise(sched, y_neg, t, eps)  # the positive's own noise: they differ only in y
+    xs = x if k == 1 else x.repeat_interleave(k, dim=0)
+    ts = t if k == 1 else t.repeat_interleave(k, dim=0)
+    e = model(torch.cat([x, xs]), torch.cat([x_pos, x_neg.reshape(b * k, d)]), torch.cat([t, ts]))
+    e_pos, e_neg = e[:b], e[b:].view(b, k)
+    included = valid.any(dim=1)
+    if cfg.sans:
+        alpha = sans_mod.alpha_at(t, cfg.alpha, cfg.alpha_schedule, cfg.alpha_floor or 0.0, sched.levels)
+        w = sans_mod.weights(e_neg, alpha, valid)
+        form = cfg.sans_loss
+        diag["sans_alpha"] = float(alpha.mean())
+    else:
+        w = sans_mod.uniform_weights(valid)
+        form = "pairwise"
+    loss_e = sans_mod.loss(form, e_pos, e_neg, w, cfg.margin or 0.0)
+    norm_ratio = (x_neg.norm(dim=2) / x_pos.norm(dim=1)[:, None].clamp_min(1e-12)).detach()
+    e_neg_d = e_neg.detach()
+    parts = {"loss_energy": loss_e, "energy_pos": e_pos.detach(), "energy_neg": (w * e_neg_d).sum(dim=1),
+             "norm_ratio": (w * norm_ratio).sum(dim=1)}
+    diag.update(_pair_stats(e_pos.detach(), e_neg_d, norm_ratio, valid))
+    diag.update(sans_mod.weight_stats(w, included))
+    diag.update(dup_fraction=dups / max(cand, 1), excluded_fraction=float((~included).float().mean()))
+    for j, name in enumerate(names):
+        if name not in source_rows:
+            diag[f"source/{name}/fraction"] = 0.0
+            continue
+        rows = source_rows[name]
+        diag[f"source/{name}/fraction"] = 1.0 if rows is None else rows.numel() / b
+        sel = slice(None) if rows is None else rows
+        for key, v in _pair_stats(e_pos.detach()[sel], e_neg_d[sel], norm_ratio[sel], valid[sel]).items():
+            diag[f"source/{name}/{key}"] = v
+    for name, f in stage.mix:
+        diag[f"source/{name}/configured"] = f
+    return parts, diag, included
+
+
+def _pair_stats(e_pos, e_neg, norm_ratio, valid) -> dict[str, float]:
+    """Means over the valid (positive, negative) pairs: E+, E-, margin E- - E+, p_hard = P(E- < E+), the
+    fraction with an active gradient (softplus slope sigmoid(E+ - E-) > 0.01), and |x-|/|x+|."""
+    if not bool(valid.any()):
+        return {k: math.nan for k in ("energy_pos", "energy_neg", "margin", "p_hard", "active_fraction",
+                                      "norm_ratio")}
+    ep = e_pos[:, None].expand_as(e_neg)[valid]
+    en = e_neg[valid]
+    return {"energy_pos": float(e_pos.mean()), "energy_neg": float(en.mean()), "margin": float((en - ep).mean()),
+            "p_hard": float((en < ep).float().mean()),
+            "active_fraction": float((torch.sigmoid(ep - en) > 0.01).float().mean()),
+            "norm_ratio": float(norm_ratio[valid].mean())}
 
 
 # ------------------------------------------------------------------------------------------------ state I/O
@@ -330,12 +541,29 @@ class RunState:
 
 METRIC_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin",
                   "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "step_seconds", "wall_time")
+NEGATIVE_COLUMNS = ("stage", "k", "active_fraction", "dup_fraction", "excluded_fraction", "weight_entropy",
+                    "weight_ess", "sans_alpha", "grad_share_energy")
+SOURCE_COLUMNS = ("fraction", "configured", "energy_pos", "energy_neg", "margin", "p_hard", "active_fraction",
+                  "dup_fraction", "norm_ratio", "seconds")
+
+
+def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
+    """Columns of metrics.h5 for this run: the core ones, the negatives' diagnostics, and per source
+    `source/<name>/<metric>` for every source the run's curriculum uses."""
+    if not cfg.supervise_energy:
+        return METRIC_COLUMNS
+    cols = list(METRIC_COLUMNS) + list(NEGATIVE_COLUMNS)
+    for name in curriculum_mod.sources_of(cfg.stages()):
+        cols += [f"source/{name}/{c}" for c in SOURCE_COLUMNS]
+        if name == "hnm":
+            cols.append("source/hnm/selected_level")
+    return tuple(cols)
 EVAL_COLUMNS = ("step", "mse_model", "mse_ema", "mse_ref_scaled_model", "mse_ref_scaled_ema")
 
 
 def write_metrics(path: Path, st: RunState):
     rows, erows = st.rows, st.eval_rows
-    datasets = {c: np.asarray([r.get(c, np.nan) for r in rows], dtype=np.float64) for c in METRIC_COLUMNS}
+    datasets = {c: np.asarray([r.get(c, np.nan) for r in rows], dtype=np.float64) for c in metric_columns(st.cfg)}
     datasets["step"] = datasets["step"].astype(np.int64)
     datasets.update({f"eval/{c}": np.asarray([r[c] for r in erows], dtype=np.float64) for c in EVAL_COLUMNS})
     datasets["eval/step"] = datasets["eval/step"].astype(np.int64)
@@ -344,14 +572,14 @@ def write_metrics(path: Path, st: RunState):
              {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped}, prov)
 
 
-def read_metric_rows(path: Path, upto_step: int) -> tuple[list[dict], list[dict]]:
+def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tuple[list[dict], list[dict]]:
     """Rows of an existing metrics.h5 up to a checkpoint's step (a resume continues the same curves)."""
     import h5py
 
     if not path.exists():
         return [], []
     with h5py.File(path, "r") as f:
-        cols = [c for c in METRIC_COLUMNS if c in f]
+        cols = [c for c in columns if c in f]
         rows = [dict(zip(cols, vals)) for vals in zip(*(f[c][()].tolist() for c in cols))]
         ecols = [c for c in EVAL_COLUMNS if f"eval/{c}" in f]
         erows = [dict(zip(ecols, vals)) for vals in zip(*(f[f"eval/{c}"][()].tolist() for c in ecols))]
@@ -410,6 +638,8 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
         cfg = dataclasses.replace(stored, **(overrides or {}))
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)
+    if cfg.curriculum_total is None and cfg.supervise_energy:
+        cfg.curriculum_total = cfg.steps  # fixed now, so a resume that extends --steps keeps the stage boundaries
     return cfg.validate(), ckpt
 
 
@@ -432,7 +662,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         if resume_ckpt.meta.get("ebmtool.data_fingerprint") != data.fingerprint:
             raise InputError(f"{resume}: the training data differ from the data this checkpoint was trained on")
         st.load(resume_ckpt, full=True)
-        st.rows, st.eval_rows = read_metric_rows(metrics_path, st.step)
+        st.rows, st.eval_rows = read_metric_rows(metrics_path, st.step, metric_columns(cfg))
     elif cfg.init:
         init = load_checkpoint(Path(cfg.init))
         if init.dims != st.model.dims:
@@ -442,6 +672,12 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     log(f"ebmtool {__version__} train: {data.task.label}, seed {cfg.seed}, device {device}, "
         f"steps {st.step} -> {cfg.steps}, output {out_dir}")
     log("config " + json.dumps(cfg.to_dict(), sort_keys=True))
+    if cfg.supervise_energy:
+        total = cfg.curriculum_total or cfg.steps
+        log("negatives " + "; ".join(
+            f"from step {round(s.start * total)}: " + " + ".join(f"{n} {f:g}" for n, f in s.mix)
+            for s in cfg.stages()) + f"; K = {cfg.k}" + (f"; SANS {cfg.sans_loss}, alpha {cfg.alpha:g} "
+                                                         f"({cfg.alpha_schedule})" if cfg.sans else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def evaluate_now():
@@ -466,7 +702,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
             gen = step_generator(cfg.seed, st.step)
             x, y = data.batch(st.step, device)
             t = torch.randint(0, sched.levels, (x.shape[0],), generator=gen).to(device)
-            parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight)
+            parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
+                                neg_gen=step_generator(cfg.seed, st.step, purpose=3))
 
             bad = [k for k in ("loss_denoise", "loss_energy") if k in parts and not torch.isfinite(parts[k]).all()]
             if bad or not torch.isfinite(parts["loss_total"]):
@@ -481,6 +718,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                 bar.update(1)
                 continue
 
+            logging_step = (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.steps
+            if logging_step and "energy_term" in parts:
+                parts["diagnostics"]["grad_share_energy"] = grad_share(st.model, parts)
             st.opt.zero_grad(set_to_none=True)
             parts["loss_total"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
@@ -491,13 +731,17 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
 
             window.append(_summarise(parts, grad_norm, time.perf_counter() - step_start))
             if st.step % cfg.log_every == 0 or st.step == cfg.steps:
-                row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                keys = {k for w in window for k in w}
+                row = {k: _nanmean([w.get(k, np.nan) for w in window]) for k in keys}
                 row.update(step=st.step, lr=cfg.lr, energy_weight=energy_weight,
                            wall_time=time.perf_counter() - t0)
+                if "stage" in window[-1]:
+                    row["stage"] = window[-1]["stage"]  # the stage at the row's last step, not a mean
                 st.rows.append(row)
                 window = []
-                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_denoise", "loss_energy", "p_hard")
-                                 if k in row}, refresh=False)
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_denoise", "loss_energy", "p_hard", "stage",
+                                                               "dup_fraction", "weight_ess", "grad_share_energy")
+                                 if k in row and np.isfinite(row[k])}, refresh=False)
             if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps and data.val is not None:
                 row = evaluate_now()
                 bar.write(f"step {st.step}: val mse {row['mse_model']:.4g} (ema {row['mse_ema']:.4g})", file=sys.stderr)
@@ -520,11 +764,27 @@ def _summarise(parts, grad_norm, seconds) -> dict:
     row = {"loss_total": parts["loss_total"].item(), "loss_denoise": parts["loss_denoise"].detach().mean().item(),
            "grad_norm": float(grad_norm), "step_seconds": seconds}
     if "loss_energy" in parts:
-        e_pos, e_neg = parts["energy_pos"], parts["energy_neg"]
-        row.update(loss_energy=parts["loss_energy"].detach().mean().item(), energy_pos=float(e_pos.mean()),
-                   energy_neg=float(e_neg.mean()), margin=float((e_neg - e_pos).mean()),
-                   p_hard=float((e_neg < e_pos).float().mean()), norm_ratio=float(parts["norm_ratio"].mean()))
+        row["loss_energy"] = parts["loss_energy"].detach().mean().item()
+    row.update(parts.get("diagnostics", {}))
     return row
+
+
+def _nanmean(values) -> float:
+    a = np.asarray(values, dtype=np.float64)
+    return float(np.mean(a[np.isfinite(a)])) if np.isfinite(a).any() else float("nan")
+
+
+def grad_share(model, parts) -> float:
+    """||grad lambda*L_E|| / (||grad L_mse|| + ||grad lambda*L_E||), from two extra backward passes; called on
+    logging steps only (lessons.md F9), so ordinary steps keep their cost. The graph is kept for the update."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def norm(loss):
+        gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float(g.pow(2).sum()) for g in gs if g is not None))
+
+    g_mse, g_e = norm(parts["loss_denoise"].mean()), norm(parts["energy_term"])
+    return g_e / (g_mse + g_e) if g_mse + g_e > 0 else float("nan")
 
 
 def file_sha(path) -> str:
