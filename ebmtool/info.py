@@ -96,7 +96,67 @@ def metrics_summary(f) -> dict:
         nr = nr[np.isfinite(nr)]
         if len(nr) and (np.median(nr) < 0.5 or np.median(nr) > 2.0):
             out["alarms"].append(f"median |x-|/|x+| is {np.median(nr):.2f}: negatives are separable by norm alone")
+    out["alarms"] += _negative_alarms(f)
+    if "source" in f:
+        out["sources"] = {name: {m: _finite_mean(f["source"][name][m][()]) for m in f["source"][name]}
+                          for name in f["source"]}
+        for name, grp in f["source"].items():
+            out["alarms"] += [f"source {name}: {a}" for a in _source_alarms(grp)]
     return out
+
+
+def _finite_mean(a) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if len(a) else float("nan")
+
+
+def _finite(f, name):
+    if name not in f:
+        return np.zeros(0)
+    a = f[name][()]
+    return a[np.isfinite(a)]
+
+
+def _negative_alarms(f) -> list[str]:
+    """Alarms on the negatives' diagnostics (lessons.md F1-F5, F9): each names what looks broken."""
+    alarms = []
+    dup = _finite(f, "dup_fraction")
+    if len(dup) and dup.mean() > 0.5:
+        alarms.append(f"{dup.mean():.0%} of negative candidates were near-duplicates of their positive and dropped")
+    exc = _finite(f, "excluded_fraction")
+    if len(exc) and exc.max() > 0:
+        alarms.append(f"up to {exc.max():.1%} of examples had no valid negative and were left out of the energy term")
+    ess, k = _finite(f, "weight_ess"), _finite(f, "k")
+    if len(ess) and len(k) and k.max() > 1 and np.median(ess) < 1.5:
+        alarms.append(f"SANS weights collapsed: median effective sample size {np.median(ess):.2f} of K = "
+                      f"{int(k.max())} (alpha too large for these energies)")
+    gs = _finite(f, "grad_share_energy")
+    if len(gs) and np.median(gs) < 0.01:
+        alarms.append(f"the energy term carries {np.median(gs):.2%} of the gradient norm: it barely trains")
+    act = _finite(f, "active_fraction")
+    if len(act) > 1 and np.all(act < 0.05):
+        alarms.append("fewer than 5% of negative pairs have an active gradient throughout")
+    return alarms
+
+
+def _source_alarms(g) -> list[str]:
+    alarms = []
+    p = _finite(g, "p_hard")
+    if len(p) > 1 and np.all(p == 0):
+        alarms.append("p_hard is 0 throughout: its negatives are all easy")
+    nr = _finite(g, "norm_ratio")
+    if len(nr) and (np.median(nr) < 0.5 or np.median(nr) > 2.0):
+        alarms.append(f"median |x-|/|x+| is {np.median(nr):.2f}: separable by norm alone")
+    if "fraction" in g and "configured" in g:
+        real, conf = g["fraction"][()], g["configured"][()]
+        ok = np.isfinite(real) & np.isfinite(conf)
+        if ok.any() and abs(real[ok].mean() - conf[ok].mean()) > 0.1:
+            alarms.append(f"realised fraction {real[ok].mean():.2f} vs configured {conf[ok].mean():.2f}")
+    dup = _finite(g, "dup_fraction")
+    if len(dup) and dup.mean() > 0.5:
+        alarms.append(f"{dup.mean():.0%} of its candidates were near-duplicates")
+    return alarms
 
 
 def format_description(d: dict) -> str:
@@ -130,6 +190,13 @@ def format_description(d: dict) -> str:
         lines.append(f"summary   {summ['rows']} logged rows, steps {summ['first_step']}..{summ['last_step']}")
         for k in sorted(summ["last"]):
             lines.append(f"  {k:<22} first {summ['first'][k]:<12.4g} last {summ['last'][k]:.4g}")
+        if summ.get("sources"):
+            metrics = ["fraction", "configured", "energy_pos", "energy_neg", "margin", "p_hard", "norm_ratio",
+                       "dup_fraction", "seconds"]
+            lines.append("sources   (means over logged rows)")
+            lines.append("  " + f"{'source':<10}" + "".join(f"{m:>13}" for m in metrics))
+            for name, v in sorted(summ["sources"].items()):
+                lines.append("  " + f"{name:<10}" + "".join(f"{v.get(m, float('nan')):>13.4g}" for m in metrics))
         for k, v in sorted(summ.get("eval", {}).items()):
             lines.append(f"  eval/{k:<17} last {v:.4g}")
         for a in summ["alarms"]:

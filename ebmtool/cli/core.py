@@ -75,6 +75,37 @@ def data(task, n, output, size, split, harder, seed, overwrite):
 @click.option("--neg-steps", type=click.IntRange(min=0), default=None, help="Descent steps of IRED negatives [2].")
 @click.option("--clamp-mode", type=click.Choice(["per-example", "first-example"]), default=None,
               help="opt_step clamp bound: per example (correct) or the release's first-example bug [per-example].")
+@click.option("--anm", is_flag=True, default=None,
+              help="Adversarial negatives: shorthand for --negatives-from anm (e.g. ebmtool train --anm --k 16).")
+@click.option("--negatives-from", "negatives", default=None, metavar="SOURCE[:FRACTION],...",
+              help="Negative sources and their mix: ired (reference), anm, hnm, gaussian; e.g. ired:0.5,anm:0.5 "
+              "[ired].")
+@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Negatives per positive [1].")
+@click.option("--curriculum", default=None, metavar="SPEC|PRESET",
+              help="Stages over the run, e.g. 0:ired,0.3:ired=0.5+anm=0.5,0.7:anm, or a preset (ired-to-anm, "
+              "ired-to-hnm, ired-anm-hnm). Each stage's mix must sum to 1.")
+@click.option("--dup-threshold", type=float, default=None,
+              help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted "
+              "[1e-3].")
+@click.option("--anm-steps", type=click.IntRange(min=0), default=None, help="ANM descent steps [5].")
+@click.option("--anm-step-size", type=float, default=None, help="ANM step, as a multiple of eta_t [1.0].")
+@click.option("--anm-radius", type=float, default=None, help="ANM radius around the start (clean RMS) [0.5].")
+@click.option("--anm-noise", type=float, default=None, help="ANM start noise scale (ired uses 3) [3.0].")
+@click.option("--hnm-candidates", type=click.IntRange(min=1), default=None,
+              help="HNM candidates per negative, at evenly spaced start levels [4].")
+@click.option("--hnm-steps", type=click.IntRange(min=0), default=None, help="HNM refinement steps [2].")
+@click.option("--hnm-lambda", type=float, default=None,
+              help="HNM deception score -E + lambda * RMS(y- - y) [1.0].")
+@click.option("--gaussian-scale", type=float, default=None, help="Gaussian control: y + scale * N(0,1) [1.0].")
+@click.option("--sans", is_flag=True, default=None,
+              help="Weight the K negatives of each positive by softmax(-alpha * E-) (detached).")
+@click.option("--alpha", type=float, default=None, help="SANS inverse temperature (0 = uniform) [1.0].")
+@click.option("--alpha-schedule", type=click.Choice(["constant", "linear"]), default=None,
+              help="SANS alpha over levels: constant, or linear = max(floor, alpha (1 - t/9)) [constant].")
+@click.option("--alpha-floor", type=float, default=None, help="Floor of --alpha-schedule linear [0.1].")
+@click.option("--sans-loss", type=click.Choice(["infonce", "pairwise", "logistic"]), default=None,
+              help="Weighted loss form [pairwise].")
+@click.option("--margin", type=float, default=None, help="Margin gamma of --sans-loss logistic [9.0].")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="MLP width [512].")
 @click.option("--ema-beta", type=click.FloatRange(0, 1), default=None, help="EMA decay ceiling [0.995].")
 @click.option("--ema-every", type=click.IntRange(min=1), default=None, help="EMA update period in steps [10].")
@@ -100,9 +131,18 @@ def train(ctx, recipe, init, resume, output, overwrite, **flags):
     Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5. Example: ebmtool train --steps 300 -o runs/quick
     """
     from ebmtool.artifacts import resolve_checkpoint_path
-    from ebmtool.train import RECIPES, TrainConfig, train as run_training
+    from ebmtool.train import MINING_FIELDS, RECIPES, TrainConfig, _flag, train as run_training
 
     given = {k: v for k, v in flags.items() if v is not None}
+    if given.pop("anm", None):
+        if "negatives" in given or "curriculum" in given:
+            raise InputError("--anm is shorthand for --negatives-from anm; give one of --anm, --negatives-from, "
+                             "--curriculum")
+        given["negatives"] = "anm"
+    mining = sorted(set(given) & set(MINING_FIELDS))
+    if given.get("supervise_energy") is False and mining:
+        raise InputError(f"--{_flag(mining[0])} has no effect without energy supervision (--no-supervise-energy): "
+                         "negatives are only used by the energy term")
     if resume is not None:
         if init is not None:
             raise InputError("--resume and --init exclude each other: resume continues a run, init starts a new one")
@@ -125,6 +165,14 @@ def train(ctx, recipe, init, resume, output, overwrite, **flags):
             values.update(init=str(init), init_sha256=sha256_file(init) if init.exists() else None)
             load_checkpoint(init)  # validate early: one sentence if it is not a checkpoint
         cfg = TrainConfig(**values)
+        if cfg.supervise_energy:
+            from ebmtool.curriculum import sources_of
+            from ebmtool.train import IRED_FIELDS
+
+            ired_given = [f for f in IRED_FIELDS if f in given]
+            if ired_given and "ired" not in sources_of(cfg.stages()):
+                raise InputError(f"--{_flag(ired_given[0])} is a setting of the ired source, which this run does "
+                                 "not use")
         if output is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{Path(cfg.task).stem}-{stamp}"
