@@ -64,8 +64,8 @@ class NegativeSettings:
     clamp_mode: str = "per-example"
     anm_steps: int = 5
     anm_step_size: float = 1.0  # multiplies eta_t
-    anm_radius: float = 0.5  # RMS distance from the start, clean space
-    anm_noise: float = 3.0  # start noise scale (as ired's 3 eps)
+    anm_radius: float = 1.0  # RMS distance from the start, clean space
+    anm_noise: float = 1.0  # start noise scale (ired uses 3 eps)
     hnm_candidates: int = 4  # candidates per negative, at evenly spaced start levels 0..T-1
     hnm_steps: int = 2
     hnm_lambda: float = 1.0

@@ -11,3 +11,14 @@ TINY_FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-si
 
 def tiny(**kw) -> TrainConfig:
     return TrainConfig(**{**TINY, **kw})
+
+
+def single_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two spinning threads make
+    them several times slower; tests that train use one thread and restore the setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -89,8 +89,8 @@ def data(task, n, output, size, split, harder, seed, overwrite):
               "[1e-3].")
 @click.option("--anm-steps", type=click.IntRange(min=0), default=None, help="ANM descent steps [5].")
 @click.option("--anm-step-size", type=float, default=None, help="ANM step, as a multiple of eta_t [1.0].")
-@click.option("--anm-radius", type=float, default=None, help="ANM radius around the start (clean RMS) [0.5].")
-@click.option("--anm-noise", type=float, default=None, help="ANM start noise scale (ired uses 3) [3.0].")
+@click.option("--anm-radius", type=float, default=None, help="ANM radius around the start (clean RMS) [1.0].")
+@click.option("--anm-noise", type=float, default=None, help="ANM start noise scale (ired uses 3) [1.0].")
 @click.option("--hnm-candidates", type=click.IntRange(min=1), default=None,
               help="HNM candidates per negative, at evenly spaced start levels [4].")
 @click.option("--hnm-steps", type=click.IntRange(min=0), default=None, help="HNM refinement steps [2].")
