@@ -431,8 +431,9 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
         sel = slice(None) if rows is None else rows
         for key, v in _pair_stats(e_pos.detach()[sel], e_neg_d[sel], norm_ratio[sel], valid[sel]).items():
             diag[f"source/{name}/{key}"] = v
-    for name, f in stage.mix:
-        diag[f"source/{name}/configured"] = f
+    for name in curriculum_mod.sources_of(stages):  # sources of other stages: configured and realised 0 here
+        diag.setdefault(f"source/{name}/fraction", 0.0)
+        diag[f"source/{name}/configured"] = stage.fractions().get(name, 0.0)
     return parts, diag, included
 
 
