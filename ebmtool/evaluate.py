@@ -34,7 +34,8 @@ def sample_answers(model, task: Task, problems: Problems, *, batch_size: int = 2
             mask = None
             if problems.mask is not None:
                 mask = torch.from_numpy(problems.mask[start:start + batch_size]).to(device)
-            out.append(sample(model, x, sched, task.y_dim, settings, generator=gen, mask=mask).cpu().numpy())
+            out_dim = problems.y.shape[1]  # = task.y_dim, except graph tasks' larger harder splits
+            out.append(sample(model, x, sched, out_dim, settings, generator=gen, mask=mask).cpu().numpy())
             if progress is not None:
                 progress(len(x))
     finally:
@@ -43,7 +44,10 @@ def sample_answers(model, task: Task, problems: Problems, *, batch_size: int = 2
 
 
 def per_problem_errors(task: Task, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
-    """The task's metrics per problem: `mse` on y_hat and `mse_ref_scaled` on sqrt(ab_0) * y_hat (§5)."""
+    """The task's metrics per problem: `mse` on y_hat and `mse_ref_scaled` on sqrt(ab_0) * y_hat (§5);
+    discrete tasks return their own (`task.metrics`, primary `task.metric`, higher is better)."""
+    if getattr(task, "discrete", False):
+        return task.metrics(problems, y_hat)
     y = problems.y.astype(np.float64)
     pred = y_hat.astype(np.float64)
     scale = float(cosine_schedule().sqrt_ab[0])

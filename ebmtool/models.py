@@ -65,10 +65,171 @@ class EnergyMLP(nn.Module):
 
 def build_model(dims: dict) -> nn.Module:
     """Rebuild a network from the `dims` recorded in a checkpoint."""
-    if dims.get("arch") == "mlp":
+    arch = dims.get("arch")
+    if arch == "mlp":
         return EnergyMLP(dims["x_dim"], dims["y_dim"], dims["width"], dims["time_dim"])
+    if arch == "sudoku_cnn":
+        return SudokuCNN(dims["width"], dims["blocks"], dims["time_dim"], dims["time_hidden"])
+    if arch == "graph_nlm":
+        return GraphEBM(dims["hidden"], dims["depth"], dims["time_dim"], dims["x_channels"])
+    if arch == "path_gnn":
+        return PathGNN(dims["hidden"], dims["steps"], dims["time_dim"])
     raise ValueError(f"unknown model architecture {dims.get('arch')!r}")
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ discrete tasks
+
+class _Counted(nn.Module):
+    """Counts forward passes and rows, as EnergyMLP does (instrumentation for benchmarks and tests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counter = CallCounter()
+
+    def _count(self, y):
+        self.counter.calls += 1
+        self.counter.rows += y.shape[0]
+
+
+class SudokuResBlock(nn.Module):
+    """u = swish(conv5(h)); u = conv5(u) (weights ~ N(0, 1e-5): a block starts near the identity);
+    u = swish(u (1 + gamma) + beta); h + u. No normalisation, no down-sampling (§6.2)."""
+
+    def __init__(self, width: int, time_hidden: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 5, padding=2)
+        self.conv2 = nn.Conv2d(width, width, 5, padding=2)
+        nn.init.normal_(self.conv2.weight, 0.0, 1e-5)
+        self.film = nn.Linear(time_hidden, 2 * width)
+
+    def forward(self, h, temb):
+        gain, bias = self.film(temb)[:, :, None, None].chunk(2, dim=1)
+        u = F.silu(self.conv1(h))
+        u = self.conv2(u)
+        return h + F.silu(u * (1 + gain) + bias)
+
+
+class SudokuCNN(_Counted):
+    """The release's Sudoku energy (§6.2), only the parts it uses: conv3 (18 -> width) + swish, 6 residual
+    blocks with time FiLM, conv1 (width -> 9), E = sum of squares. x and y are (B, 729) in (row, col, digit)
+    order. 44,619,401 parameters at width 384 (the release registers 47,280,521 including unused layers)."""
+
+    def __init__(self, width: int = 384, blocks: int = 6, time_dim: int = 128, time_hidden: int = 64):
+        super().__init__()
+        self.dims = {"arch": "sudoku_cnn", "x_dim": 729, "y_dim": 729, "width": width, "blocks": blocks,
+                     "time_dim": time_dim, "time_hidden": time_hidden}
+        self.conv_in = nn.Conv2d(18, width, 3, padding=1)
+        self.blocks = nn.ModuleList(SudokuResBlock(width, time_hidden) for _ in range(blocks))
+        self.conv_out = nn.Conv2d(width, 9, 1)
+        self.time = TimeMLP(time_dim, time_hidden)
+
+    def forward(self, x, y, t):
+        self._count(y)
+        b = y.shape[0]
+        grid = torch.cat([x.reshape(b, 9, 9, 9), y.reshape(b, 9, 9, 9)], dim=-1).permute(0, 3, 1, 2)
+        temb = self.time(t)
+        h = F.silu(self.conv_in(grid))
+        for block in self.blocks:
+            h = block(h, temb)
+        return self.conv_out(h).pow(2).sum(dim=(1, 2, 3))
+
+
+class GraphTime(nn.Module):
+    """sinusoidal(512) -> Linear -> swish -> Linear, as the release's graph models (§6.3)."""
+
+    def __init__(self, dim: int = 512, hidden: int = 32):
+        super().__init__()
+        self.dim = dim
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, t):
+        return self.fc2(F.silu(self.fc1(sinusoidal_embedding(t, self.dim))))
+
+
+class GraphEBM(_Counted):
+    """Connectivity energy on binary predicates, a compact Neural-Logic-Machine-style network (not the
+    release's NLM, whose exact layer layout is not reproduced; see `parameter_count`: 30,177 at the defaults
+    against the release's 52,129).
+
+    Per edge (i, j) the features [relation_ij, y_ij, t-emb(32)]. Each of `depth` layers forms, for every
+    intermediate k != i, j, a projection of [h_ik, h_kj] (breadth 3: the ternary predicates transitivity
+    needs) reduced by max and min over k, then h_ij <- swish(Linear[h_ij, h_ji, max_k, min_k]).
+    Output Linear(hidden -> 1) per edge; E = sum over (i, j) of out^2. Works for any node count N."""
+
+    def __init__(self, hidden: int = 32, depth: int = 2, time_dim: int = 512, x_channels: int = 1):
+        super().__init__()
+        self.dims = {"arch": "graph_nlm", "hidden": hidden, "depth": depth, "time_dim": time_dim,
+                     "x_channels": x_channels}
+        self.time = GraphTime(time_dim, 32)
+        c = x_channels + 1 + 32
+        self.ternary = nn.ModuleList()
+        self.combine = nn.ModuleList()
+        for _ in range(depth):
+            self.ternary.append(nn.Linear(2 * c, hidden))
+            self.combine.append(nn.Linear(2 * c + 2 * hidden, hidden))
+            c = hidden
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x, y, t):
+        self._count(y)
+        b = y.shape[0]
+        n = int(round(math.sqrt(y.shape[1])))
+        xc = self.dims["x_channels"]
+        temb = self.time(t)[:, None, None, :].expand(b, n, n, -1)
+        h = torch.cat([x.reshape(b, n, n, xc), y.reshape(b, n, n, 1), temb], dim=-1)
+        eye = torch.eye(n, dtype=torch.bool, device=y.device)
+        # exclude k == i and k == j: (i, j, k) excluded where k equals either end
+        excl = (eye[:, None, :] | eye[None, :, :])[None, :, :, :, None]
+        for tern, comb in zip(self.ternary, self.combine):
+            w_a, w_b = tern.weight.chunk(2, dim=1)
+            left = h @ w_a.T  # h_ik projected, (b, i, k, hidden)
+            right = h @ w_b.T  # h_kj projected, (b, k, j, hidden)
+            z = left[:, :, None, :, :] + right.permute(0, 2, 1, 3)[:, None, :, :, :] + tern.bias  # (b, i, j, k, c)
+            hi = torch.where(excl, torch.tensor(-1e4, device=y.device), z).amax(3)
+            lo = torch.where(excl, torch.tensor(1e4, device=y.device), z).amin(3)
+            if n <= 2:  # no intermediate node: the reductions are empty
+                hi, lo = torch.zeros_like(hi), torch.zeros_like(lo)
+            h = F.silu(comb(torch.cat([h, h.transpose(1, 2), hi, lo], dim=-1)))
+        return self.out(h).pow(2).sum(dim=(1, 2, 3))
+
+
+class PathGNN(_Counted):
+    """Shortest-path energy, the release's GNNConv1DEBMV2 layout (§6.3; 55,937 parameters at the defaults).
+
+    y: (B, 8, N, 1) +-1 one-hot node per step, plus t-emb(32) -> 33 channels. Each block concatenates the
+    temporal neighbours (t-1, t, t+1; zero padded), forms pair features [h_i, h_j, cond_ij, cond_ji] with the
+    4-channel condition, Linear + swish, max over j. Linear(64 -> 1); E = sum over (step, node) of out, linear
+    and so possibly negative. The pair Linear is applied as a sum of per-part products (same function, no
+    (B, T, N, N, C_in) tensor)."""
+
+    def __init__(self, hidden: int = 64, steps: int = 8, time_dim: int = 512):
+        super().__init__()
+        self.dims = {"arch": "path_gnn", "hidden": hidden, "steps": steps, "time_dim": time_dim}
+        self.time = GraphTime(time_dim, 32)
+        self.blocks = nn.ModuleList([nn.Linear(2 * 3 * 33 + 8, hidden), nn.Linear(2 * 3 * hidden + 8, hidden)])
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x, y, t):
+        self._count(y)
+        b, steps = y.shape[0], self.dims["steps"]
+        n = y.shape[1] // steps
+        cond = x.reshape(b, n, n, 4)
+        pair_cond = torch.cat([cond, cond.transpose(1, 2)], dim=-1)  # (b, i, j, 8): cond_ij, cond_ji
+        temb = self.time(t)[:, None, None, :].expand(b, steps, n, -1)
+        h = torch.cat([y.reshape(b, steps, n, 1), temb], dim=-1)
+        for lin in self.blocks:
+            pad = F.pad(h, (0, 0, 0, 0, 1, 1))
+            h = torch.cat([pad[:, :-2], pad[:, 1:-1], pad[:, 2:]], dim=-1)  # (b, T, N, 3C)
+            c = h.shape[-1]
+            w_i, w_j, w_c = lin.weight[:, :c], lin.weight[:, c:2 * c], lin.weight[:, 2 * c:]
+            zi = h @ w_i.T  # (b, T, i, hidden)
+            zj = h @ w_j.T  # (b, T, j, hidden)
+            zc = pair_cond @ w_c.T + lin.bias  # (b, i, j, hidden)
+            z = F.silu(zi[:, :, :, None, :] + zj[:, :, None, :, :] + zc[:, None])
+            h = z.amax(3)
+        return self.out(h).sum(dim=(1, 2, 3))

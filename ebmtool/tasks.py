@@ -64,6 +64,8 @@ class Task:
     metric: str = "mse"
     energy_weight: float = 0.5  # λ of the energy-landscape term, the reference value (§3.2)
     sampler: SamplerSettings = SamplerSettings()
+    higher_is_better: bool = False  # the primary metric is an error
+    discrete: bool = False
 
     @property
     def x_dim(self) -> int:
@@ -126,10 +128,18 @@ def _lowrank(rng, n, size, harder):
 
 
 GENERATORS = {"inverse": _inverse, "addition": _addition, "lowrank": _lowrank}
-TASK_NAMES = tuple(GENERATORS)
+DISCRETE_TASK_NAMES = ("sudoku", "connectivity", "connectivity-2", "shortest-path")  # ebmtool.discrete.tasks
+TASK_NAMES = tuple(GENERATORS) + DISCRETE_TASK_NAMES
 
 
-def get_task(name: str, size: int = 20) -> Task:
+def get_task(name: str, size: int | None = None):
+    """A built-in task. Continuous: `size` is the matrix size (20 when None). Discrete: None = the reference
+    size; graph tasks take a node count, Sudoku rejects any size but 9."""
+    if name in DISCRETE_TASK_NAMES:
+        from ebmtool.discrete.tasks import get_discrete_task
+
+        return get_discrete_task(name, size)
+    size = 20 if size is None else size
     if name not in GENERATORS:
         raise InputError(f"unknown task {name!r}; built-in tasks are {', '.join(TASK_NAMES)}, or give an HDF5 file")
     if size < 2:
@@ -165,12 +175,19 @@ def is_data_file(name: str) -> bool:
     return name.endswith((".h5", ".hdf5")) or Path(name).is_file()
 
 
-def resolve_task(name: str, size: int = 20):
+def resolve_task(name: str, size: int | None = 20):
     """A built-in task by name, or (FileTask, Problems) for an HDF5 file. Returns (task, problems-or-None)."""
     if is_data_file(name):
         from ebmtool.artifacts import read_dataset
 
         problems = read_dataset(Path(name))
+        cached = problems.description.get("task")
+        if cached in DISCRETE_TASK_NAMES:  # a cache written by `ebmtool data` for a discrete task
+            task = get_task(cached, problems.description.get("size"))
+            if problems.x.shape[1] != task.x_dim or problems.y.shape[1] != task.y_dim:
+                raise InputError(f"{name}: arrays of width {problems.x.shape[1]} -> {problems.y.shape[1]} do not "
+                                 f"fit {task.label} ({task.x_dim} -> {task.y_dim})")
+            return task, problems
         task = FileTask(name="file", size=0, path=str(name), x_dim_=problems.x.shape[1], y_dim_=problems.y.shape[1])
         return task, problems
     return get_task(name, size), None

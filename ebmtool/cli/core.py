@@ -16,7 +16,7 @@ from ebmtool.cli.common import (
     checkpoint_argument, device_option, json_option, log, overwrite_option, print_json, seed_option, table,
 )
 from ebmtool.errors import InputError
-from ebmtool.tasks import SPLITS, TASK_NAMES, get_task
+from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -25,7 +25,9 @@ from ebmtool.tasks import SPLITS, TASK_NAMES, get_task
 @click.argument("task", type=click.Choice(TASK_NAMES))
 @click.option("-n", "n", type=click.IntRange(min=1), default=1024, show_default=True, help="Number of problems.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="HDF5 file to write.")
-@click.option("--size", type=click.IntRange(min=2), default=8, show_default=True, help="Matrix size (20 in the paper).")
+@click.option("--size", type=click.IntRange(min=2), default=None,
+              help="Matrix size of continuous tasks [8; 20 in the paper]; node count of graph tasks [12 "
+              "connectivity, 20 shortest-path]; Sudoku is 9x9.")
 @click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True,
               help="train draws from --seed; val and test are the fixed evaluation sets every model shares.")
 @click.option("--harder", is_flag=True, help="The out-of-distribution variant of the task.")
@@ -41,14 +43,22 @@ def data(task, n, output, size, split, harder, seed, overwrite):
         import secrets
 
         seed = secrets.randbelow(2**31)
-    t = get_task(task, size)
-    problems = t.generate(n, split, seed=seed, harder=harder)
+    t = get_task(task, size if size is not None or task in DISCRETE_TASK_NAMES else 8)
+    if t.discrete:
+        problems = t.generate(n, split, seed=seed, harder=harder, size=size if harder else None)
+    else:
+        problems = t.generate(n, split, seed=seed, harder=harder)
+    size = problems.description["size"]
     prov = provenance("data", {"task": task, "size": size, "split": split, "harder": harder, "n": n,
                                "seed": problems.description["seed"]}, data=problems.description)
-    write_h5(output, "dataset", {"inputs": problems.x, "targets": problems.y},
+    arrays = {"inputs": problems.x, "targets": problems.y}
+    if problems.mask is not None:
+        arrays["mask"] = problems.mask
+    write_h5(output, "dataset", arrays,
              {"task": task, "size": size, "split": split, "harder": harder, "n": n,
               "seed": problems.description["seed"], "fingerprint": problems.fingerprint}, prov)
-    click.echo(f"wrote {n} {t.label} problems ({split}{', harder' if harder else ''}, seed "
+    label = f"{task} ({size} nodes)" if t.discrete and task != "sudoku" else t.label
+    click.echo(f"wrote {n} {label} problems ({split}{', harder' if harder else ''}, seed "
                f"{problems.description['seed']}) to {output}")
 
 
@@ -241,6 +251,13 @@ def eval_cmd(checkpoint, data, split, harder, n, weights, batch_size, device, as
     click.echo(f"checkpoint  {checkpoint} (step {ckpt.step}, sha256 {sha[:12]})")
     where = desc.get("task", desc.get("data"))
     click.echo(f"problems    {where}, {desc.get('split', '')}{' harder' if harder else ''}, {len(problems)} problems")
+    if getattr(task, "discrete", False):
+        cols = [task.metric] + sorted(k for k in next(iter(results.values())) if k != task.metric)
+        rows = [[f"model ({w} weights)", *(r[c] for c in cols)] for w, r in results.items()]
+        rows += [[f"baseline: {k}", v, *([""] * (len(cols) - 1))] for k, v in baselines.items()]
+        click.echo(table(rows, ["", *cols]))
+        click.echo(f"({seconds:.1f} s; {task.metric} is the primary metric, higher is better)")
+        return
     rows = [[f"model ({w} weights)", r["mse"], r["mse_ref_scaled"]] for w, r in results.items()]
     rows += [[f"baseline: {k}", v, ""] for k, v in baselines.items()]
     click.echo(table(rows, ["", "mse", "mse_ref_scaled"]))
