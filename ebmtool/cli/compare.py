@@ -1,0 +1,151 @@
+"""`ebmtool compare`: the same held-out problems for every model, confidence intervals, paired tests, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ebmtool.artifacts import atomic_path, check_output
+from ebmtool.cli import cli
+from ebmtool.cli.common import device_option, log, overwrite_option, table
+from ebmtool.errors import InputError, RunError
+
+DEFAULT_BOOTSTRAP_SEED = 20240614
+
+
+def _parse_group(ctx, param, values):
+    out = []
+    for v in values:
+        name, sep, spec = v.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise click.BadParameter(f"{v!r}: use NAME=PATHS, e.g. base='runs/base/seed-*' or "
+                                     "anm=runs/a/ckpt.safetensors,runs/b", ctx=ctx, param=param)
+        out.append((name.strip(), spec))
+    return out
+
+
+@cli.command()
+@click.argument("checkpoints", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--group", "groups", multiple=True, callback=_parse_group, metavar="NAME=PATHS",
+              help="An arm of several seeds (replicates): NAME=comma-separated checkpoints, run directories or "
+              "quoted glob patterns, e.g. --group base='runs/base/seed-*'. Repeat for each arm.")
+@click.option("--baseline", default=None, help="Name of the baseline arm (a group name, or a checkpoint's run "
+              "directory name) [the first].")
+@click.option("--vary", "declared", multiple=True, metavar="KEY",
+              help="The configuration key(s) the comparison is about; any other differing key is warned about "
+              "[without it: a warning when more than one key differs].")
+@click.option("-n", "--n", "n", type=click.IntRange(min=2), default=1024, show_default=True,
+              help="Number of held-out problems (the task's fixed, seeded test split).")
+@click.option("--harder", is_flag=True, help="The out-of-distribution test split of the task.")
+@click.option("--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Evaluate on this HDF5 data set instead of the task's test split.")
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
+              help="EMA weights (what the reference evaluates) or the raw weights.")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
+              help="Level of every interval; the tests use alpha = 1 - confidence.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap resamples.")
+@click.option("--permutations", "n_perm", type=click.IntRange(min=100), default=10000, show_default=True,
+              help="Monte Carlo sign flips (the test is exact up to 16 problems).")
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_BOOTSTRAP_SEED, show_default=True,
+              help="Seed of the bootstrap and permutation draws (recorded in the outputs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@device_option
+@click.option("--allow-identical", is_flag=True,
+              help="Exit 0 even when replicates give identical results (otherwise exit 1 after the report).")
+@click.option("--json", "json_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the full report (every number, config diff, checkpoint sha256s) to this JSON file.")
+@click.option("--markdown", "md_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the tables as Markdown to this file.")
+@click.option("--plot", "plot_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write PNG figures into this directory (scatter vs baseline, error distributions, energy "
+              "histograms, training curves, per-seed means).")
+@overwrite_option
+def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, confidence, n_boot, n_perm, seed,
+            batch_size, device, allow_identical, json_file, md_file, plot_dir, overwrite):
+    """Does a variant beat the baseline? Evaluates every checkpoint on the identical held-out problems and reports
+    the task's declared metric with bootstrap intervals, paired differences with a sign-flip permutation test,
+    Holm-corrected verdicts and, for arms of several seeds, the across-seed test.
+
+    The first checkpoint or group is the baseline (or --baseline). Never trains and never changes a checkpoint.
+
+    \b
+    Examples:
+      ebmtool compare runs/base runs/variant
+      ebmtool compare --group base='runs/base/seed-*' --group noenergy='runs/noenergy/seed-*' \\
+          --plot figs --markdown cmp.md --json cmp.json
+    """
+    from ebmtool.artifacts import resolve_checkpoint_path
+    from ebmtool.compare import compare as run_compare, expand_paths, format_markdown, jsonable, run_label
+    from ebmtool.train import resolve_device
+
+    arms: list[tuple[str, list[Path]]] = []
+    for p in checkpoints:
+        p = resolve_checkpoint_path(p)
+        arms.append((run_label(p), [p]))
+    arms += [(name, expand_paths(spec)) for name, spec in groups]
+    if not arms:
+        raise click.UsageError("give checkpoints (or run directories) to compare, or --group NAME=PATHS")
+    names = [a for a, _ in arms]
+    for i, name in enumerate(names):  # two positional checkpoints of the same run-directory name
+        if names.count(name) > 1 and i != names.index(name):
+            names[i] = f"{name}#{names[:i].count(name) + 1}"
+    arms = [(nm, paths) for nm, (_, paths) in zip(names, arms)]
+    inputs = tuple(p for _, ps in arms for p in ps)
+    for out in (json_file, md_file):
+        if out is not None:
+            check_output(out, overwrite, inputs=inputs)
+    if plot_dir is not None and plot_dir.exists() and any(plot_dir.glob("*.png")) and not overwrite:
+        raise InputError(f"{plot_dir} already holds figures; pass --overwrite to replace them")
+    report, extras = run_compare(arms, baseline=baseline, n=n, harder=harder, data=data, weights=weights,
+                                 confidence=confidence, n_boot=n_boot, n_perm=n_perm, seed=seed,
+                                 batch_size=batch_size, device=resolve_device(device), declared=declared, log=log)
+    click.echo(format_text(report))
+    if json_file is not None:
+        with atomic_path(json_file) as tmp:
+            tmp.write_text(json.dumps(jsonable(report), indent=2, sort_keys=True) + "\n")
+        click.echo(f"wrote {json_file}")
+    if md_file is not None:
+        with atomic_path(md_file) as tmp:
+            tmp.write_text(format_markdown(report))
+        click.echo(f"wrote {md_file}")
+    if plot_dir is not None:
+        from ebmtool.plots import write_all
+
+        for p in write_all(report, extras, plot_dir):
+            click.echo(f"wrote {p}")
+    if report["identical_replicates"] and not allow_identical:
+        raise RunError(f"{len(report['identical_replicates'])} pair(s) of replicates gave identical results "
+                       "(see the warnings above); fix the runs or pass --allow-identical")
+
+
+def format_text(report: dict) -> str:
+    """The report as plain text tables for stdout."""
+    from ebmtool.compare import _g, summary_lines
+
+    rows = summary_lines(report)
+    desc = report["problems"]
+    where = desc.get("task", desc.get("data"))
+    out = [f"task        {report['task']}; primary metric {report['metric']} ({report['direction']} is better)",
+           f"problems    {where}, {desc.get('split', '')}{' harder' if desc.get('harder') else ''}, "
+           f"{report['n_problems']} problems (fingerprint {desc.get('fingerprint', '')[:12]}), "
+           f"{report['weights']} weights",
+           "", "configuration (what differs between the runs):"]
+    out.append(table(rows["diff"], rows["diff_header"]) if len(rows["diff"]) > 1 or report["config_diff"]["keys"]
+               else "  (only the seeds differ)")
+    out += ["", table(rows["groups"], rows["groups_header"]), ""]
+    if rows["comps"]:
+        out += [table(rows["comps"], rows["comps_header"]), "", table(rows["verdicts"], rows["verdicts_header"]), ""]
+    out.append(f"differences are variant - baseline in {report['metric']} ({report['direction']} is better); "
+               f"bootstrap {report['bootstrap']} resamples, seed {report['seed']}; alpha {report['alpha']:.3g}")
+    out.append(f"tests: problems = {report['tests']['problems']}; seeds = paired t by seed (Welch if the seeds "
+               "differ); one Holm correction; verdict 'better' only if the whole interval is on the better side "
+               "and the Holm p < alpha")
+    out.append("trivial predictors: " + ", ".join(f"{k} {_g(v)}" for k, v in report["trivial_baselines"].items()))
+    for note in report["notes"]:
+        out.append(f"note: {note}")
+    for w in report["warnings"]:
+        out.append(f"WARNING: {w}")
+    return "\n".join(out)

@@ -1,0 +1,202 @@
+"""Figures of a comparison (matplotlib, Agg backend: no display needed). Every figure has a title, axis labels
+with units and a legend. Each function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ebmtool.artifacts import atomic_path  # noqa: E402
+
+DPI = 120
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def _unit(metric: str) -> str:
+    return "mean squared error per answer entry (dimensionless)" if metric.startswith("mse") else "fraction"
+
+
+def _group_errors(report, errors, metric):
+    """{group: per-problem error averaged over the group's seeds}."""
+    out = {}
+    for g in report["groups"]:
+        out[g["name"]] = np.mean([errors[r][metric] for r in g["runs"]], axis=0)
+    return out
+
+
+def scatter_vs_baseline(report, errors, variant: str, path: Path) -> Path:
+    """Per-problem error of a variant against the baseline (log-log), with the y = x line."""
+    metric, base = report["metric"], report["baseline"]
+    ge = _group_errors(report, errors, metric)
+    x, y = ge[base], ge[variant]
+    comp = next(c for c in report["comparisons"] if c["variant"] == variant)
+    pr = comp["problems"]
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    below = y < x if report["direction"] == "lower" else y > x
+    ax.scatter(x[below], y[below], s=8, alpha=0.6, color=COLORS[2],
+               label=f"{variant} better ({pr['n_variant_better']} problems)")
+    ax.scatter(x[~below], y[~below], s=8, alpha=0.6, color=COLORS[3],
+               label=f"{variant} not better ({pr['n_variant_worse'] + pr['n_tied']} problems)")
+    pos = np.concatenate([x, y])
+    pos = pos[pos > 0]
+    lo, hi = (pos.min(), pos.max()) if pos.size else (1e-6, 1.0)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (equal error)")
+    if pos.size:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel(f"{base} (baseline): {metric} per problem\n[{_unit(metric)}, log scale]")
+    ax.set_ylabel(f"{variant}: {metric} per problem [log scale]")
+    ax.set_title(f"Per-problem {metric}: {variant} vs {base}\nmean diff {pr['mean_diff']:.3g} "
+                 f"[{pr['ci_low']:.3g}, {pr['ci_high']:.3g}], verdict: {comp['verdict']}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, which="both", alpha=0.3)
+    return _save(fig, path)
+
+
+def error_distributions(report, errors, path: Path) -> Path:
+    """Histogram (log-spaced bins) of per-problem error per run, one colour per group, dashed = group mean."""
+    metric = report["metric"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    allv = np.concatenate([errors[r["name"]][metric] for r in report["runs"]])
+    pos = allv[allv > 0]
+    bins = np.geomspace(pos.min(), pos.max(), 50) if pos.size else 50
+    for i, g in enumerate(report["groups"]):
+        color = COLORS[i % len(COLORS)]
+        for j, r in enumerate(g["runs"]):
+            ax.hist(errors[r][metric], bins=bins, histtype="step", color=color, alpha=0.8, lw=1.2,
+                    label=f"{g['name']} ({g['n_seeds']} seed{'s' if g['n_seeds'] > 1 else ''})" if j == 0 else None)
+        ax.axvline(g["mean"], color=color, ls="--", lw=1.2, label=f"{g['name']} mean {g['mean']:.3g}")
+    if pos.size:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{metric} per problem [{_unit(metric)}, log scale]")
+    ax.set_ylabel("number of problems")
+    ax.set_title(f"Distribution of per-problem {metric} ({report['n_problems']} problems, one line per run)")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def energy_histograms(report, energies, path: Path) -> Path:
+    """E+ vs E- per run (same t and noise for every model), one panel per run."""
+    names = [r["name"] for r in report["runs"] if r["name"] in energies]
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        e = energies[name]
+        both = np.concatenate([e["e_pos"], e["e_neg"]])
+        pos = both[both > 0]
+        bins = np.geomspace(pos.min(), pos.max(), 40) if pos.size == both.size and pos.size else 40
+        ax.hist(e["e_pos"], bins=bins, alpha=0.55, color=COLORS[0], label=f"positives E+ (mean {e['e_pos'].mean():.3g})")
+        ax.hist(e["e_neg"], bins=bins, alpha=0.55, color=COLORS[3], label=f"IRED negatives E- (mean {e['e_neg'].mean():.3g})")
+        if isinstance(bins, np.ndarray):
+            ax.set_xscale("log")
+        p_hard = float((e["e_neg"] < e["e_pos"]).mean())
+        ax.set_title(f"{name}: p_hard = P(E- < E+) = {p_hard:.2f}", fontsize=9)
+        ax.set_xlabel("energy E(x, y, t) [model units, log scale]", fontsize=8)
+        ax.set_ylabel("number of pairs", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    n = energies[names[0]]["e_pos"].size if names else 0
+    fig.suptitle(f"Energies of positives vs IRED negatives ({n} problems, random t, shared noise, fixed seed)",
+                 fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_curves(report, curves, path: Path) -> Path | None:
+    """Loss parts, p_hard and margin over training steps from each run's metrics.h5 (the columns that exist)."""
+    have = {k: v for k, v in curves.items() if v}
+    if not have:
+        return None
+    panels = [("loss_total", "total loss"), ("loss_denoise", "denoising loss (MSE of noise)"),
+              ("loss_energy", "energy loss (softplus)"), ("p_hard", "p_hard = P(E- < E+)"),
+              ("margin", "margin E- - E+"), ("eval/mse_ema", "validation MSE (EMA weights)")]
+    panels = [(k, t) for k, t in panels if any(k in c for c in have.values())]
+    extra = sorted({k for c in have.values() for k in c if k not in dict(panels) and k not in
+                    ("step", "eval/step", "energy_pos", "energy_neg")})
+    panels += [(k, k) for k in extra]
+    cols = 3
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
+    group_of = {r["name"]: r["group"] for r in report["runs"]}
+    gcolor = {g["name"]: COLORS[i % len(COLORS)] for i, g in enumerate(report["groups"])}
+    for ax, (key, title) in zip(axes.flat, panels):
+        shown = set()
+        for name, c in have.items():
+            if key not in c:
+                continue
+            steps = c["eval/step"] if key.startswith("eval/") else c["step"]
+            vals = c[key]
+            if not np.isfinite(vals).any():
+                continue
+            g = group_of[name]
+            ax.plot(steps, vals, color=gcolor[g], lw=1, alpha=0.8, label=g if g not in shown else None,
+                    marker="o" if key.startswith("eval/") else None, ms=3)
+            shown.add(g)
+        if key.startswith("loss") or key.startswith("eval/"):
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_ylabel(title.split(" (")[0] + (" [log]" if ax.get_yscale() == "log" else ""), fontsize=8)
+        ax.grid(True, alpha=0.3)
+        if shown:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("Training curves from each run's metrics.h5 (one line per seed, colour = arm)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def seed_means(report, path: Path) -> Path:
+    """Per-seed mean metric of each arm (dots) with the arm's mean across seeds (bar)."""
+    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(report["groups"]), 4.5))
+    for i, g in enumerate(report["groups"]):
+        color = COLORS[i % len(COLORS)]
+        jitter = np.linspace(-0.12, 0.12, len(g["per_seed"])) if len(g["per_seed"]) > 1 else [0.0]
+        ax.scatter(i + np.asarray(jitter), g["per_seed"], color=color, zorder=3, label=f"{g['name']}: one dot per seed")
+        ax.hlines(g["seed_mean"], i - 0.25, i + 0.25, color=color, lw=2)
+        for s, v, dx in zip(g["seeds"], g["per_seed"], jitter):
+            ax.annotate(f"s{s}", (i + dx, v), textcoords="offset points", xytext=(5, 0), fontsize=7)
+    ax.set_xticks(range(len(report["groups"])), [g["name"] for g in report["groups"]])
+    ax.set_ylabel(f"{report['metric']} (mean over {report['n_problems']} problems)")
+    ax.set_xlabel("arm")
+    ax.set_title(f"{report['metric']} per seed ({report['direction']} is better); bar = mean over seeds", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def write_all(report, extras, out_dir: Path) -> list[Path]:
+    """Every figure of a comparison into out_dir; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for c in report["comparisons"]:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in c["variant"])
+        paths.append(scatter_vs_baseline(report, extras["errors"], c["variant"], out_dir / f"scatter-{safe}.png"))
+    paths.append(error_distributions(report, extras["errors"], out_dir / "error-distributions.png"))
+    if extras.get("energies"):
+        paths.append(energy_histograms(report, extras["energies"], out_dir / "energy-histograms.png"))
+    p = training_curves(report, extras.get("curves", {}), out_dir / "training-curves.png")
+    if p is not None:
+        paths.append(p)
+    if any(g["n_seeds"] > 1 for g in report["groups"]):
+        paths.append(seed_means(report, out_dir / "seed-means.png"))
+    return paths
