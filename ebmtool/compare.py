@@ -401,6 +401,14 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
     report = analyse(gs, errors, metric, task.metric_direction, baseline=base, confidence=confidence,
                      n_boot=n_boot, n_perm=n_perm, seed=seed)
     identical = identical_replicates(gs, errors, metric)
+    shas: dict[str, Run] = {}
+    reused = []
+    for g in gs:
+        for r in g.runs:
+            first = shas.setdefault(r.sha256, r)
+            if first.group != g.name:
+                reused.append(f"{r.name} is the same checkpoint as {first.name} (sha256 {r.sha256[:12]}): "
+                              "the two arms compare a model with itself")
     energy_summary = {}
     for name, e in energies.items():
         energy_summary[name] = {"mean_e_pos": float(e["e_pos"].mean()), "mean_e_neg": float(e["e_neg"].mean()),
@@ -409,7 +417,7 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
     report.update(task=task.label, problems=desc, n_problems=len(problems), weights=weights,
                   config_diff=diff, identical_replicates=identical, energies=energy_summary,
                   trivial_baselines=trivial, eval_seconds=eval_seconds,
-                  warnings=list(diff["warnings"]) + identical)
+                  warnings=list(diff["warnings"]) + reused + identical)
     curves = {r.name: read_curves(r.path) for g in gs for r in g.runs}
     extras = {"groups": gs, "errors": errors, "energies": energies, "curves": curves, "problems": problems}
     return report, extras

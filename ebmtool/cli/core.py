@@ -77,6 +77,8 @@ def data(task, n, output, size, split, harder, seed, overwrite):
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=float, default=None, help="Adam learning rate (betas 0.9, 0.99; clip 1.0).")
 @seed_option()
+@click.option("--seeds", "seeds", default=None, metavar="S1,S2,...",
+              help="Replicates: train one run per seed into OUTPUT/seed-<s>/ (for `ebmtool compare --group`).")
 @click.option("--train-size", type=click.IntRange(min=0), default=None,
               help="Fixed training problems drawn from the seed [12800]; 0 = fresh problems every step.")
 @click.option("--supervise-energy/--no-supervise-energy", default=None,
@@ -135,7 +137,7 @@ def data(task, n, output, size, split, harder, seed, overwrite):
               help="Run directory [runs/<task>-<time>].")
 @overwrite_option
 @click.pass_context
-def train(ctx, recipe, init, resume, output, overwrite, **flags):
+def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
     """Train an energy network with IRED (denoising through the energy gradient + energy-landscape term).
 
     Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5. Example: ebmtool train --steps 300 -o runs/quick
@@ -143,6 +145,8 @@ def train(ctx, recipe, init, resume, output, overwrite, **flags):
     from ebmtool.artifacts import resolve_checkpoint_path
     from ebmtool.train import MINING_FIELDS, RECIPES, TrainConfig, _flag, train as run_training
 
+    if seeds is not None:
+        return _train_seeds(ctx, seeds, output)
     given = {k: v for k, v in flags.items() if v is not None}
     if given.pop("anm", None):
         if "negatives" in given or "curriculum" in given:
@@ -195,6 +199,26 @@ def train(ctx, recipe, init, resume, output, overwrite, **flags):
     if fe:
         click.echo(f"validation mse {fe['mse_model']:.4g} (ema weights {fe['mse_ema']:.4g}) on "
                    f"{result.config['val_size']} problems")
+
+
+def _train_seeds(ctx, seeds: str, output):
+    """--seeds 0,1,2: the same configuration once per seed, into OUTPUT/seed-<s>/ (replicates for compare)."""
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r}: give comma-separated non-negative integers, e.g. 0,1,2",
+                                 param_hint="--seeds") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise click.BadParameter(f"{seeds!r}: give distinct non-negative integers, e.g. 0,1,2", param_hint="--seeds")
+    if ctx.params.get("seed") is not None:
+        raise InputError("--seed and --seeds exclude each other")
+    if ctx.params.get("resume") is not None:
+        raise InputError("--seeds starts new runs; resume each one with --resume OUTPUT/seed-<s>")
+    if output is None:
+        raise InputError("--seeds needs -o OUTPUT (runs go to OUTPUT/seed-<s>/)")
+    for s in values:
+        log(f"--seeds: seed {s} -> {Path(output) / f'seed-{s}'}")
+        ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}"})
 
 
 # ------------------------------------------------------------------------------------------------ eval

@@ -1,0 +1,140 @@
+"""`ebmtool compare` and `ebmtool train --seeds` through click's CliRunner, on tiny checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from ebmtool.artifacts import sha256_file
+from ebmtool.cli import cli
+from ebmtool.train import RunState, TrainConfig, TrainingData, prepare, train
+
+TINY = dict(size=4, width=32, time_dim=16, batch_size=16, train_size=32, val_size=0, log_every=1, eval_every=0,
+            ckpt_every=0, device="cpu", lr=1e-3)
+FAST = ["-n", "32", "--bootstrap", "200", "--permutations", "200", "--batch-size", "32"]
+
+
+def trained(out, seed, **over):
+    train(TrainConfig(**{**TINY, "steps": 2, "seed": seed, **over}), out, log=lambda m: None)
+    return out / "ckpt.safetensors"
+
+
+def untrained(out, seed, **over):
+    """A checkpoint at step 0 built through the library (no training: fast)."""
+    cfg, _ = prepare(TrainConfig(**{**TINY, "steps": 1, "seed": seed, **over}))
+    st = RunState(cfg, TrainingData(cfg), torch.device("cpu"))
+    out.mkdir(parents=True)
+    st.save(out / "ckpt.safetensors")
+    return out / "ckpt.safetensors"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    return {
+        "base0": trained(root / "base" / "seed-0", 0),
+        "base1": untrained(root / "base" / "seed-1", 1),
+        "var0": trained(root / "var" / "seed-0", 0, supervise_energy=False),
+        "var1": untrained(root / "var" / "seed-1", 1, supervise_energy=False, steps=1),
+        "other_size": untrained(root / "size3", 0, size=3),
+        "other_task": untrained(root / "addition", 0, task="addition"),
+        "root": root,
+    }
+
+
+def invoke(runner, args):
+    return runner.invoke(cli, ["compare", *FAST, *args], catch_exceptions=False)
+
+
+def test_identical_models_no_difference_and_outputs(runner, ckpts, tmp_path):
+    a = ckpts["base0"]
+    sha = sha256_file(a)
+    res = invoke(runner, [str(a), str(a), "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
+                          "--plot", str(tmp_path / "figs")])
+    assert res.exit_code == 0, res.output
+    assert "NO DETECTABLE DIFFERENCE" in res.stdout
+    assert "compare a model with itself" in res.stdout
+    rep = json.loads((tmp_path / "r.json").read_text())
+    c = rep["comparisons"][0]
+    assert c["problems"]["mean_diff"] == 0 and c["primary"]["ci_low"] <= 0 <= c["primary"]["ci_high"]
+    assert rep["metric"] == "mse" and rep["direction"] == "lower" and rep["seed"] == 20240614
+    assert rep["runs"][0]["sha256"] == sha and rep["runs"][0]["step"] == 2
+    assert "## Configuration differences" in (tmp_path / "r.md").read_text()
+    figs = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
+    assert figs == ["energy-histograms.png", "error-distributions.png", "scatter-base_seed-0_2.png",
+                    "training-curves.png"]
+    assert all((tmp_path / "figs" / f).stat().st_size > 10_000 for f in figs)
+    assert sha256_file(a) == sha  # compare never changes a checkpoint
+    # outputs are not overwritten without --overwrite
+    res = invoke(runner, [str(a), str(a), "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+
+
+def test_groups_config_diff_and_seed_test(runner, ckpts, tmp_path):
+    root = ckpts["root"]
+    res = invoke(runner, ["--group", f"base={root}/base/seed-*", "--group", f"var={root}/var/seed-0,{root}/var/seed-1",
+                          "--json", str(tmp_path / "g.json")])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "supervise_energy" in out and "trained_steps" in out  # the differing keys are named
+    assert "seed (replicates)" in out
+    assert "differ in more than the seed: steps, trained_steps" in out  # seed-0 trained 2 steps, seed-1 none
+    assert "varies: 1, 2" in out and "var - base" in out
+    rep = json.loads((tmp_path / "g.json").read_text())
+    assert rep["comparisons"][0]["seeds"]["test"].startswith("paired t-test")
+    assert [g["n_seeds"] for g in rep["groups"]] == [2, 2]
+
+
+def test_reused_replicate_exits_nonzero_unless_allowed(runner, ckpts):
+    a = ckpts["base0"]
+    args = ["--group", f"base={a},{a}", "--group", f"var={ckpts['var0']},{ckpts['var1']}"]
+    res = invoke(runner, args)
+    assert res.exit_code == 1
+    assert "WARNING: base/seed-0 and base/seed-0#2 are the same checkpoint" in res.stdout
+    assert "identical results" in res.output
+    assert invoke(runner, [*args, "--allow-identical"]).exit_code == 0
+
+
+@pytest.mark.parametrize("other", ["other_size", "other_task"])
+def test_task_mismatch_exits_2(runner, ckpts, other):
+    res = invoke(runner, [str(ckpts["base0"]), str(ckpts[other])])
+    assert res.exit_code == 2
+    assert "compare only checkpoints of one task" in res.output
+
+
+def test_bad_inputs_exit_2(runner, ckpts, tmp_path):
+    assert invoke(runner, []).exit_code == 2
+    assert invoke(runner, ["--group", "nopaths"]).exit_code == 2
+    res = invoke(runner, ["--group", f"a={tmp_path}/nothing-*", str(ckpts["base0"])])
+    assert res.exit_code == 2 and "matches no file" in res.output
+    res = invoke(runner, [str(ckpts["base0"]), str(ckpts["var0"]), "--baseline", "nope"])
+    assert res.exit_code == 2 and "--baseline" in res.output
+    res = invoke(runner, [str(ckpts["base0"]), str(ckpts["var0"]), "--vary", "nope"])
+    assert res.exit_code == 2 and "no such configuration key" in res.output
+
+
+def test_train_seeds_writes_one_run_per_seed(runner, tmp_path):
+    args = ["train", "--size", "4", "--width", "32", "--steps", "2", "--train-size", "16", "--batch-size", "16",
+            "--val-size", "0", "--device", "cpu", "--seeds", "3,4", "-o", str(tmp_path / "r")]
+    res = runner.invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    from ebmtool.artifacts import load_checkpoint
+
+    assert [load_checkpoint(tmp_path / "r" / f"seed-{s}" / "ckpt.safetensors").seed for s in (3, 4)] == [3, 4]
+    assert runner.invoke(cli, [*args[:-2], "--seed", "1", "-o", str(tmp_path / "q")]).exit_code == 2
+    assert runner.invoke(cli, ["train", "--seeds", "1,x", "-o", str(tmp_path / "q")]).exit_code == 2
+    assert runner.invoke(cli, ["train", "--seeds", "1,2"]).exit_code == 2  # needs -o
+
+
+def test_help(runner):
+    res = runner.invoke(cli, ["compare", "--help"])
+    assert res.exit_code == 0 and "--group" in res.output and "NAME=PATHS" in res.output
