@@ -414,7 +414,14 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
         energy_summary[name] = {"mean_e_pos": float(e["e_pos"].mean()), "mean_e_neg": float(e["e_neg"].mean()),
                                 "p_hard": float((e["e_neg"] < e["e_pos"]).mean()), "n": int(e["e_pos"].size)}
     trivial = {k: float(v.mean()) for k, v in task.baselines(problems).items()}
-    report.update(task=task.label, problems=desc, n_problems=len(problems), weights=weights,
+    from ebmtool.artifacts import code_version
+
+    report.update(code=code_version(),
+                  settings={"n": n, "harder": harder, "data": None if data is None else str(data), "weights": weights,
+                            "confidence": confidence, "bootstrap": n_boot, "permutations": n_perm, "seed": seed,
+                            "baseline": base, "vary": list(declared), "energy_samples": energy_n,
+                            "energy_sample_seed": ENERGY_SAMPLE_SEED},
+                  task=task.label, problems=desc, n_problems=len(problems), weights=weights,
                   config_diff=diff, identical_replicates=identical, energies=energy_summary,
                   trivial_baselines=trivial, eval_seconds=eval_seconds,
                   warnings=list(diff["warnings"]) + reused + identical)
