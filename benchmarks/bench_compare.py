@@ -32,31 +32,34 @@ def run(quick: bool = False) -> dict:
     sizes = [8] if quick else [8, 20]
     n = 256 if quick else 1024
     cases = []
+    threads_before = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
+        for size, threads in [(s, t) for s in sizes for t in (1, 2)]:
+            torch.set_num_threads(threads)
             a = _checkpoint(Path(tmp) / f"a{size}", size, 0)
             b = _checkpoint(Path(tmp) / f"b{size}", size, 1)
             load_before = os.getloadavg()[0]
             t0, c0 = time.perf_counter(), time.process_time()
             report, _ = compare([("a", [a]), ("b", [b])], n=n, device="cpu")
             total, cpu = time.perf_counter() - t0, time.process_time() - c0
-            cases.append({"task": f"inverse {size}x{size}", "models": 2, "width": 512, "problems": n,
+            cases.append({"task": f"inverse {size}x{size}", "torch_threads": threads, "models": 2, "width": 512, "problems": n,
                           "seconds_total": round(total, 2), "seconds_evaluation": round(report["eval_seconds"], 2),
                           "seconds_statistics": round(total - report["eval_seconds"], 2),
                           "cpu_seconds": round(cpu, 2), "load_average_after": round(os.getloadavg()[0], 2),
                           "load_average_before": round(load_before, 2), "under_a_minute": total < 60})
-    return {"benchmark": "compare", "torch_threads": torch.get_num_threads(), "cases": cases}
+    torch.set_num_threads(threads_before)
+    return {"benchmark": "compare", "cases": cases}
 
 
 def markdown(result: dict) -> str:
     lines = ["# compare: 2 models (MLP width 512) on held-out problems", "",
-             f"Command: `{result.get('command', 'python -m benchmarks compare')}`; torch threads "
-             f"{result['torch_threads']}; machine: {result.get('machine', {})}.", "",
-             "| task | problems | total (s) | evaluation (s) | statistics + loading (s) | CPU time (s, all threads) "
+             f"Command: `{result.get('command', 'python -m benchmarks compare')}`; machine: {result.get('machine', {})}.",
+             "",
+             "| task | torch threads | problems | total (s) | evaluation (s) | statistics + loading (s) | CPU time (s, all threads) "
              "| load avg before / after | < 60 s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
-        lines.append(f"| {c['task']} | {c['problems']} | {c['seconds_total']} | {c['seconds_evaluation']} | "
+        lines.append(f"| {c['task']} | {c['torch_threads']} | {c['problems']} | {c['seconds_total']} | {c['seconds_evaluation']} | "
                      f"{c['seconds_statistics']} | {c['cpu_seconds']} | {c['load_average_before']} / "
                      f"{c['load_average_after']} | {'yes' if c['under_a_minute'] else 'NO'} |")
     lines += ["", "Evaluation = sampling every problem with each model (70 network calls per problem) plus 256 "
