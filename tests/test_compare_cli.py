@@ -138,3 +138,20 @@ def test_train_seeds_writes_one_run_per_seed(runner, tmp_path):
 def test_help(runner):
     res = runner.invoke(cli, ["compare", "--help"])
     assert res.exit_code == 0 and "--group" in res.output and "NAME=PATHS" in res.output
+
+
+def test_harder_split_and_user_data(runner, ckpts, tmp_path):
+    a, b = str(ckpts["base0"]), str(ckpts["var0"])
+    res = invoke(runner, [a, b, "--harder", "--json", str(tmp_path / "h.json")])
+    assert res.exit_code == 0, res.output
+    assert "test harder" in res.stdout
+    assert json.loads((tmp_path / "h.json").read_text())["problems"]["harder"] is True
+    assert runner.invoke(cli, ["data", "inverse", "--size", "4", "-n", "20", "--split", "test", "-o",
+                               str(tmp_path / "d.h5")]).exit_code == 0
+    res = invoke(runner, [a, b, "--data", str(tmp_path / "d.h5")])
+    assert res.exit_code == 0, res.output
+    assert "d.h5" in res.stdout and "20 problems" in res.stdout
+    assert runner.invoke(cli, ["data", "inverse", "--size", "3", "-n", "20", "--split", "test", "-o",
+                               str(tmp_path / "d3.h5")]).exit_code == 0
+    res = invoke(runner, [a, b, "--data", str(tmp_path / "d3.h5")])
+    assert res.exit_code == 2 and "do not fit" in res.output
