@@ -20,6 +20,7 @@ negatives per run, and the training curves from each run's metrics.h5.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import math
 import re
@@ -176,9 +177,13 @@ def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = 
         elif key != REPLICATE_KEY:
             differing[key] = per_group(key)
     warnings = []
-    unknown = [k for k in declared if k not in keys]
+    unknown = [k for k in declared if not fnmatch.filter(keys, k)]
     if unknown:
         raise InputError(f"--vary {unknown[0]}: no such configuration key (keys: {', '.join(keys)})")
+
+    def is_declared(key):
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in declared)
+
     for g in groups:
         # replicates must differ in their seed only
         within = [k for k in differing if differing[k][g.name].startswith("varies: ")]
@@ -190,7 +195,7 @@ def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = 
         if g.name == baseline:
             continue
         vs = [k for k in differing if differing[k][g.name] != differing[k][baseline]]
-        extra = [k for k in vs if k not in declared] if declared else (vs if len(vs) > 1 else [])
+        extra = [k for k in vs if not is_declared(k)] if declared else (vs if len(vs) > 1 else [])
         if extra:
             what = f"beyond the declared {', '.join(declared)}" if declared else "more than one setting"
             warnings.append(f"{g.name!r} differs from the baseline {baseline!r} in {what}: {', '.join(extra)}; "
@@ -222,9 +227,13 @@ def energy_samples(model, ckpt: Checkpoint, task, problems, *, n: int = 256, see
     gen = torch.Generator().manual_seed(seed)
     t = torch.randint(0, sched.levels, (m,), generator=gen).to(device)
     eps = torch.randn(y.shape, generator=gen).to(device)
-    y_neg = ired_negative(model, x, y, t, eps, sched, steps=int(cfg.get("neg_steps", 2)),
-                          noise_scale=float(cfg.get("neg_noise_scale", 3.0)),
-                          clamp_mode=cfg.get("clamp_mode", "per-example"))
+    def setting(key, default):  # a run without IRED negatives (e.g. ANM) stores None: probe with IRED's defaults
+        v = cfg.get(key)
+        return default if v is None else v
+
+    y_neg = ired_negative(model, x, y, t, eps, sched, steps=int(setting("neg_steps", 2)),
+                          noise_scale=float(setting("neg_noise_scale", 3.0)),
+                          clamp_mode=setting("clamp_mode", "per-example"))
     e_pos = energy(model, x, noised(sched, y, t, eps), t)
     e_neg = energy(model, x, noised(sched, y_neg, t, eps), t)
     return {"t": t.cpu().numpy(), "e_pos": e_pos.cpu().numpy().astype(np.float64),

@@ -34,8 +34,8 @@ def _parse_group(ctx, param, values):
 @click.option("--baseline", default=None, help="Name of the baseline arm (a group name, or a checkpoint's run "
               "directory name) [the first].")
 @click.option("--vary", "declared", multiple=True, metavar="KEY",
-              help="The configuration key(s) the comparison is about; any other differing key is warned about "
-              "[without it: a warning when more than one key differs].")
+              help="The configuration key(s) the comparison is about (glob patterns allowed, e.g. 'anm_*'); any "
+              "other differing key is warned about [without it: a warning when more than one key differs].")
 @click.option("-n", "--n", "n", type=click.IntRange(min=2), default=1024, show_default=True,
               help="Number of held-out problems (the task's fixed, seeded test split).")
 @click.option("--harder", is_flag=True, help="The out-of-distribution test split of the task.")
