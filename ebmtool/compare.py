@@ -281,6 +281,8 @@ def evaluate_groups(groups: list[Group], *, n: int = 1024, harder: bool = False,
 
     runs = [r for g in groups for r in g.runs]
     task, problems, desc = evaluation_problems(runs[0].ckpt, data=data, split="test", harder=harder, n=n)
+    if getattr(task, "discrete", False):
+        energy_n = 0  # the energy probe uses the continuous IRED negative; discrete tasks have their own
     errors, energies = {}, {}
     for i, r in enumerate(runs):
         t0 = time.perf_counter()
@@ -295,6 +297,11 @@ def evaluate_groups(groups: list[Group], *, n: int = 1024, harder: bool = False,
 
 
 # ------------------------------------------------------------------------------------------------ analysis
+
+def metric_direction(task) -> str:
+    """'lower' or 'higher': which way the task's declared primary metric improves (`Task.higher_is_better`)."""
+    return "higher" if task.higher_is_better else "lower"
+
 
 def identical_replicates(groups: list[Group], errors: dict[str, dict], metric: str) -> list[str]:
     """Messages for replicates that give identical per-problem results (inert seed, or a reused checkpoint)."""
@@ -406,8 +413,8 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
     for r in (r for g in gs for r in g.runs):
         if sha256_file(r.path) != r.sha256:
             raise RunError(f"{r.path} changed while it was being evaluated")
-    metric = task.metric
-    report = analyse(gs, errors, metric, task.metric_direction, baseline=base, confidence=confidence,
+    metric = task.metric  # declared by the task, with its direction: no flag can choose another after the fact
+    report = analyse(gs, errors, metric, metric_direction(task), baseline=base, confidence=confidence,
                      n_boot=n_boot, n_perm=n_perm, seed=seed)
     identical = identical_replicates(gs, errors, metric)
     shas: dict[str, Run] = {}

@@ -51,15 +51,16 @@ def scatter_vs_baseline(report, errors, variant: str, path: Path) -> Path:
                label=f"{variant} better ({pr['n_variant_better']} problems)")
     ax.scatter(x[~below], y[~below], s=8, alpha=0.6, color=COLORS[3],
                label=f"{variant} not better ({pr['n_variant_worse'] + pr['n_tied']} problems)")
-    pos = np.concatenate([x, y])
-    pos = pos[pos > 0]
-    lo, hi = (pos.min(), pos.max()) if pos.size else (1e-6, 1.0)
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (equal error)")
-    if pos.size:
+    both = np.concatenate([x, y])
+    log = report["direction"] == "lower" and bool((both > 0).all())
+    lo, hi = float(both.min()), float(both.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (equal)")
+    scale = ", log scale" if log else ""
+    if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set_xlabel(f"{base} (baseline): {metric} per problem\n[{_unit(metric)}, log scale]")
-    ax.set_ylabel(f"{variant}: {metric} per problem [log scale]")
+    ax.set_xlabel(f"{base} (baseline): {metric} per problem\n[{_unit(metric)}{scale}]")
+    ax.set_ylabel(f"{variant}: {metric} per problem [{_unit(metric)}{scale}]")
     ax.set_title(f"Per-problem {metric}: {variant} vs {base}\nmean diff {pr['mean_diff']:.3g} "
                  f"[{pr['ci_low']:.3g}, {pr['ci_high']:.3g}], verdict: {comp['verdict']}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
@@ -72,17 +73,17 @@ def error_distributions(report, errors, path: Path) -> Path:
     metric = report["metric"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     allv = np.concatenate([errors[r["name"]][metric] for r in report["runs"]])
-    pos = allv[allv > 0]
-    bins = np.geomspace(pos.min(), pos.max(), 50) if pos.size else 50
+    log = report["direction"] == "lower" and bool((allv > 0).all()) and allv.max() > allv.min()
+    bins = np.geomspace(allv.min(), allv.max(), 50) if log else 50
     for i, g in enumerate(report["groups"]):
         color = COLORS[i % len(COLORS)]
         for j, r in enumerate(g["runs"]):
             ax.hist(errors[r][metric], bins=bins, histtype="step", color=color, alpha=0.8, lw=1.2,
                     label=f"{g['name']} ({g['n_seeds']} seed{'s' if g['n_seeds'] > 1 else ''})" if j == 0 else None)
         ax.axvline(g["mean"], color=color, ls="--", lw=1.2, label=f"{g['name']} mean {g['mean']:.3g}")
-    if pos.size:
+    if log:
         ax.set_xscale("log")
-    ax.set_xlabel(f"{metric} per problem [{_unit(metric)}, log scale]")
+    ax.set_xlabel(f"{metric} per problem [{_unit(metric)}{', log scale' if log else ''}]")
     ax.set_ylabel("number of problems")
     ax.set_title(f"Distribution of per-problem {metric} ({report['n_problems']} problems, one line per run)")
     ax.legend(fontsize=8)

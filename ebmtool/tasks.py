@@ -21,14 +21,6 @@ from ebmtool.errors import InputError
 EVAL_SEED = 20240614
 PURPOSES = {"train": 1, "val": 2, "test": 3}
 
-# Direction of every metric a task can declare as its primary one. `compare` reads Task.metric and this table and
-# offers no flag to choose another: a comparison cannot pick its metric after seeing the numbers.
-METRIC_DIRECTIONS = {
-    "mse": "lower",  # continuous tasks: per-problem mean squared error of the answer
-    "mse_ref_scaled": "lower",
-    "board_solved": "higher",  # discrete tasks (Sudoku): fraction of boards solved
-    "element_accuracy": "higher",  # discrete tasks (connectivity, paths): fraction of correct elements
-}
 SPLITS = ("train", "val", "test")
 
 
@@ -75,11 +67,6 @@ class Task:
     sampler: SamplerSettings = SamplerSettings()
     higher_is_better: bool = False  # the primary metric is an error
     discrete: bool = False
-
-    @property
-    def metric_direction(self) -> str:
-        """'lower' or 'higher': which way the primary metric improves."""
-        return METRIC_DIRECTIONS[self.metric]
 
     @property
     def x_dim(self) -> int:
