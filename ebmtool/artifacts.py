@@ -230,10 +230,7 @@ def _h5_damaged(path: Path, exc: BaseException) -> InputError:
 def h5_kind(path: Path) -> str:
     try:
         with h5py.File(path, "r") as f:
-            kind = f.attrs.get("kind")
-            if kind is None:
-                return "dataset" if "inputs" in f and "targets" in f else "unknown"
-            return kind.decode() if isinstance(kind, bytes) else str(kind)
+            return _kind_of(f)
     except H5_READ_ERRORS as exc:
         raise _h5_damaged(path, exc) from None
 
@@ -264,24 +261,42 @@ def _format_version(path: Path, raw) -> int:
         raise InputError(f"{path} is corrupted (format version {raw!r} is not a number)") from None
 
 
+def _check_h5(path: Path, f: h5py.File, expect: str, kind: str) -> None:
+    """Format version, content checksum and kind of an open HDF5 file, in the order that names the real problem.
+
+    A known kind that is not the expected one is refused at once (no need to hash a large file to say so); any
+    other mismatch is decided after the checksum, so a damaged `kind` reads as corruption, not as a strange kind.
+    """
+    version = _format_version(path, f.attrs.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads "
+                         f"{FORMAT_VERSION}); upgrade ebmtool to read it")
+    if kind != expect and kind in KINDS:
+        raise InputError(f"{path} is a {kind} file, not a {expect} file")
+    verify_h5(path, f)
+    if kind != expect:
+        raise InputError(f"{path} is a {kind} file, not a {expect} file")
+
+
+def _kind_of(f: h5py.File) -> str:
+    kind = f.attrs.get("kind")
+    if kind is None:
+        return "dataset" if "inputs" in f and "targets" in f else "unknown"
+    return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+
 def open_h5(path: Path, expect: str) -> h5py.File:
     """Open an HDF5 artifact of kind `expect`, checking kind, format version and content checksum."""
+    path = Path(path)
     fmt = sniff(path)
     if fmt != "hdf5":
         raise InputError(f"{path} is a safetensors file, not an HDF5 {expect} file")
-    kind = h5_kind(path)
-    if kind != expect:
-        raise InputError(f"{path} is a {kind} file, not a {expect} file")
     try:
         f = h5py.File(path, "r")
     except H5_READ_ERRORS as exc:
         raise _h5_damaged(path, exc) from None
     try:
-        version = _format_version(path, f.attrs.get("format_version", 1))
-        if version > FORMAT_VERSION:
-            raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads "
-                             f"{FORMAT_VERSION}); upgrade ebmtool to read it")
-        verify_h5(path, f)
+        _check_h5(path, f, expect, _kind_of(f))
     except InputError:
         f.close()
         raise
@@ -312,13 +327,7 @@ def read_dataset(path: Path) -> Problems:
     try:
         with h5py.File(path, "r") as f:
             kind = f.attrs.get("kind")
-            if kind is not None and str(kind) != "dataset":
-                raise InputError(f"{path} is a {kind} file, not a data set")
-            version = _format_version(path, f.attrs.get("format_version", 1))
-            if version > FORMAT_VERSION:
-                raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads "
-                                 f"{FORMAT_VERSION}); upgrade ebmtool to read it")
-            verify_h5(path, f)
+            _check_h5(path, f, "dataset", "dataset" if kind is None else _kind_of(f))
             missing = [k for k in ("inputs", "targets") if k not in f]
             if missing:
                 raise InputError(f"{path} has no {' or '.join(repr(m) for m in missing)} dataset; a data file needs "
@@ -422,7 +431,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and validate a checkpoint; one sentence naming the file on any problem.
 
-    Order: format (sniff), ebmtool metadata, kind, format version, tensors, content checksum, required metadata.
+    Order: format (sniff), ebmtool metadata, a known wrong kind, format version, tensors, content checksum, then
+    any other kind and the required metadata.
     After the checksum has matched, the metadata is exactly what ebmtool wrote.
     """
     path = Path(path)
@@ -431,7 +441,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise InputError(f"{path} is an HDF5 {h5_kind(path)} file, not a checkpoint")
     meta = _safetensors_metadata(path)
     kind = meta.get("ebmtool.kind")
-    if kind != "checkpoint":
+    if kind != "checkpoint" and kind in KINDS:
         raise InputError(f"{path} is a {kind} file, not a checkpoint")
     version = _format_version(path, meta.get("ebmtool.format_version", "0"))
     if version > FORMAT_VERSION:
@@ -443,6 +453,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if meta[ST_CHECKSUM] != tensors_sha256(tensors, meta):
         raise InputError(f"{path} is corrupted (checksum mismatch: its tensors or metadata changed after ebmtool "
                          "wrote it)")
+    if kind != "checkpoint":
+        raise InputError(f"{path} is a {kind} file, not a checkpoint")
     missing = [k for k in CHECKPOINT_REQUIRED if k not in meta]
     if missing:
         raise InputError(f"{path} is an incomplete checkpoint (missing metadata {', '.join(missing)})")
