@@ -11,6 +11,7 @@ Oracles:
 from __future__ import annotations
 
 import errno
+import json
 import random
 import re
 from pathlib import Path
@@ -211,7 +212,19 @@ def bad_files(artifacts):
     x = rng.random((20, 16))
     x[3, 2] = np.nan
     nan_data = _user_h5(root / "nan.h5", inputs=x, targets=rng.random((20, 16)))
+    other_task = root / "lowrank.h5"
+    from click.testing import CliRunner
+    r = CliRunner().invoke(cli, ["data", "lowrank", "-n", "8", "--size", "4", "--seed", "1", "-o", str(other_task)])
+    assert r.exit_code == 0, r.output
+    dims = json.loads(ck.meta["ebmtool.model"])
+    unknown_arch = root / "unknown_arch.safetensors"
+    save_checkpoint(unknown_arch, ck.tensors, {**meta, "ebmtool.model": json.dumps({**dims, "arch": "resnet"})})
+    misfit = root / "misfit.safetensors"
+    save_checkpoint(misfit, ck.tensors, {**meta, "ebmtool.model": json.dumps({**dims, "width": 64})})
     return {
+        "other task": (other_task, "holds lowrank problems"),
+        "unknown arch": (unknown_arch, "cannot be built"),
+        "misfit weights": (misfit, "do not fit"),
         "missing": (root / "missing.safetensors", "no such file"),
         "empty": (root / "empty.safetensors", "is empty"),
         "directory": (root / "a_directory", "directory"),
@@ -232,10 +245,10 @@ def bad_files(artifacts):
 COMMANDS = {
     "eval CHECKPOINT": (["eval", "{F}", "-n", "4"],
                         ["missing", "empty", "directory", "text", "truncated checkpoint", "hdf5 for checkpoint",
-                         "newer checkpoint"]),
+                         "newer checkpoint", "unknown arch", "misfit weights"]),
     "eval --data": (["eval", "{CK}", "--data", "{F}", "-n", "4"],
                     ["missing", "empty", "text", "truncated hdf5", "checkpoint for hdf5", "newer hdf5", "no targets",
-                     "wrong dims", "nan"]),
+                     "wrong dims", "nan", "other task"]),
     "train --resume": (["train", "--resume", "{F}"],
                        ["missing", "empty", "text", "truncated checkpoint", "hdf5 for checkpoint",
                         "newer checkpoint"]),
@@ -244,7 +257,7 @@ COMMANDS = {
     "train --task": (["train", "--task", "{F}", "--steps", "2", "--width", "32", "-o", "{OUT}"],
                      ["truncated hdf5", "checkpoint for hdf5", "newer hdf5", "no targets", "nan"]),
     "info": (["info", "{F}"], ["missing", "empty", "directory", "text", "truncated checkpoint", "truncated hdf5",
-                               "newer checkpoint", "newer hdf5"]),
+                               "newer checkpoint", "newer hdf5", "unknown arch"]),
 }
 CASES = [(cmd, bad) for cmd, (_, bads) in COMMANDS.items() for bad in bads]
 
