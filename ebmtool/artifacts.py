@@ -58,6 +58,8 @@ def atomic_path(target: Path):
 def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Path:
     """Refuse to overwrite an existing output (without --overwrite) or any input file (ever)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file name for the output")
     for src in inputs:
         if src is not None and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
             raise InputError(f"{path}: the output would overwrite an input file; choose another output path")

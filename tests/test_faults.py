@@ -286,6 +286,9 @@ def test_outputs_are_never_silently_overwritten(artifacts, runner, tmp_path):
     out.write_bytes(b"precious")
     r = runner.invoke(cli, ["data", "inverse", "-n", "4", "--size", "4", "--seed", "1", "-o", str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.stderr and out.read_bytes() == b"precious"
+    r = runner.invoke(cli, ["data", "inverse", "-n", "4", "--size", "4", "--seed", "1", "--overwrite", "-o",
+                            str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory" in r.stderr
     ck = artifacts["checkpoint"]
     before = ck.read_bytes()
     r = runner.invoke(cli, ["eval", str(ck), "-n", "4", "--overwrite", "-o", str(ck)])
