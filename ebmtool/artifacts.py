@@ -27,6 +27,16 @@ from ebmtool.errors import InputError, RunError
 from ebmtool.tasks import Problems
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# ebmtool's HDF5 files start with a 512-byte user block (HDF5 skips it; h5py and h5dump read such files as usual)
+# holding a sha256 of the rest of the file. Readers check it before the HDF5 library sees a byte: a damaged file
+# can make the library loop forever (seen in fault injection: one flipped bit in an attribute message).
+USERBLOCK = 512
+UB_MAGIC = b"ebmtool-hdf5 v1\n"
+
+
+def _userblock(digest: str) -> bytes:
+    block = UB_MAGIC + f"sha256 {digest}\n".encode()
+    return block + b"\0" * (USERBLOCK - len(block))
 KINDS = ("checkpoint", "dataset", "metrics", "negatives", "scores", "weights", "evaluation")
 
 
@@ -112,7 +122,7 @@ def provenance(command: str, config: dict | None = None, inputs: dict[str, Path]
 def write_h5(path: Path, kind: str, datasets: dict[str, np.ndarray], attrs: dict, prov: dict) -> None:
     """Write an HDF5 artifact atomically: chunked gzip+shuffle datasets, JSON provenance, scalar attributes."""
     with atomic_path(Path(path)) as tmp:
-        with h5py.File(tmp, "w", track_order=False) as f:
+        with h5py.File(tmp, "w", track_order=False, userblock_size=USERBLOCK) as f:
             f.attrs["kind"] = kind
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["ebmtool_version"] = __version__
@@ -121,8 +131,25 @@ def write_h5(path: Path, kind: str, datasets: dict[str, np.ndarray], attrs: dict
                 f.attrs[k] = v
             for name, arr in datasets.items():
                 write_array(f, name, np.asarray(arr))
-        with h5py.File(tmp, "r+") as f:
-            f.attrs[H5_CHECKSUM] = h5_content_sha256(f)
+        finalize_h5(tmp)
+
+
+def finalize_h5(path: Path) -> None:
+    """Seal a finished HDF5 file (created with userblock_size=USERBLOCK): content checksum attribute, then a
+    sha256 of the file's HDF5 bytes in the user block. Writers that build a file step by step (appending while
+    mining) call this on the temporary file before renaming it; reopening it for writing unseals it.
+    """
+    with h5py.File(path, "r+") as f:
+        if f.userblock_size != USERBLOCK:
+            raise ValueError(f"{path} was created without the {USERBLOCK}-byte user block ebmtool seals files with")
+        f.attrs[H5_CHECKSUM] = h5_content_sha256(f)
+    with open(path, "r+b") as fh:
+        fh.seek(USERBLOCK)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+        fh.seek(0)
+        fh.write(_userblock(h.hexdigest()))
 
 
 def write_array(group, name, arr, maxshape=None):
@@ -216,7 +243,7 @@ def sniff(path: Path) -> str:
         head = fh.read(16)
     if len(head) == 0:
         raise InputError(f"{path} is empty")
-    if head.startswith(HDF5_MAGIC):
+    if head.startswith(HDF5_MAGIC) or head.startswith(UB_MAGIC):
         return "hdf5"
     if len(head) >= 9:
         n = int.from_bytes(head[:8], "little")
@@ -225,16 +252,42 @@ def sniff(path: Path) -> str:
     raise InputError(f"{path} is neither a safetensors nor an HDF5 file")
 
 
+def check_sealed(path: Path) -> None:
+    """For a file sealed by finalize_h5, check the file hash in its user block (user files pass through)."""
+    with open(path, "rb") as fh:
+        block = fh.read(USERBLOCK)
+        if not block.startswith(UB_MAGIC):
+            return
+        line = block[len(UB_MAGIC):].split(b"\n", 1)[0]
+        if len(block) < USERBLOCK or not line.startswith(b"sha256 "):
+            raise InputError(f"{path} is corrupted or truncated (its ebmtool header is damaged)")
+        h = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if line[len(b"sha256 "):].decode("ascii", "replace") != h.hexdigest():
+        raise InputError(f"{path} is corrupted or truncated (file checksum mismatch: its bytes changed after "
+                         "ebmtool wrote it)")
+
+
+def _h5_file(path: Path) -> h5py.File:
+    """h5py.File(path, 'r') after the seal check; HDF5 errors become one InputError sentence."""
+    check_sealed(path)
+    try:
+        return h5py.File(path, "r")
+    except H5_READ_ERRORS as exc:
+        raise _h5_damaged(path, exc) from None
+
+
 def _h5_damaged(path: Path, exc: BaseException) -> InputError:
     return InputError(f"{path} is a damaged or truncated HDF5 file ({type(exc).__name__}: {exc})")
 
 
 def h5_kind(path: Path) -> str:
-    try:
-        with h5py.File(path, "r") as f:
+    with _h5_file(path) as f:
+        try:
             return _kind_of(f)
-    except H5_READ_ERRORS as exc:
-        raise _h5_damaged(path, exc) from None
+        except H5_READ_ERRORS as exc:
+            raise _h5_damaged(path, exc) from None
 
 
 def artifact_kind(path: Path) -> str:
@@ -293,10 +346,7 @@ def open_h5(path: Path, expect: str) -> h5py.File:
     fmt = sniff(path)
     if fmt != "hdf5":
         raise InputError(f"{path} is a safetensors file, not an HDF5 {expect} file")
-    try:
-        f = h5py.File(path, "r")
-    except H5_READ_ERRORS as exc:
-        raise _h5_damaged(path, exc) from None
+    f = _h5_file(path)
     try:
         _check_h5(path, f, expect, _kind_of(f))
     except InputError:
@@ -326,8 +376,9 @@ def read_dataset(path: Path) -> Problems:
     path = Path(path)
     if sniff(path) != "hdf5":
         raise InputError(f"{path} is not an HDF5 data file (a safetensors file was given)")
+    f = _h5_file(path)
     try:
-        with h5py.File(path, "r") as f:
+        with f:
             kind = f.attrs.get("kind")
             _check_h5(path, f, "dataset", "dataset" if kind is None else _kind_of(f))
             missing = [k for k in ("inputs", "targets") if k not in f]

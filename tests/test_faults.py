@@ -11,6 +11,7 @@ Oracles:
 from __future__ import annotations
 
 import errno
+import faulthandler
 import json
 import random
 import re
@@ -23,6 +24,7 @@ import torch
 
 from ebmtool import FORMAT_VERSION
 from ebmtool.artifacts import (
+    finalize_h5,
     ST_CHECKSUM, load_checkpoint, open_h5, read_dataset, save_checkpoint, write_h5,
 )
 from ebmtool.cli import cli
@@ -121,12 +123,14 @@ def assert_one_line_naming(msg: str, path: Path):
 
 
 @pytest.mark.parametrize("kind", list(READERS))
-def test_corrupted_artifacts_give_a_clean_error_or_a_correct_read(kind, artifacts, tmp_path):
+def test_corrupted_artifacts_give_a_clean_error_or_a_correct_read(kind, artifacts, tmp_path, request):
     reader, src = READERS[kind], artifacts[kind]
     original = reader(src)
     data = src.read_bytes()
     target = tmp_path / ("damaged" + src.suffix)
     outcome = {"cases": 0, "clean error": 0, "correct read": 0}
+    faulthandler.dump_traceback_later(120, exit=True)  # a hang in a C library fails loudly instead of forever
+    request.addfinalizer(faulthandler.cancel_dump_traceback_later)
     for i, (what, damaged) in enumerate(corruptions(data, CASES_PER_KIND, seed=sum(map(ord, kind)))):
         target.write_bytes(damaged)
         outcome["cases"] += 1
@@ -174,8 +178,32 @@ def test_a_changed_hdf5_value_is_detected(artifacts, tmp_path):
     bad.write_bytes(artifacts["dataset"].read_bytes())
     with h5py.File(bad, "r+") as f:
         f["targets"][0, 0] = f["targets"][0, 0] + 1.0
-    with pytest.raises(InputError, match="corrupted \\(checksum mismatch"):
+    with pytest.raises(InputError, match="corrupted or truncated \\(file checksum mismatch"):
         read_dataset(bad)
+
+
+def test_a_damaged_sealed_file_never_reaches_the_hdf5_library(artifacts, tmp_path, monkeypatch):
+    """One flipped bit in an attribute message once made the HDF5 library loop forever: the seal (a sha256 of the
+    file in its user block) is checked before h5py opens anything."""
+    data = bytearray(artifacts["evaluation"].read_bytes())
+    assert data.startswith(b"ebmtool-hdf5 v1")  # sealed; h5py itself reads it (the fixture did)
+    data[2841] ^= 0x04
+    bad = tmp_path / "eval.h5"
+    bad.write_bytes(bytes(data))
+
+    def no_h5py(*a, **k):
+        raise AssertionError("h5py opened a file that fails its seal")
+
+    monkeypatch.setattr("ebmtool.artifacts.h5py.File", no_h5py)
+    for read in (lambda: open_h5(bad, "evaluation"), lambda: read_dataset(bad)):
+        with pytest.raises(InputError, match="file checksum mismatch"):
+            read()
+
+
+def test_user_hdf5_without_a_seal_is_read(tmp_path):
+    path = _user_h5(tmp_path / "mine.h5", inputs=np.ones((4, 3)), targets=np.zeros((4, 2)))
+    p = read_dataset(path)
+    assert p.x.shape == (4, 3) and p.y.shape == (4, 2)
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
@@ -199,6 +227,7 @@ def bad_files(artifacts):
     newer_h5.write_bytes(artifacts["dataset"].read_bytes())
     with h5py.File(newer_h5, "r+") as f:
         f.attrs["format_version"] = FORMAT_VERSION + 1
+    finalize_h5(newer_h5)  # sealed as a newer ebmtool would write it: only the version is wrong
     (root / "empty.safetensors").write_bytes(b"")
     (root / "notes.txt").write_text("these are my notes\n")
     (root / "a_directory").mkdir()
@@ -230,7 +259,7 @@ def bad_files(artifacts):
         "directory": (root / "a_directory", "directory"),
         "text": (root / "notes.txt", "neither a safetensors nor an HDF5"),
         "truncated checkpoint": (trunc, "damaged or truncated"),
-        "truncated hdf5": (trunc_h5, "damaged or truncated"),
+        "truncated hdf5": (trunc_h5, "truncated"),
         "hdf5 for checkpoint": (artifacts["metrics"], "not a checkpoint"),
         "checkpoint for hdf5": (artifacts["checkpoint"], "safetensors"),
         "newer checkpoint": (newer, "newer ebmtool"),
