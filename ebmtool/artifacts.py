@@ -27,6 +27,16 @@ from ebmtool.errors import InputError, RunError
 from ebmtool.tasks import Problems
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# ebmtool's HDF5 files start with a 512-byte user block (HDF5 skips it; h5py and h5dump read such files as usual)
+# holding a sha256 of the rest of the file. Readers check it before the HDF5 library sees a byte: a damaged file
+# can make the library loop forever (seen in fault injection: one flipped bit in an attribute message).
+USERBLOCK = 512
+UB_MAGIC = b"ebmtool-hdf5 v1\n"
+
+
+def _userblock(digest: str) -> bytes:
+    block = UB_MAGIC + f"sha256 {digest}\n".encode()
+    return block + b"\0" * (USERBLOCK - len(block))
 KINDS = ("checkpoint", "dataset", "metrics", "negatives", "scores", "weights", "evaluation")
 
 
@@ -36,16 +46,20 @@ KINDS = ("checkpoint", "dataset", "metrics", "negatives", "scores", "weights", "
 def atomic_path(target: Path):
     """Yield a temporary path beside `target`; on success fsync and rename it onto the target.
 
-    On any failure the temporary file is removed and the target (if it existed) is left untouched.
+    On any failure the temporary file is removed and the target (if it existed) is left untouched. An OSError
+    while writing (a full disk, a read-only directory) becomes one RunError sentence naming the target.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        kept = "the previous file is unchanged" if target.exists() else "nothing was written"
+        raise RunError(f"could not write {target} ({exc.strerror or exc}); {kept}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -54,6 +68,8 @@ def atomic_path(target: Path):
 def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Path:
     """Refuse to overwrite an existing output (without --overwrite) or any input file (ever)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file name for the output")
     for src in inputs:
         if src is not None and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
             raise InputError(f"{path}: the output would overwrite an input file; choose another output path")
@@ -106,7 +122,7 @@ def provenance(command: str, config: dict | None = None, inputs: dict[str, Path]
 def write_h5(path: Path, kind: str, datasets: dict[str, np.ndarray], attrs: dict, prov: dict) -> None:
     """Write an HDF5 artifact atomically: chunked gzip+shuffle datasets, JSON provenance, scalar attributes."""
     with atomic_path(Path(path)) as tmp:
-        with h5py.File(tmp, "w", track_order=False) as f:
+        with h5py.File(tmp, "w", track_order=False, userblock_size=USERBLOCK) as f:
             f.attrs["kind"] = kind
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["ebmtool_version"] = __version__
@@ -115,6 +131,25 @@ def write_h5(path: Path, kind: str, datasets: dict[str, np.ndarray], attrs: dict
                 f.attrs[k] = v
             for name, arr in datasets.items():
                 write_array(f, name, np.asarray(arr))
+        finalize_h5(tmp)
+
+
+def finalize_h5(path: Path) -> None:
+    """Seal a finished HDF5 file (created with userblock_size=USERBLOCK): content checksum attribute, then a
+    sha256 of the file's HDF5 bytes in the user block. Writers that build a file step by step (appending while
+    mining) call this on the temporary file before renaming it; reopening it for writing unseals it.
+    """
+    with h5py.File(path, "r+") as f:
+        if f.userblock_size != USERBLOCK:
+            raise ValueError(f"{path} was created without the {USERBLOCK}-byte user block ebmtool seals files with")
+        f.attrs[H5_CHECKSUM] = h5_content_sha256(f)
+    with open(path, "r+b") as fh:
+        fh.seek(USERBLOCK)
+        h = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+        fh.seek(0)
+        fh.write(_userblock(h.hexdigest()))
 
 
 def write_array(group, name, arr, maxshape=None):
@@ -130,6 +165,71 @@ def write_array(group, name, arr, maxshape=None):
     return group.create_dataset(name, data=arr, **kwargs)
 
 
+# ---------------------------------------------------------------------------------------------------- integrity
+#
+# Neither format detects a flipped bit inside tensor or array bytes, so every artifact ebmtool writes carries a
+# sha256 of its contents, and readers verify it before using anything. The hashes are over *contents* (names,
+# dtypes, shapes, bytes, metadata), not file bytes, so they do not depend on chunking or compression.
+
+H5_CHECKSUM = "content_sha256"
+ST_CHECKSUM = "ebmtool.content_sha256"
+# Errors h5py raises on damaged files (HDF5 library errors arrive as OSError, KeyError, ValueError, RuntimeError
+# or TypeError depending on which structure is damaged). Caught only around reads, and always re-raised as one
+# InputError sentence naming the file.
+H5_READ_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
+
+
+def _update_array(h, name: str, arr: np.ndarray) -> None:
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.kind in "OSU":
+        payload = json.dumps([x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1).tolist()])
+        arr_bytes = payload.encode()
+    else:
+        arr_bytes = arr.tobytes()
+    h.update(json.dumps([name, arr.dtype.str, list(arr.shape), len(arr_bytes)]).encode())
+    h.update(arr_bytes)
+
+
+def h5_content_sha256(f: h5py.File) -> str:
+    """sha256 over every dataset (name, dtype, shape, values) and every attribute except the checksum itself."""
+    h = hashlib.sha256()
+    names = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    for name in sorted(names):
+        _update_array(h, "dataset:" + name, np.asarray(f[name][()]))
+    for key in sorted(k for k in f.attrs.keys() if k != H5_CHECKSUM):
+        v = f.attrs[key]
+        _update_array(h, "attr:" + key, np.asarray(v.decode() if isinstance(v, bytes) else v))
+    return h.hexdigest()
+
+
+def _written_by_ebmtool(f: h5py.File) -> bool:
+    return any(k in f.attrs for k in ("ebmtool_version", "format_version", "provenance", "kind", H5_CHECKSUM))
+
+
+def verify_h5(path: Path, f: h5py.File) -> None:
+    """Refuse an ebmtool HDF5 file whose contents do not match its checksum (user files without one pass)."""
+    if not _written_by_ebmtool(f):
+        return
+    stored = f.attrs.get(H5_CHECKSUM)
+    if stored is None:
+        raise InputError(f"{path} is corrupted or incomplete (an ebmtool HDF5 file without its content checksum)")
+    if (stored.decode() if isinstance(stored, bytes) else str(stored)) != h5_content_sha256(f):
+        raise InputError(f"{path} is corrupted (checksum mismatch: its contents changed after ebmtool wrote it)")
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """sha256 over tensors (sorted names, dtypes, shapes, bytes) and metadata (all keys but the checksum)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        h.update(json.dumps([name, str(t.dtype), list(t.shape), len(raw)]).encode())
+        h.update(raw)
+    h.update(json.dumps({k: v for k, v in meta.items() if k != ST_CHECKSUM}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------------- reading
 
 def sniff(path: Path) -> str:
@@ -143,7 +243,7 @@ def sniff(path: Path) -> str:
         head = fh.read(16)
     if len(head) == 0:
         raise InputError(f"{path} is empty")
-    if head.startswith(HDF5_MAGIC):
+    if head.startswith(HDF5_MAGIC) or head.startswith(UB_MAGIC):
         return "hdf5"
     if len(head) >= 9:
         n = int.from_bytes(head[:8], "little")
@@ -152,15 +252,42 @@ def sniff(path: Path) -> str:
     raise InputError(f"{path} is neither a safetensors nor an HDF5 file")
 
 
-def h5_kind(path: Path) -> str:
+def check_sealed(path: Path) -> None:
+    """For a file sealed by finalize_h5, check the file hash in its user block (user files pass through)."""
+    with open(path, "rb") as fh:
+        block = fh.read(USERBLOCK)
+        if not block.startswith(UB_MAGIC):
+            return
+        line = block[len(UB_MAGIC):].split(b"\n", 1)[0]
+        if len(block) < USERBLOCK or not line.startswith(b"sha256 "):
+            raise InputError(f"{path} is corrupted or truncated (its ebmtool header is damaged)")
+        h = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if line[len(b"sha256 "):].decode("ascii", "replace") != h.hexdigest():
+        raise InputError(f"{path} is corrupted or truncated (file checksum mismatch: its bytes changed after "
+                         "ebmtool wrote it)")
+
+
+def _h5_file(path: Path) -> h5py.File:
+    """h5py.File(path, 'r') after the seal check; HDF5 errors become one InputError sentence."""
+    check_sealed(path)
     try:
-        with h5py.File(path, "r") as f:
-            kind = f.attrs.get("kind")
-            if kind is None:
-                return "dataset" if "inputs" in f and "targets" in f else "unknown"
-            return str(kind)
-    except OSError as exc:
-        raise InputError(f"{path} is a damaged or truncated HDF5 file ({exc})") from None
+        return h5py.File(path, "r")
+    except H5_READ_ERRORS as exc:
+        raise _h5_damaged(path, exc) from None
+
+
+def _h5_damaged(path: Path, exc: BaseException) -> InputError:
+    return InputError(f"{path} is a damaged or truncated HDF5 file ({type(exc).__name__}: {exc})")
+
+
+def h5_kind(path: Path) -> str:
+    with _h5_file(path) as f:
+        try:
+            return _kind_of(f)
+        except H5_READ_ERRORS as exc:
+            raise _h5_damaged(path, exc) from None
 
 
 def artifact_kind(path: Path) -> str:
@@ -182,25 +309,66 @@ def _safetensors_metadata(path: Path) -> dict:
     return meta
 
 
+def _format_version(path: Path, raw) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise InputError(f"{path} is corrupted (format version {raw!r} is not a number)") from None
+
+
+def _check_h5(path: Path, f: h5py.File, expect: str, kind: str) -> None:
+    """Format version, content checksum and kind of an open HDF5 file, in the order that names the real problem.
+
+    A known kind that is not the expected one is refused at once (no need to hash a large file to say so); any
+    other mismatch is decided after the checksum, so a damaged `kind` reads as corruption, not as a strange kind.
+    """
+    version = _format_version(path, f.attrs.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads "
+                         f"{FORMAT_VERSION}); upgrade ebmtool to read it")
+    if kind != expect and kind in KINDS:
+        raise InputError(f"{path} is a {kind} file, not a {expect} file")
+    verify_h5(path, f)
+    if kind != expect:
+        raise InputError(f"{path} is a {kind} file, not a {expect} file")
+
+
+def _kind_of(f: h5py.File) -> str:
+    kind = f.attrs.get("kind")
+    if kind is None:
+        return "dataset" if "inputs" in f and "targets" in f else "unknown"
+    return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+
 def open_h5(path: Path, expect: str) -> h5py.File:
-    """Open an HDF5 artifact of kind `expect`, checking kind and format version."""
+    """Open an HDF5 artifact of kind `expect`, checking kind, format version and content checksum."""
+    path = Path(path)
     fmt = sniff(path)
     if fmt != "hdf5":
         raise InputError(f"{path} is a safetensors file, not an HDF5 {expect} file")
-    kind = h5_kind(path)
-    if kind != expect:
-        raise InputError(f"{path} is a {kind} file, not a {expect} file")
-    f = h5py.File(path, "r")
-    version = int(f.attrs.get("format_version", 1))
-    if version > FORMAT_VERSION:
+    f = _h5_file(path)
+    try:
+        _check_h5(path, f, expect, _kind_of(f))
+    except InputError:
         f.close()
-        raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads {FORMAT_VERSION})")
+        raise
+    except H5_READ_ERRORS as exc:
+        f.close()
+        raise _h5_damaged(path, exc) from None
     return f
 
 
 def read_provenance(f: h5py.File) -> dict:
     raw = f.attrs.get("provenance")
-    return json.loads(raw) if raw else {}
+    if not raw:
+        return {}
+    try:
+        prov = json.loads(raw)
+    except ValueError:
+        raise InputError(f"{f.filename}: its 'provenance' attribute is not valid JSON") from None
+    if not isinstance(prov, dict):
+        raise InputError(f"{f.filename}: its 'provenance' attribute is not a JSON object")
+    return prov
 
 
 def read_dataset(path: Path) -> Problems:
@@ -208,26 +376,33 @@ def read_dataset(path: Path) -> Problems:
     path = Path(path)
     if sniff(path) != "hdf5":
         raise InputError(f"{path} is not an HDF5 data file (a safetensors file was given)")
+    f = _h5_file(path)
     try:
-        with h5py.File(path, "r") as f:
+        with f:
             kind = f.attrs.get("kind")
-            if kind is not None and str(kind) != "dataset":
-                raise InputError(f"{path} is a {kind} file, not a data set")
+            _check_h5(path, f, "dataset", "dataset" if kind is None else _kind_of(f))
             missing = [k for k in ("inputs", "targets") if k not in f]
             if missing:
                 raise InputError(f"{path} has no {' or '.join(repr(m) for m in missing)} dataset; a data file needs "
                                  "'inputs' and 'targets' (rows = problems)")
+            for name in ("inputs", "targets", "mask"):
+                if name in f and (not isinstance(f[name], h5py.Dataset) or f[name].dtype.kind not in "biuf"):
+                    raise InputError(f"{path}: '{name}' must be a numeric dataset")
             x, y = np.asarray(f["inputs"], dtype=np.float32), np.asarray(f["targets"], dtype=np.float32)
             mask = np.asarray(f["mask"], dtype=np.float32) if "mask" in f else None
-            desc = json.loads(f.attrs["provenance"]).get("data", {}) if "provenance" in f.attrs else {}
-    except OSError as exc:
-        raise InputError(f"{path} is a damaged or truncated HDF5 file ({exc})") from None
+            desc = read_provenance(f).get("data", {})
+    except H5_READ_ERRORS as exc:
+        raise _h5_damaged(path, exc) from None
+    if not isinstance(desc, dict):
+        raise InputError(f"{path}: the 'data' entry of its provenance is not a JSON object")
     if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
         raise InputError(f"{path}: 'inputs' and 'targets' must have the same number of rows "
                          f"(got shapes {x.shape} and {y.shape})")
     if x.shape[0] == 0:
         raise InputError(f"{path} holds no problems (0 rows)")
     x, y = x.reshape(len(x), -1), y.reshape(len(y), -1)
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        raise InputError(f"{path}: 'inputs' and 'targets' need at least one column (got shapes {x.shape}, {y.shape})")
     if mask is not None:
         if mask.size != y.size:
             raise InputError(f"{path}: 'mask' must have the shape of 'targets' ({y.shape}), got {mask.shape}")
@@ -278,45 +453,71 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    """Atomically write tensors and string metadata. A failed write leaves the previous file intact."""
+    """Atomically write tensors and string metadata with a content checksum.
+
+    A failed write (full disk, unwritable directory) raises RunError and leaves the previous file intact.
+    """
     meta = {"format": "pt", "ebmtool.kind": "checkpoint", "ebmtool.format_version": str(FORMAT_VERSION), **meta}
     bad = [k for k, v in meta.items() if not isinstance(v, str)]
     if bad:
         raise TypeError(f"checkpoint metadata must be strings: {bad}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta[ST_CHECKSUM] = tensors_sha256(tensors, meta)
     with atomic_path(Path(path)) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=meta)
-        except OSError as exc:
-            raise RunError(f"could not write checkpoint {path}: {exc.strerror or exc}") from None
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+CHECKPOINT_REQUIRED = ("ebmtool.config", "ebmtool.model", "ebmtool.step", "ebmtool.seed", "ebmtool.task")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+        return tensors
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path} is a damaged or truncated checkpoint ({exc})") from None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read and validate a checkpoint; one sentence naming the file on any problem."""
+    """Read and validate a checkpoint; one sentence naming the file on any problem.
+
+    Order: format (sniff), ebmtool metadata, a known wrong kind, format version, tensors, content checksum, then
+    any other kind and the required metadata.
+    After the checksum has matched, the metadata is exactly what ebmtool wrote.
+    """
     path = Path(path)
     fmt = sniff(path)
     if fmt == "hdf5":
         raise InputError(f"{path} is an HDF5 {h5_kind(path)} file, not a checkpoint")
     meta = _safetensors_metadata(path)
     kind = meta.get("ebmtool.kind")
-    if kind != "checkpoint":
+    if kind != "checkpoint" and kind in KINDS:
         raise InputError(f"{path} is a {kind} file, not a checkpoint")
-    version = int(meta.get("ebmtool.format_version", "0"))
+    version = _format_version(path, meta.get("ebmtool.format_version", "0"))
     if version > FORMAT_VERSION:
         raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads "
                          f"{FORMAT_VERSION}); upgrade ebmtool to read it")
-    required = ["ebmtool.config", "ebmtool.model", "ebmtool.step", "ebmtool.seed", "ebmtool.task"]
-    missing = [k for k in required if k not in meta]
+    tensors = _read_tensors(path)
+    if ST_CHECKSUM not in meta:
+        raise InputError(f"{path} has no content checksum: it is damaged or was not written by this ebmtool")
+    if meta[ST_CHECKSUM] != tensors_sha256(tensors, meta):
+        raise InputError(f"{path} is corrupted (checksum mismatch: its tensors or metadata changed after ebmtool "
+                         "wrote it)")
+    if kind != "checkpoint":
+        raise InputError(f"{path} is a {kind} file, not a checkpoint")
+    missing = [k for k in CHECKPOINT_REQUIRED if k not in meta]
     if missing:
         raise InputError(f"{path} is an incomplete checkpoint (missing metadata {', '.join(missing)})")
     try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                tensors[k] = f.get_tensor(k)
-        json.loads(meta["ebmtool.config"]), json.loads(meta["ebmtool.model"])
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"{path} is a damaged or truncated checkpoint ({exc})") from None
+        config, dims = json.loads(meta["ebmtool.config"]), json.loads(meta["ebmtool.model"])
+        int(meta["ebmtool.step"]), int(meta["ebmtool.seed"])
+    except ValueError as exc:
+        raise InputError(f"{path} has invalid metadata ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(dims, dict):
+        raise InputError(f"{path} has invalid metadata (config and model must be JSON objects)")
     return Checkpoint(path, meta, tensors)
 
 

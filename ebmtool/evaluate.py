@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ebmtool.errors import InputError
+
 from ebmtool.diffusion import cosine_schedule, sample
 from ebmtool.tasks import Problems, Task
 
@@ -68,16 +70,28 @@ WEIGHTS = ("ema", "model")
 
 def load_model(ckpt, weights: str = "ema", device="cpu"):
     """A frozen network from a checkpoint: the EMA weights (as the reference evaluates) or the raw ones."""
-    from ebmtool.models import build_model
-
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}")
-    model = build_model(ckpt.dims)
-    model.load_state_dict(ckpt.group(weights), strict=True)
+    model = checkpoint_model(ckpt)
+    try:
+        model.load_state_dict(ckpt.group(weights), strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{ckpt.path}: its {weights} weights do not fit its model {ckpt.dims} "
+                         f"({str(exc).splitlines()[0]})") from None
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def checkpoint_model(ckpt):
+    """The (untrained) network a checkpoint's `ebmtool.model` metadata describes; InputError if it cannot be built."""
+    from ebmtool.models import build_model
+
+    try:
+        return build_model(ckpt.dims)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{ckpt.path}: its model description {ckpt.dims} cannot be built ({exc})") from None
 
 
 def checkpoint_task(ckpt):
@@ -109,6 +123,11 @@ def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
     task = checkpoint_task(ckpt)
     if data is not None:
         problems = read_dataset(data)
+        made_for = problems.description.get("task")
+        if not isinstance(task, FileTask) and made_for is not None and (
+                made_for != task.name or problems.description.get("size", task.size) != task.size):
+            raise InputError(f"{data} holds {made_for} problems (size {problems.description.get('size')}), but "
+                             f"the checkpoint was trained on {task.label}")
         if problems.x.shape[1] != task.x_dim or problems.y.shape[1] != task.y_dim:
             raise InputError(f"{data}: problems of shape {problems.x.shape[1]} -> {problems.y.shape[1]} do not fit "
                              f"the checkpoint's model ({task.x_dim} -> {task.y_dim})")

@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 
 from ebmtool.artifacts import artifact_kind, load_checkpoint, open_h5, read_provenance, sha256_file, sniff
-from ebmtool.models import build_model, parameter_count
+from ebmtool.evaluate import checkpoint_model
+from ebmtool.models import parameter_count
 
 
 def describe(path: Path) -> dict:
@@ -36,7 +37,7 @@ def _describe_checkpoint(path: Path) -> dict:
     for k in ck.tensors:
         g = k.split("/", 1)[0]
         groups[g] = groups.get(g, 0) + 1
-    model = build_model(ck.dims)
+    model = checkpoint_model(ck)
     return {
         "file": str(path), "format": "safetensors", "kind": "checkpoint", "sha256": sha256_file(path),
         "task": ck.task, "step": ck.step, "seed": ck.seed,

@@ -14,7 +14,9 @@ import hashlib
 import json
 import math
 import random
+import re
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -29,7 +31,7 @@ from tqdm import tqdm
 
 from ebmtool import __version__
 from ebmtool.artifacts import (
-    Checkpoint, code_version, load_checkpoint, provenance, save_checkpoint, sha256_file, write_h5,
+    Checkpoint, atomic_path, code_version, load_checkpoint, provenance, save_checkpoint, sha256_file, write_h5,
 )
 from ebmtool.diffusion import cosine_schedule, energy_and_grad, noised
 from ebmtool.errors import InputError, Interrupted, RunError
@@ -48,7 +50,7 @@ RECIPES = {
 }
 
 # Fields that do not change what is computed, only when things are saved or shown; a resume may change them.
-CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "device", "val_size")
+CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size")
 
 
 @dataclass
@@ -101,6 +103,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 500
     ckpt_every: int = 500
+    keep: int = 0  # step-numbered snapshots kept beside ckpt.safetensors (the newest N; 0 = only the latest)
     val_size: int = 256
     device: str = "auto"
     init: str | None = None
@@ -110,7 +113,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "ema_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "ckpt_every", "train_size", "neg_steps", "ema_start", "val_size"):
+        for name in ("eval_every", "ckpt_every", "keep", "train_size", "neg_steps", "ema_start", "val_size"):
             if getattr(self, name) < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -541,7 +544,8 @@ class RunState:
 
 
 METRIC_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin",
-                  "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "step_seconds", "wall_time")
+                  "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "skipped_steps", "step_seconds",
+                  "wall_time")
 NEGATIVE_COLUMNS = ("stage", "k", "active_fraction", "dup_fraction", "excluded_fraction", "weight_entropy",
                     "weight_ess", "sans_alpha", "grad_share_energy")
 SOURCE_COLUMNS = ("fraction", "configured", "energy_pos", "energy_neg", "margin", "p_hard", "active_fraction",
@@ -574,17 +578,58 @@ def write_metrics(path: Path, st: RunState):
 
 
 def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tuple[list[dict], list[dict]]:
-    """Rows of an existing metrics.h5 up to a checkpoint's step (a resume continues the same curves)."""
-    import h5py
+    """Rows of an existing metrics.h5 up to a checkpoint's step (a resume continues the same curves).
+
+    The file is read through the verified reader: a damaged metrics.h5 stops the resume with one sentence
+    (never a silent restart of the curves).
+    """
+    from ebmtool.artifacts import open_h5
 
     if not path.exists():
         return [], []
-    with h5py.File(path, "r") as f:
+    try:
+        f = open_h5(path, "metrics")
+    except InputError as exc:
+        raise InputError(f"{exc}; move it away to resume without the earlier metric rows") from None
+    with f:
         cols = [c for c in columns if c in f]
         rows = [dict(zip(cols, vals)) for vals in zip(*(f[c][()].tolist() for c in cols))]
         ecols = [c for c in EVAL_COLUMNS if f"eval/{c}" in f]
         erows = [dict(zip(ecols, vals)) for vals in zip(*(f[f"eval/{c}"][()].tolist() for c in ecols))]
     return [r for r in rows if r["step"] <= upto_step], [r for r in erows if r["step"] <= upto_step]
+
+
+# ------------------------------------------------------------------------------------------------ snapshots
+
+SNAPSHOT_RE = re.compile(r"^ckpt-step(\d+)\.safetensors$")
+
+
+def snapshot_path(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / f"ckpt-step{step:07d}.safetensors"
+
+
+def write_snapshot(ckpt_path: Path, step: int, keep: int) -> list[Path]:
+    """Copy the latest checkpoint to a step-numbered snapshot (atomically), then prune to the newest `keep`."""
+    with atomic_path(snapshot_path(ckpt_path.parent, step)) as tmp:
+        shutil.copyfile(ckpt_path, tmp)
+    return prune_snapshots(ckpt_path.parent, keep, step)
+
+
+def prune_snapshots(out_dir: Path, keep: int, upto_step: int) -> list[Path]:
+    """Delete all but the newest `keep` snapshots at or before `upto_step`; returns the deleted paths.
+
+    Snapshots after `upto_step` (left by a run that was later resumed from an earlier snapshot) are not touched.
+    """
+    found = []
+    for p in Path(out_dir).iterdir():
+        m = SNAPSHOT_RE.match(p.name)
+        if m and int(m.group(1)) <= upto_step:
+            found.append((int(m.group(1)), p))
+    found.sort()
+    doomed = [p for _, p in found[:max(0, len(found) - keep)]]
+    for p in doomed:
+        p.unlink()
+    return doomed
 
 
 # ------------------------------------------------------------------------------------------------ signals
@@ -690,9 +735,25 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         st.eval_rows = [r for r in st.eval_rows if r["step"] != st.step] + [row]
         return row
 
-    def checkpoint():
-        st.save(ckpt_path)
+    def checkpoint(periodic: bool = False):
+        # metrics first: if the run dies between the two writes, the resume drops the rows past the checkpoint
         write_metrics(metrics_path, st)
+        st.save(ckpt_path)
+        if periodic and cfg.keep:
+            write_snapshot(ckpt_path, st.step, cfg.keep)
+
+    def non_finite(where: str) -> None:
+        """--on-nan stop: raise (the last good checkpoint stays); skip: drop the batch, count it, move on."""
+        if cfg.on_nan == "stop":
+            bar.close()
+            write_metrics(metrics_path, st)  # the curve up to the fault, for diagnosis; the checkpoint is untouched
+            kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else \
+                "no checkpoint had been written yet"
+            raise RunError(f"non-finite {where} at step {st.step}; training stopped and {kept} "
+                           "(--on-nan skip drops such batches instead)")
+        st.skipped += 1
+        st.step += 1
+        bar.update(1)
 
     t0 = time.perf_counter() - (st.rows[-1]["wall_time"] if st.rows else 0.0)
     window: list[dict] = []
@@ -706,35 +767,30 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
             parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
                                 neg_gen=step_generator(cfg.seed, st.step, purpose=3))
 
-            bad = [k for k in ("loss_denoise", "loss_energy") if k in parts and not torch.isfinite(parts[k]).all()]
+            bad = [k for k in ("loss_denoise", "loss_energy", "energy_pos", "energy_neg")
+                   if k in parts and not torch.isfinite(parts[k]).all()]
             if bad or not torch.isfinite(parts["loss_total"]):
-                where = bad[0] if bad else "loss_total"
-                if cfg.on_nan == "stop":
-                    bar.close()
-                    kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else \
-                        "no checkpoint had been written yet"
-                    raise RunError(f"non-finite {where} at step {st.step}; training stopped and {kept}")
-                st.skipped += 1
-                st.step += 1  # --on-nan skip: the batch is dropped, counted, and the step counter moves on
-                bar.update(1)
-                continue
+                non_finite(bad[0] if bad else "loss_total")
+            else:
+                logging_step = (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.steps
+                if logging_step and "energy_term" in parts:
+                    parts["diagnostics"]["grad_share_energy"] = grad_share(st.model, parts)
+                st.opt.zero_grad(set_to_none=True)
+                parts["loss_total"].backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    non_finite("gradient norm")  # never step the optimiser on a non-finite gradient
+                else:
+                    st.opt.step()
+                    st.ema.update(st.model)
+                    st.step += 1
+                    bar.update(1)
+                    window.append(_summarise(parts, grad_norm, time.perf_counter() - step_start))
 
-            logging_step = (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.steps
-            if logging_step and "energy_term" in parts:
-                parts["diagnostics"]["grad_share_energy"] = grad_share(st.model, parts)
-            st.opt.zero_grad(set_to_none=True)
-            parts["loss_total"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
-            st.opt.step()
-            st.ema.update(st.model)
-            st.step += 1
-            bar.update(1)
-
-            window.append(_summarise(parts, grad_norm, time.perf_counter() - step_start))
-            if st.step % cfg.log_every == 0 or st.step == cfg.steps:
+            if window and (st.step % cfg.log_every == 0 or st.step == cfg.steps):
                 keys = {k for w in window for k in w}
                 row = {k: _nanmean([w.get(k, np.nan) for w in window]) for k in keys}
-                row.update(step=st.step, lr=cfg.lr, energy_weight=energy_weight,
+                row.update(step=st.step, lr=cfg.lr, energy_weight=energy_weight, skipped_steps=st.skipped,
                            wall_time=time.perf_counter() - t0)
                 if "stage" in window[-1]:
                     row["stage"] = window[-1]["stage"]  # the stage at the row's last step, not a mean
@@ -747,7 +803,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                 row = evaluate_now()
                 bar.write(f"step {st.step}: val mse {row['mse_model']:.4g} (ema {row['mse_ema']:.4g})", file=sys.stderr)
             if cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
-                checkpoint()
+                checkpoint(periodic=True)
             if stop.signum is not None:
                 bar.close()
                 checkpoint()

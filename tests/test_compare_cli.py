@@ -154,4 +154,4 @@ def test_harder_split_and_user_data(runner, ckpts, tmp_path):
     assert runner.invoke(cli, ["data", "inverse", "--size", "3", "-n", "20", "--split", "test", "-o",
                                str(tmp_path / "d3.h5")]).exit_code == 0
     res = invoke(runner, [a, b, "--data", str(tmp_path / "d3.h5")])
-    assert res.exit_code == 2 and "do not fit" in res.output
+    assert res.exit_code == 2 and "but the checkpoint was trained on inverse 4x4" in res.output

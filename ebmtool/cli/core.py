@@ -125,6 +125,9 @@ def data(task, n, output, size, split, harder, seed, overwrite):
 @click.option("--eval-every", type=click.IntRange(min=0), default=None,
               help="Steps between validation sampling (0 = only at the end) [500].")
 @click.option("--ckpt-every", type=click.IntRange(min=0), default=None, help="Steps between checkpoints [500].")
+@click.option("--keep", type=click.IntRange(min=0), default=None,
+              help="Also keep the newest N periodic checkpoints as OUTPUT/ckpt-stepNNNNNNN.safetensors "
+              "(0 = only the latest, OUTPUT/ckpt.safetensors) [0].")
 @click.option("--val-size", type=click.IntRange(min=0), default=None, help="Validation problems [256].")
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default=None,
               help="A non-finite loss stops the run (default) or skips the batch (counted in metrics).")
@@ -160,7 +163,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
     if resume is not None:
         if init is not None:
             raise InputError("--resume and --init exclude each other: resume continues a run, init starts a new one")
-        allowed = {"steps", "log_every", "eval_every", "ckpt_every", "device", "val_size"}
+        allowed = {"steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size"}
         fixed = sorted(set(given) - allowed)
         if ctx.get_parameter_source("recipe").name == "COMMANDLINE":
             fixed.insert(0, "recipe")
@@ -190,6 +193,9 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
         if output is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{Path(cfg.task).stem}-{stamp}"
+        inputs = (init, Path(cfg.task) if Path(cfg.task).is_file() else None)
+        for target in (output / "ckpt.safetensors", output / "metrics.h5"):
+            check_output(target, True, inputs=inputs)  # never overwrite an input, even with --overwrite
         if (output / "ckpt.safetensors").exists() and not overwrite:
             raise InputError(f"{output} already holds a run; use --resume to continue it or --overwrite to "
                              "start again")
