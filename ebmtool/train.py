@@ -33,13 +33,13 @@ from ebmtool import __version__
 from ebmtool.artifacts import (
     Checkpoint, atomic_path, code_version, load_checkpoint, provenance, save_checkpoint, sha256_file, write_h5,
 )
-from ebmtool.diffusion import cosine_schedule, energy_and_grad, noised
+from ebmtool.diffusion import cosine_schedule, energy_and_grad, impose_mask, noised
 from ebmtool.errors import InputError, Interrupted, RunError
 from ebmtool.evaluate import evaluate_model
 from ebmtool.models import EnergyMLP, build_model
 from ebmtool import curriculum as curriculum_mod
 from ebmtool import sans as sans_mod
-from ebmtool.negatives import CLAMP_MODES, NegativeSettings, generate, renoise
+from ebmtool.negatives import CLAMP_MODES, NegativeBatch, NegativeSettings, _rep, generate, renoise
 from ebmtool.tasks import Problems, Task, resolve_task, split_user_data
 
 RECIPES = {
@@ -94,7 +94,7 @@ class TrainConfig:
     alpha_floor: float | None = None
     sans_loss: str | None = None
     margin: float | None = None
-    width: int = 512
+    width: int | None = None  # None = the task's reference width (512 for the MLP)
     time_dim: int = 128
     ema_beta: float = 0.995
     ema_every: int = 10
@@ -268,6 +268,9 @@ class TrainingData:
             self.train = task.generate(cfg.train_size, "train", seed=cfg.seed) if cfg.train_size else None
             self.val = task.generate(cfg.val_size, "val") if cfg.val_size else None
         self.cfg = cfg
+        if getattr(task, "discrete", False) and self.train is None:
+            raise InputError(f"{task.name} needs a fixed training set (--train-size > 0): its puzzles are "
+                             "generated once, not per step")
         if self.train is not None:
             self.fingerprint = self.train.fingerprint
         else:
@@ -275,14 +278,18 @@ class TrainingData:
             self.fingerprint = "online:" + hashlib.sha256(spec.encode()).hexdigest()
 
     def batch(self, step: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch of `step`: a slice of the epoch's permutation (epoch order seeded by (seed, epoch))."""
+        """The (x, y) batch of `step` (see batch_with_mask)."""
+        return self.batch_with_mask(step, device)[:2]
+
+    def batch_with_mask(self, step: int, device):
+        """(x, y, mask or None) of `step`: a slice of the epoch's permutation (epoch order seeded by (seed, epoch))."""
         b, seed = self.cfg.batch_size, self.cfg.seed
         if self.train is None:
             rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(1, 1, step)))
             from ebmtool.tasks import GENERATORS
             x, y = GENERATORS[self.task.name](rng, b, self.task.size, False)
             return (torch.from_numpy(x.astype(np.float32)).to(device),
-                    torch.from_numpy(y.astype(np.float32)).to(device))
+                    torch.from_numpy(y.astype(np.float32)).to(device), None)
         n = len(self.train)
         idx = []
         pos = step * b
@@ -293,7 +300,8 @@ class TrainingData:
             idx.extend(perm[off:off + take])
             pos += take
         idx = np.asarray(idx)
-        return (torch.from_numpy(self.train.x[idx]).to(device), torch.from_numpy(self.train.y[idx]).to(device))
+        mask = None if self.train.mask is None else torch.from_numpy(self.train.mask[idx]).to(device)
+        return (torch.from_numpy(self.train.x[idx]).to(device), torch.from_numpy(self.train.y[idx]).to(device), mask)
 
 
 # ------------------------------------------------------------------------------------------------ EMA
@@ -329,7 +337,7 @@ class EMA:
 # ------------------------------------------------------------------------------------------------ the loss
 
 def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float, *, step: int = 0,
-                neg_gen: torch.Generator | None = None) -> dict:
+                neg_gen: torch.Generator | None = None, mask=None, task=None) -> dict:
     """One IRED training objective (ired-algorithm.md §3). Every part is reduced to shape (B,) before use.
 
     Denoising: eps_hat = dE/dy at x_t (double backprop), per-example mean squared error against eps.
@@ -340,15 +348,22 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     """
     b, device = x.shape[0], x.device
     eps = torch.randn(y.shape, generator=gen).to(device)
-    _, eps_hat = energy_and_grad(model, x, noised(sched, y, t, eps), t, create_graph=True)
-    parts = {"loss_denoise": ((eps_hat - eps) ** 2).mean(dim=1)}
+    x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x (§3.1)
+    _, eps_hat = energy_and_grad(model, x, x_t, t, create_graph=True)
+    if mask is not None:
+        eps_hat = eps_hat * (1 - mask) + eps * mask  # given entries contribute zero loss
+    sq = (eps_hat - eps) ** 2
+    if task is not None and task.name == "shortest-path":
+        sq = sq * torch.where(y > 0, 10.0, 0.5)  # §3.1 step 4: element weights of the path task
+    parts = {"loss_denoise": sq.mean(dim=1)}
     diag: dict[str, float] = {}
     included = None
     if cfg.supervise_energy:
         eps_shared = torch.randn(y.shape, generator=gen).to(device)
         if neg_gen is None:
             neg_gen = torch.Generator().manual_seed(gen.initial_seed() ^ 0x9E3779B97F4A7C15)
-        energy_parts, diag, included = energy_term(model, x, y, t, eps_shared, sched, cfg, step, neg_gen)
+        energy_parts, diag, included = energy_term(model, x, y, t, eps_shared, sched, cfg, step, neg_gen,
+                                                   mask=mask, task=task)
         parts.update(energy_parts)
     for k, v in parts.items():
         assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts (F10)
@@ -364,7 +379,16 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     return parts
 
 
-def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen: torch.Generator):
+def discrete_reference(task, y, mask, k, gen) -> NegativeBatch:
+    """The discrete tasks' §3.2 negative (re-drawn cells, flipped entries, a re-drawn first step), which the
+    `ired` source means for them. Negatives identical to the positive are re-drawn by the task and counted."""
+    y_neg, redrawn = task.reference_negative(y, mask, gen)
+    return NegativeBatch(y_neg[:, None, :], torch.ones(y.shape[0], 1, dtype=torch.bool, device=y.device),
+                         y.shape[0], int(redrawn))
+
+
+def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen: torch.Generator, *,
+                mask=None, task=None):
     """Negatives from the stage's sources (each example assigned one source; a loop over sources, never over
     examples), re-noised with the positive's eps, scored with the positives in ONE network call of B(1+K) rows,
     weighted (uniform, or SANS) and turned into a per-example loss. Returns (parts, diagnostics, included)."""
@@ -383,13 +407,18 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
         if len(names) == 1:
             rows = None
             sub = (x, y, t, eps)
+            sub_mask = mask
         else:
             rows = torch.nonzero(assign == j).squeeze(1)
             if rows.numel() == 0:
                 continue
             sub = (x[rows], y[rows], t[rows], eps[rows])
+            sub_mask = None if mask is None else mask[rows]
         t0 = time.perf_counter()
-        nb = generate(name, model, *sub, sched, k, settings, neg_gen)
+        if getattr(task, "discrete", False):
+            nb = discrete_reference(task, sub[1], sub_mask, k, neg_gen)
+        else:
+            nb = generate(name, model, *sub, sched, k, settings, neg_gen)
         seconds = time.perf_counter() - t0
         if rows is None:
             y_neg, valid = nb.y_neg, nb.valid
@@ -402,8 +431,10 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
         if "level" in nb.info:
             lv = nb.info["level"][nb.valid]
             diag[f"source/{name}/selected_level"] = float(lv.float().mean()) if lv.numel() else math.nan
-    x_pos = noised(sched, y, t, eps)
+    x_pos = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)
     x_neg = renoise(sched, y_neg, t, eps)  # the positive's own noise: they differ only in y
+    if mask is not None:
+        x_neg = impose_mask(sched, x_neg.reshape(b * k, d), _rep(t, k), _rep(x, k), _rep(mask, k)).view(b, k, d)
     xs = x if k == 1 else x.repeat_interleave(k, dim=0)
     ts = t if k == 1 else t.repeat_interleave(k, dim=0)
     e = model(torch.cat([x, xs]), torch.cat([x_pos, x_neg.reshape(b * k, d)]), torch.cat([t, ts]))
@@ -483,7 +514,10 @@ class RunState:
     def __init__(self, cfg: TrainConfig, data: TrainingData, device):
         self.cfg, self.data, self.device = cfg, data, device
         torch.manual_seed(cfg.seed)  # initial weights come from the seed too
-        self.model = EnergyMLP(data.task.x_dim, data.task.y_dim, cfg.width, cfg.time_dim).to(device)
+        if getattr(data.task, "discrete", False):  # the task's reference architecture; --width scales it
+            self.model = build_model(data.task.model_dims(cfg.width)).to(device)
+        else:
+            self.model = EnergyMLP(data.task.x_dim, data.task.y_dim, cfg.width or 512, cfg.time_dim).to(device)
         self.ema = EMA(self.model, cfg.ema_beta, cfg.ema_every, cfg.ema_start)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.step = 0
@@ -504,7 +538,7 @@ class RunState:
         cfg = self.cfg
         meta = {
             "ebmtool.version": __version__,
-            "ebmtool.task": self.data.task.name if cfg.task in ("inverse", "addition", "lowrank") else cfg.task,
+            "ebmtool.task": cfg.task if getattr(self.data.task, "path", "") else self.data.task.name,
             "ebmtool.config": json.dumps(cfg.to_dict(), sort_keys=True),
             "ebmtool.config_sha256": cfg.checksum(),
             "ebmtool.model": json.dumps(self.model.dims, sort_keys=True),
@@ -563,18 +597,21 @@ def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
         if name == "hnm":
             cols.append("source/hnm/selected_level")
     return tuple(cols)
-EVAL_COLUMNS = ("step", "mse_model", "mse_ema", "mse_ref_scaled_model", "mse_ref_scaled_ema")
+EVAL_COLUMNS = ("step", "metric_model", "metric_ema", "mse_model", "mse_ema", "mse_ref_scaled_model",
+                "mse_ref_scaled_ema")
 
 
 def write_metrics(path: Path, st: RunState):
     rows, erows = st.rows, st.eval_rows
     datasets = {c: np.asarray([r.get(c, np.nan) for r in rows], dtype=np.float64) for c in metric_columns(st.cfg)}
     datasets["step"] = datasets["step"].astype(np.int64)
-    datasets.update({f"eval/{c}": np.asarray([r[c] for r in erows], dtype=np.float64) for c in EVAL_COLUMNS})
+    datasets.update({f"eval/{c}": np.asarray([r.get(c, np.nan) for r in erows], dtype=np.float64)
+                     for c in EVAL_COLUMNS})
     datasets["eval/step"] = datasets["eval/step"].astype(np.int64)
     prov = provenance("train", st.cfg.to_dict(), data_fingerprint=st.data.fingerprint)
     write_h5(path, "metrics", datasets,
-             {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped}, prov)
+             {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped,
+              "metric": st.data.task.metric, "higher_is_better": bool(st.data.task.higher_is_better)}, prov)
 
 
 def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tuple[list[dict], list[dict]]:
@@ -700,6 +737,11 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     ckpt_path, metrics_path = out_dir / "ckpt.safetensors", out_dir / "metrics.h5"
     device = resolve_device(cfg.device)
     data = TrainingData(cfg)
+    if getattr(data.task, "discrete", False):
+        used = curriculum_mod.sources_of(cfg.stages())
+        if used != ["ired"] or cfg.k != 1 or cfg.sans:
+            raise InputError(f"{data.task.name}: only the task's reference negative (ired, K = 1, no SANS) is "
+                             "implemented for discrete tasks so far")
     sched = cosine_schedule().to(device)
     energy_weight = data.task.energy_weight if cfg.energy_weight is None else cfg.energy_weight
     st = RunState(cfg, data, device)
@@ -730,8 +772,10 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         row = {"step": st.step}
         for name, m in (("model", st.model), ("ema", st.ema.model)):
             errs = evaluate_model(m, data.task, data.val, device=device)
-            row[f"mse_{name}"] = float(errs["mse"].mean())
-            row[f"mse_ref_scaled_{name}"] = float(errs["mse_ref_scaled"].mean())
+            row[f"metric_{name}"] = float(errs[data.task.metric].mean())  # the task's primary metric
+            if "mse" in errs:
+                row[f"mse_{name}"] = float(errs["mse"].mean())
+                row[f"mse_ref_scaled_{name}"] = float(errs["mse_ref_scaled"].mean())
         st.eval_rows = [r for r in st.eval_rows if r["step"] != st.step] + [row]
         return row
 
@@ -762,10 +806,10 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         while st.step < cfg.steps:
             step_start = time.perf_counter()
             gen = step_generator(cfg.seed, st.step)
-            x, y = data.batch(st.step, device)
+            x, y, mask = data.batch_with_mask(st.step, device)
             t = torch.randint(0, sched.levels, (x.shape[0],), generator=gen).to(device)
             parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
-                                neg_gen=step_generator(cfg.seed, st.step, purpose=3))
+                                neg_gen=step_generator(cfg.seed, st.step, purpose=3), mask=mask, task=data.task)
 
             bad = [k for k in ("loss_denoise", "loss_energy", "energy_pos", "energy_neg")
                    if k in parts and not torch.isfinite(parts[k]).all()]
@@ -801,7 +845,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                                  if k in row and np.isfinite(row[k])}, refresh=False)
             if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps and data.val is not None:
                 row = evaluate_now()
-                bar.write(f"step {st.step}: val mse {row['mse_model']:.4g} (ema {row['mse_ema']:.4g})", file=sys.stderr)
+                bar.write(f"step {st.step}: val {data.task.metric} {row['metric_model']:.4g} "
+                          f"(ema {row['metric_ema']:.4g})", file=sys.stderr)
             if cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
                 checkpoint(periodic=True)
             if stop.signum is not None:
@@ -812,7 +857,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                                   f"continue with: ebmtool train --resume {ckpt_path}",
                                   130 if stop.signum == signal.SIGINT else 143)
     bar.close()
-    final = evaluate_now() if data.val is not None else {}
+    final = {**evaluate_now(), "metric_name": data.task.metric} if data.val is not None else {}
     checkpoint()
     return TrainResult(out_dir, st.step, time.perf_counter() - t0, final, cfg.to_dict())
 

@@ -177,6 +177,8 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
         cfg = TrainConfig()
     else:
         values = {**RECIPES[recipe], **given, "recipe": recipe}
+        if values.get("task") in DISCRETE_TASK_NAMES and "size" not in given:
+            values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
         if init is not None:
             init = resolve_checkpoint_path(init)
             values.update(init=str(init), init_sha256=sha256_file(init) if init.exists() else None)
@@ -203,7 +205,8 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
     fe = result.final_eval
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s -> {output}/ckpt.safetensors")
     if fe:
-        click.echo(f"validation mse {fe['mse_model']:.4g} (ema weights {fe['mse_ema']:.4g}) on "
+        metric = fe["metric_name"]
+        click.echo(f"validation {metric} {fe['metric_model']:.4g} (ema weights {fe['metric_ema']:.4g}) on "
                    f"{result.config['val_size']} problems")
 
 
