@@ -166,7 +166,6 @@ def test_offline_rows_take_the_files_negatives(base):
     assert diag["offline_fraction"] == 0.75
     w = _contents(base / "weights.h5")["weights"]
     e_neg = parts["energy_neg"]  # weighted mean of E- with the file's weights on offline rows
-    from ebmtool.diffusion import noised  # noqa: F401
     from ebmtool.negatives import renoise
     xn = renoise(cosine_schedule(), store.y_neg[[5]], t[[0]], eps[[0]]).reshape(3, 16)
     with torch.no_grad():
@@ -185,13 +184,10 @@ def test_provenance_mismatch_exits_2_unless_forced(base, runner, tmp_path, case)
         mine(base / "base" / "ckpt.safetensors", other, MineOptions(**{**OPTS.__dict__, "seed": 6}))
         extra, expect = ["--negatives", str(other), "--weights", str(weights)], "holds weights for other negatives"
     else:  # scores from another checkpoint family (other model shape)
-        extra, expect = ["--negatives", str(negs), "--weights", str(weights), "--width", "16"], \
-            "another checkpoint family"
-        extra = [a for a in extra]
-    flags = [f for f in TINY_FLAGS]
+        extra, expect = ["--negatives", str(negs), "--weights", str(weights)], "another checkpoint family"
+    flags = list(TINY_FLAGS)
     if case == "family":
         flags[flags.index("--width") + 1] = "16"
-        extra = extra[:-2]
     r = runner.invoke(cli, ["train", *flags, "--steps", "2", "--seed", seed, "-o", str(tmp_path / "run"), *extra])
     assert r.exit_code == 2 and expect in r.output and "--force" in r.output, r.output
     assert not (tmp_path / "run" / "ckpt.safetensors").exists()
