@@ -30,5 +30,8 @@ test: install
 bench: install
 	$(BIN)/python -m benchmarks
 
+pipeline: install
+	$(MAKE) -C examples
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

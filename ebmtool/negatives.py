@@ -69,6 +69,7 @@ class NegativeSettings:
     hnm_candidates: int = 4  # candidates per negative, at evenly spaced start levels 0..T-1
     hnm_steps: int = 2
     hnm_lambda: float = 1.0
+    hnm_select: str = "top"  # per negative: the best-scoring candidate ("top"), or one drawn ∝ softmax(score) ("sample")
     gaussian_scale: float = 1.0
     dup_threshold: float = 1e-3  # RMS(y_neg - y) at or below this is a near-duplicate of the positive
 
@@ -169,7 +170,14 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
     dist = rms(y_c - yr)
     dup = dist <= s.dup_threshold
     score = (-e_c + s.hnm_lambda * dist).masked_fill(dup, -math.inf).view(b * k, c)
-    pick = score.argmax(dim=1)  # batched selection, no loop over examples
+    if s.hnm_select == "top":
+        pick = score.argmax(dim=1)  # batched selection, no loop over examples
+    elif s.hnm_select == "sample":  # all-duplicate rows have no finite score: fall back to the argmax (dropped later)
+        probs = torch.softmax(score, dim=1).nan_to_num(0.0)
+        probs[probs.sum(dim=1) == 0] = 1.0
+        pick = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(y.device)
+    else:
+        raise ValueError(f"unknown hnm selection {s.hnm_select!r}; use top or sample")
     y_sel = y_c.view(b * k, c, d)[torch.arange(b * k, device=y.device), pick]
     return y_sel, {"level": levels[pick].view(b, k), "candidate_duplicates": int(dup.sum()),
                    "candidates": b * kc}

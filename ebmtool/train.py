@@ -108,6 +108,13 @@ class TrainConfig:
     device: str = "auto"
     init: str | None = None
     init_sha256: str | None = None
+    # Offline negatives (issue 4): a mined file used for a fraction of each batch, optional SANS weights from a file.
+    offline_negatives: str | None = None
+    offline_negatives_sha256: str | None = None
+    offline_weights: str | None = None
+    offline_weights_sha256: str | None = None
+    offline_fraction: float | None = None  # default 0.5 with --negatives
+    offline_mismatch: list | None = None  # provenance mismatches accepted with --force (recorded, never silent)
 
     def validate(self):
         for name in ("steps", "batch_size", "log_every", "ema_every"):
@@ -127,7 +134,24 @@ class TrainConfig:
         if self.train_size and 0 < self.train_size < self.batch_size:
             raise InputError(f"--train-size ({self.train_size}) must be at least the batch size ({self.batch_size})")
         self._validate_negatives()
+        self._validate_offline()
         return self
+
+    def _validate_offline(self):
+        if self.offline_negatives is None:
+            for name in ("offline_weights", "offline_fraction"):
+                if getattr(self, name) is not None:
+                    raise InputError(f"--{'weights' if name == 'offline_weights' else 'negatives-fraction'} needs "
+                                     "--negatives FILE")
+            return
+        if not self.supervise_energy:
+            raise InputError("--negatives has no effect without energy supervision (--no-supervise-energy)")
+        self.offline_fraction = 0.5 if self.offline_fraction is None else self.offline_fraction
+        if not 0 < self.offline_fraction <= 1:
+            raise InputError(f"--negatives-fraction must be in (0, 1], got {self.offline_fraction}")
+        if self.offline_weights is not None and self.sans:
+            raise InputError("--weights gives the offline negatives' weights; --sans weights online negatives "
+                             "only and cannot be combined with it")
 
     def _validate_negatives(self):
         """Every negative-mining field is used or rejected (lessons.md F1, F8): fields of unused sources, SANS
@@ -284,12 +308,21 @@ class TrainingData:
     def batch_with_mask(self, step: int, device):
         """(x, y, mask or None) of `step`: a slice of the epoch's permutation (epoch order seeded by (seed, epoch))."""
         b, seed = self.cfg.batch_size, self.cfg.seed
-        if self.train is None:
+        if self.train is not None:
+            idx = self.batch_indices(step)
+            mask = None if self.train.mask is None else torch.from_numpy(self.train.mask[idx]).to(device)
+            return (torch.from_numpy(self.train.x[idx]).to(device), torch.from_numpy(self.train.y[idx]).to(device),
+                    mask)
+        else:
             rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(1, 1, step)))
             from ebmtool.tasks import GENERATORS
             x, y = GENERATORS[self.task.name](rng, b, self.task.size, False)
             return (torch.from_numpy(x.astype(np.float32)).to(device),
                     torch.from_numpy(y.astype(np.float32)).to(device), None)
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        """Rows of the fixed training set in the batch of `step`."""
+        b, seed = self.cfg.batch_size, self.cfg.seed
         n = len(self.train)
         idx = []
         pos = step * b
@@ -299,9 +332,7 @@ class TrainingData:
             take = min(b - len(idx), n - off)
             idx.extend(perm[off:off + take])
             pos += take
-        idx = np.asarray(idx)
-        mask = None if self.train.mask is None else torch.from_numpy(self.train.mask[idx]).to(device)
-        return (torch.from_numpy(self.train.x[idx]).to(device), torch.from_numpy(self.train.y[idx]).to(device), mask)
+        return np.asarray(idx)
 
 
 # ------------------------------------------------------------------------------------------------ EMA
@@ -337,7 +368,7 @@ class EMA:
 # ------------------------------------------------------------------------------------------------ the loss
 
 def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float, *, step: int = 0,
-                neg_gen: torch.Generator | None = None, mask=None, task=None) -> dict:
+                neg_gen: torch.Generator | None = None, mask=None, task=None, offline=None) -> dict:
     """One IRED training objective (ired-algorithm.md §3). Every part is reduced to shape (B,) before use.
 
     Denoising: eps_hat = dE/dy at x_t (double backprop), per-example mean squared error against eps.
@@ -363,7 +394,7 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
         if neg_gen is None:
             neg_gen = torch.Generator().manual_seed(gen.initial_seed() ^ 0x9E3779B97F4A7C15)
         energy_parts, diag, included = energy_term(model, x, y, t, eps_shared, sched, cfg, step, neg_gen,
-                                                   mask=mask, task=task)
+                                                   mask=mask, task=task, offline=offline)
         parts.update(energy_parts)
     for k, v in parts.items():
         assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts (F10)
@@ -388,10 +419,14 @@ def discrete_reference(task, y, mask, k, gen) -> NegativeBatch:
 
 
 def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen: torch.Generator, *,
-                mask=None, task=None):
+                mask=None, task=None, offline=None):
     """Negatives from the stage's sources (each example assigned one source; a loop over sources, never over
     examples), re-noised with the positive's eps, scored with the positives in ONE network call of B(1+K) rows,
-    weighted (uniform, or SANS) and turned into a per-example loss. Returns (parts, diagnostics, included)."""
+    weighted (uniform, or SANS) and turned into a per-example loss. Returns (parts, diagnostics, included).
+
+    offline = (OfflineNegatives, batch training indices): the first round(F * B) examples of the (already
+    shuffled) batch that the file has take their clean negatives (and weights, if given) from the file; they are
+    re-noised at this step's t with the positive's eps like every other negative."""
     b, d, k = y.shape[0], y.shape[1], cfg.k
     stages = cfg.stages()
     si = curriculum_mod.stage_at(stages, step, cfg.curriculum_total or cfg.steps)
@@ -403,13 +438,23 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
     valid = torch.empty(b, k, dtype=torch.bool, device=x.device)
     diag: dict[str, float] = {"stage": float(si), "k": float(k)}
     source_rows, cand, dups = {}, 0, 0
+    off_pos = off_file = None
+    online = torch.ones(b, dtype=torch.bool, device=x.device)
+    if offline is not None:
+        store, idx = offline
+        off_pos, off_file = store.rows_for(idx, cfg.offline_fraction)
+        off_pos, off_file = off_pos.to(x.device), off_file.to(x.device)
+        online[off_pos] = False
+        y_neg[off_pos] = store.y_neg[off_file].to(x.device)
+        valid[off_pos] = store.valid[off_file].to(x.device)
+        diag["offline_fraction"] = off_pos.numel() / b
     for j, name in enumerate(names):
-        if len(names) == 1:
+        if len(names) == 1 and off_pos is None:
             rows = None
             sub = (x, y, t, eps)
             sub_mask = mask
         else:
-            rows = torch.nonzero(assign == j).squeeze(1)
+            rows = torch.nonzero((assign == j) & online).squeeze(1)
             if rows.numel() == 0:
                 continue
             sub = (x[rows], y[rows], t[rows], eps[rows])
@@ -448,6 +493,9 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
     else:
         w = sans_mod.uniform_weights(valid)
         form = "pairwise"
+    if off_pos is not None and store.weights is not None:
+        w = w.clone()
+        w[off_pos] = store.weights[off_file].to(x.device)  # the file's weights replace uniform ones
     loss_e = sans_mod.loss(form, e_pos, e_neg, w, cfg.margin or 0.0)
     norm_ratio = (x_neg.norm(dim=2) / x_pos.norm(dim=1)[:, None].clamp_min(1e-12)).detach()
     e_neg_d = e_neg.detach()
@@ -592,6 +640,8 @@ def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
     if not cfg.supervise_energy:
         return METRIC_COLUMNS
     cols = list(METRIC_COLUMNS) + list(NEGATIVE_COLUMNS)
+    if cfg.offline_negatives:
+        cols.append("offline_fraction")
     for name in curriculum_mod.sources_of(cfg.stages()):
         cols += [f"source/{name}/{c}" for c in SOURCE_COLUMNS]
         if name == "hnm":
@@ -727,7 +777,7 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides: dict | None = None,
-          log=print) -> TrainResult:
+          log=print, force: bool = False) -> TrainResult:
     """Train (or resume) and write out_dir/ckpt.safetensors and out_dir/metrics.h5.
 
     For a resume, `cfg` is ignored: the checkpoint's configuration is used, with `overrides` (cadence only).
@@ -756,6 +806,11 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         if init.dims != st.model.dims:
             raise InputError(f"{cfg.init}: its model ({init.dims}) does not match this run's ({st.model.dims})")
         st.load(init, full=False)
+    offline_store = None
+    if cfg.offline_negatives:
+        from ebmtool.mining import OfflineNegatives
+
+        offline_store = OfflineNegatives.load(cfg, data, st.model.dims, force=force, log=log)
 
     log(f"ebmtool {__version__} train: {data.task.label}, seed {cfg.seed}, device {device}, "
         f"steps {st.step} -> {cfg.steps}, output {out_dir}")
@@ -808,8 +863,10 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
             gen = step_generator(cfg.seed, st.step)
             x, y, mask = data.batch_with_mask(st.step, device)
             t = torch.randint(0, sched.levels, (x.shape[0],), generator=gen).to(device)
+            offline = None if offline_store is None else (offline_store, data.batch_indices(st.step))
             parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
-                                neg_gen=step_generator(cfg.seed, st.step, purpose=3), mask=mask, task=data.task)
+                                neg_gen=step_generator(cfg.seed, st.step, purpose=3), mask=mask, task=data.task,
+                                offline=offline)
 
             bad = [k for k in ("loss_denoise", "loss_energy", "energy_pos", "energy_neg")
                    if k in parts and not torch.isfinite(parts[k]).all()]

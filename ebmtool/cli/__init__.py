@@ -47,6 +47,6 @@ def main():
     cli(prog_name="ebmtool")
 
 
-from ebmtool.cli import compare, core  # noqa: E402,F401  (registers the commands)
+from ebmtool.cli import compare, core, negatives  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["cli", "main", "sys"]

@@ -118,6 +118,15 @@ def data(task, n, output, size, split, harder, seed, overwrite):
 @click.option("--sans-loss", type=click.Choice(["infonce", "pairwise", "logistic"]), default=None,
               help="Weighted loss form [pairwise].")
 @click.option("--margin", type=float, default=None, help="Margin gamma of --sans-loss logistic [9.0].")
+@click.option("--negatives", "offline_negatives", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Offline negatives (from mine-negatives, on this run's training data) for a fraction of each "
+              "batch; --k defaults to the file's K.")
+@click.option("--weights", "offline_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="SANS weights for the offline negatives (from `ebmtool weights`), replacing uniform weights.")
+@click.option("--negatives-fraction", "offline_fraction", type=float, default=None,
+              help="Fraction of each batch's examples that use the offline negatives [0.5].")
+@click.option("--force", is_flag=True, default=None,
+              help="Use --negatives/--weights files whose provenance does not match this run (recorded).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="MLP width [512].")
 @click.option("--ema-beta", type=click.FloatRange(0, 1), default=None, help="EMA decay ceiling [0.995].")
 @click.option("--ema-every", type=click.IntRange(min=1), default=None, help="EMA update period in steps [10].")
@@ -151,6 +160,15 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
     if seeds is not None:
         return _train_seeds(ctx, seeds, output)
     given = {k: v for k, v in flags.items() if v is not None}
+    force = bool(given.pop("force", False))
+    for name in ("offline_negatives", "offline_weights"):
+        if name in given:
+            given[name] = str(given[name])
+    if "offline_negatives" in given and "k" not in given and resume is None:
+        from ebmtool.artifacts import open_h5
+
+        with open_h5(Path(given["offline_negatives"]), "negatives") as f:
+            given["k"] = int(f["negatives"].shape[1])
     if given.pop("anm", None):
         if "negatives" in given or "curriculum" in given:
             raise InputError("--anm is shorthand for --negatives-from anm; give one of --anm, --negatives-from, "
@@ -195,13 +213,14 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
         if output is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{Path(cfg.task).stem}-{stamp}"
-        inputs = (init, Path(cfg.task) if Path(cfg.task).is_file() else None)
+        inputs = (init, Path(cfg.task) if Path(cfg.task).is_file() else None,
+                  *(Path(p) for p in (cfg.offline_negatives, cfg.offline_weights) if p))
         for target in (output / "ckpt.safetensors", output / "metrics.h5"):
             check_output(target, True, inputs=inputs)  # never overwrite an input, even with --overwrite
         if (output / "ckpt.safetensors").exists() and not overwrite:
             raise InputError(f"{output} already holds a run; use --resume to continue it or --overwrite to "
                              "start again")
-    result = run_training(cfg, output, resume=resume, overrides=given if resume else None, log=log)
+    result = run_training(cfg, output, resume=resume, overrides=given if resume else None, log=log, force=force)
     fe = result.final_eval
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s -> {output}/ckpt.safetensors")
     if fe:

@@ -1,0 +1,152 @@
+"""Offline negatives: mine-negatives, score, weights (thin commands over ebmtool.mining)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ebmtool.artifacts import check_output, open_h5
+from ebmtool.cli import cli
+from ebmtool.cli.common import checkpoint_argument, device_option, log, overwrite_option, table
+from ebmtool.errors import InputError
+
+
+def _device(name):
+    from ebmtool.train import resolve_device
+
+    return resolve_device(name)
+
+
+@cli.command("mine-negatives")
+@checkpoint_argument
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("negs.h5"), show_default=True,
+              help="HDF5 negatives file (built as OUTPUT.partial; renamed when complete).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Mine for the problems of this HDF5 data file instead of the checkpoint's training set.")
+@click.option("--k", type=click.IntRange(min=1), default=4, show_default=True, help="Negatives per problem.")
+@click.option("--candidates", type=click.IntRange(min=1), default=10, show_default=True,
+              help="HNM candidates per negative, started at evenly spaced noise levels.")
+@click.option("--refine-steps", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Energy-descent steps refining each candidate at the positive's level.")
+@click.option("--lambda", "lam", type=float, default=1.0, show_default=True,
+              help="Deception score -E + lambda * RMS(y- - y): weight of the clean-space distance.")
+@click.option("--absolute-margin", type=float, default=None, help="Keep only E- >= E+ + M (off by default).")
+@click.option("--relative-margin", type=float, default=None,
+              help="Keep only E- >= E+ + |E+| * M (sign-independent; off by default).")
+@click.option("--max-energy", type=float, default=None, help="Keep only E- <= this (off by default).")
+@click.option("--select", type=click.Choice(["top", "sample"]), default="top", show_default=True,
+              help="Per negative: the best candidate, or one drawn with probability softmax(deception score).")
+@click.option("--dup-threshold", type=float, default=1e-3, show_default=True,
+              help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted.")
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of levels, noises and candidates (row i's level and noise depend only on (seed, i)).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Mine only the first N problems.")
+@device_option
+@overwrite_option
+def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, absolute_margin, relative_margin,
+                   max_energy, select, dup_threshold, weights, seed, batch_size, limit, device, overwrite):
+    """Mine K hard negatives (HNM) for every training problem of a checkpoint.
+
+    A killed run leaves OUTPUT.partial; rerunning with the same options continues it.
+    Example: ebmtool mine-negatives runs/base/ckpt.safetensors --k 4 -o negs.h5
+    """
+    from ebmtool.mining import MineOptions, energy_summary, mine, SUMMARY_HEADER
+
+    check_output(output, overwrite, inputs=(checkpoint, data))
+    opts = MineOptions(k=k, candidates=candidates, refine_steps=refine_steps, lam=lam,
+                       absolute_margin=absolute_margin, relative_margin=relative_margin, max_energy=max_energy,
+                       select=select, seed=seed, batch_size=batch_size, limit=limit, dup_threshold=dup_threshold,
+                       weights=weights)
+    res = mine(checkpoint, output, opts, data=data, device=_device(device), overwrite=overwrite, log=log)
+    with open_h5(res.path, "negatives") as f:
+        e_pos, e_neg, valid = f["energy_pos"][()], f["energy"][()], f["valid"][()]
+    rows, stats = energy_summary(e_pos, e_neg, valid)
+    click.echo(f"wrote {res.rows} rows x {k} negatives to {res.path}"
+               + (f" (resumed at row {res.resumed_from})" if res.resumed_from else ""))
+    click.echo(table(rows, SUMMARY_HEADER))
+    c = res.counts
+    cand = max(c["candidates"], 1)
+    pairs = max(res.rows * k, 1)
+    click.echo(f"p_hard = P(E- < E+) {stats['p_hard']:.3g}; valid negatives {stats['valid_fraction']:.1%}")
+    click.echo(f"near-duplicate candidates {c['duplicates']} ({c['duplicates'] / cand:.1%}), selected negatives "
+               f"dropped as near-duplicates {c['dup_negatives']} ({c['dup_negatives'] / pairs:.1%})")
+    for name, knob in (("filtered_absolute_margin", "--absolute-margin"),
+                       ("filtered_relative_margin", "--relative-margin"), ("filtered_max_energy", "--max-energy")):
+        if c[name]:
+            click.echo(f"filtered by {knob}: {c[name]} ({c[name] / pairs:.1%})")
+    if c["rows_not_enough"]:
+        click.echo(f"could not find {k} valid negatives for {c['rows_not_enough']} problems "
+                   f"({c['rows_not_enough'] / max(res.rows, 1):.1%}); relax --absolute-margin/--relative-margin, "
+                   "raise --max-energy, or raise --candidates")
+
+
+@cli.command("score")
+@checkpoint_argument
+@click.argument("negatives", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("scores.h5"), show_default=True)
+@click.option("--levels", type=click.Choice(["mined", "all"]), default="mined", show_default=True,
+              help="Energies at each row's mined level, or also at every level.")
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@device_option
+@overwrite_option
+def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device, overwrite):
+    """Energies of the positives and every negative of a negatives file under a checkpoint of the same task.
+
+    Example: ebmtool score runs/base/ckpt.safetensors negs.h5 -o scores.h5
+    """
+    from ebmtool.mining import SUMMARY_HEADER, energy_summary, score, write_scores
+
+    check_output(output, overwrite, inputs=(checkpoint, negatives))
+    res = score(checkpoint, negatives, levels=levels, weights=weights, batch_size=batch_size,
+                device=_device(device))
+    write_scores(output, res)
+    d = res["datasets"]
+    rows, stats = energy_summary(d["energy_pos"], d["energy"], d["valid"])
+    click.echo(f"scored {len(d['index'])} rows under {checkpoint} (step {res['attrs']['step']}) -> {output}")
+    click.echo(table(rows, SUMMARY_HEADER))
+    click.echo(f"p_hard = P(E- < E+) {stats['p_hard']:.3g}")
+    if levels == "all":
+        ep, en, v = d["energy_pos_all_levels"], d["energy_all_levels"], d["valid"]
+        lrows = []
+        for lv in range(ep.shape[1]):
+            margin = (en[:, :, lv] - ep[:, lv:lv + 1])[v]
+            lrows.append([lv, float(ep[:, lv].mean()), float(en[:, :, lv][v].mean()) if v.any() else np.nan,
+                          float((margin < 0).mean()) if margin.size else np.nan])
+        click.echo(table(lrows, ["level", "E+ mean", "E- mean", "p_hard"]))
+
+
+@cli.command("weights")
+@click.argument("scores", type=click.Path(path_type=Path))
+@click.option("--alpha", type=float, required=True, help="SANS inverse temperature (0 = uniform).")
+@click.option("--alpha-schedule", type=click.Choice(["constant", "linear"]), default="constant", show_default=True,
+              help="constant, or linear = max(floor, alpha (1 - t/9)) over each row's level.")
+@click.option("--alpha-floor", type=float, default=None, help="Floor of --alpha-schedule linear [0.1].")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("weights.h5"), show_default=True)
+@overwrite_option
+def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, overwrite):
+    """SANS weights softmax(-alpha E-) per row over its K valid negatives, from a scores file.
+
+    Example: ebmtool weights scores.h5 --alpha 1.0 -o weights.h5
+    """
+    from ebmtool.mining import compute_weights, write_weights
+
+    if alpha_floor is not None and alpha_schedule != "linear":
+        raise InputError("--alpha-floor is only used by --alpha-schedule linear")
+    check_output(output, overwrite, inputs=(scores,))
+    res = compute_weights(scores, alpha, alpha_schedule, 0.1 if alpha_floor is None else alpha_floor)
+    write_weights(output, res)
+    d = res["datasets"]
+    k = d["weights"].shape[1]
+    has = d["weights"].sum(axis=1) > 0
+    rows = [["entropy (nats)", float(np.nanmean(d["entropy"][has])) if has.any() else np.nan, float(np.log(k))],
+            ["effective sample size", float(d["ess"][has].mean()) if has.any() else np.nan, float(k)],
+            ["max weight", float(d["weights"][has].max(axis=1).mean()) if has.any() else np.nan, 1.0 / k]]
+    click.echo(f"weights for {len(d['index'])} rows x {k} negatives (alpha {alpha:g}, {alpha_schedule}) -> {output}")
+    click.echo(table(rows, ["per row (mean)", "value", "uniform"]))
+    if not has.all():
+        click.echo(f"{int((~has).sum())} rows have no valid negative (all weights 0; the energy term skips them)")

@@ -1,0 +1,469 @@
+"""Offline negatives: mine (HNM) into a file, score a file under any checkpoint, turn scores into SANS weights.
+
+Files (HDF5, one JSON provenance attribute each; see README "Offline negatives"):
+- negatives: rows into the checkpoint's training set, with positives, inputs, K clean-space negatives, the level t
+  and noise eps each row was mined at, energies, clean-space distances and a validity mask.
+- scores:    energies of positives and negatives under a checkpoint (at the mined level, optionally every level).
+- weights:   SANS weights per row over K from a scores file, with entropy and effective sample size.
+
+Determinism: row i's level t_i and noise eps_i are a pure function of (seed, i) (`row_noise`), and the candidates
+of the batch starting at row r come from `batch_generator(seed, r)`; with the same options (batch size included)
+a resumed mine therefore writes exactly what an uninterrupted one writes. eps is also stored, so `score` re-noises
+every negative exactly as the miner did, and scoring with the mining checkpoint reproduces the mined energies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ebmtool import FORMAT_VERSION, __version__
+from ebmtool.artifacts import (
+    USERBLOCK, finalize_h5, load_checkpoint, open_h5, provenance, read_provenance, sha256_file, write_h5,
+)
+from ebmtool.diffusion import cosine_schedule, energy, noised
+from ebmtool.errors import InputError
+from ebmtool.negatives import NegativeSettings, generate, renoise, rms
+from ebmtool import sans as sans_mod
+
+SELECT = ("top", "sample")
+
+
+@dataclass(frozen=True)
+class MineOptions:
+    k: int = 4
+    candidates: int = 10
+    refine_steps: int = 5
+    lam: float = 1.0
+    absolute_margin: float | None = None  # keep only E- >= E+ + m
+    relative_margin: float | None = None  # keep only E- >= E+ + |E+| m
+    max_energy: float | None = None  # keep only E- <= max
+    select: str = "top"
+    seed: int = 0
+    batch_size: int = 256
+    limit: int | None = None
+    dup_threshold: float = 1e-3
+    weights: str = "ema"
+
+    def validate(self):
+        for name in ("k", "candidates", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.refine_steps < 0:
+            raise InputError("--refine-steps must be non-negative")
+        if self.select not in SELECT:
+            raise InputError(f"--select must be one of {', '.join(SELECT)}")
+        if self.limit is not None and self.limit < 1:
+            raise InputError("--limit must be at least 1")
+        return self
+
+
+def family(task_label: str, dims: dict, data_fingerprint: str) -> str:
+    """A checkpoint family: same task, same network shape, same training data (any step, any init)."""
+    spec = json.dumps({"task": task_label, "dims": dims, "data": data_fingerprint}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def checkpoint_family(ckpt) -> str:
+    from ebmtool.evaluate import checkpoint_task
+
+    return family(checkpoint_task(ckpt).label, ckpt.dims, ckpt.meta.get("ebmtool.data_fingerprint", ""))
+
+
+def training_problems(ckpt, data: Path | None = None):
+    """(task, problems, fingerprint) a checkpoint was trained on (rebuilt from its config), or a --data file."""
+    from ebmtool.artifacts import read_dataset
+    from ebmtool.train import TrainConfig, TrainingData
+
+    cfg = TrainConfig.from_dict(ckpt.config)
+    td = TrainingData(cfg)
+    if data is not None:
+        problems = read_dataset(data)
+        if problems.x.shape[1] != td.task.x_dim or problems.y.shape[1] != td.task.y_dim:
+            raise InputError(f"{data}: problems of shape {problems.x.shape[1]} -> {problems.y.shape[1]} do not fit "
+                             f"the checkpoint's model ({td.task.x_dim} -> {td.task.y_dim})")
+        return td.task, problems, problems.fingerprint
+    if td.train is None:
+        raise InputError(f"{ckpt.path} was trained on fresh problems every step (--train-size 0): there is no "
+                         "training set to mine; give one with --data")
+    return td.task, td.train, td.fingerprint
+
+
+def row_noise(seed: int, rows: np.ndarray, dim: int, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Level t (B,) and noise eps (B, D) of each row: a pure function of (seed, row index)."""
+    ts, eps = [], []
+    for i in rows.tolist():
+        rng = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(8, int(i))))
+        ts.append(int(rng.integers(0, levels)))
+        eps.append(rng.standard_normal(dim, dtype=np.float32))
+    return torch.tensor(ts, dtype=torch.long), torch.from_numpy(np.stack(eps))
+
+
+def batch_generator(seed: int, start: int) -> torch.Generator:
+    from ebmtool.train import step_generator
+
+    return step_generator(seed, start, purpose=8)
+
+
+@torch.no_grad()
+def score_rows(model, sched, x, y, t, eps, y_neg):
+    """E+ (B,) at the re-noised positive and E- (B, K) at each negative re-noised with the positive's eps."""
+    b, k, d = y_neg.shape
+    e_pos = energy(model, x, noised(sched, y, t, eps), t)
+    x_neg = renoise(sched, y_neg, t, eps).reshape(b * k, d)
+    e_neg = energy(model, x.repeat_interleave(k, 0), x_neg, t.repeat_interleave(k, 0)).view(b, k)
+    return e_pos, e_neg
+
+
+COUNTS = ("candidates", "duplicates", "dup_negatives", "filtered_absolute_margin", "filtered_relative_margin",
+          "filtered_max_energy", "rows_not_enough")
+
+
+def mine_batch(model, sched, x, y, rows, opts: MineOptions, device):
+    """Mine one batch of rows: HNM negatives, energies, distances, window filters. Returns arrays and counts."""
+    t, eps = row_noise(opts.seed, rows, y.shape[1], sched.levels)
+    t, eps = t.to(device), eps.to(device)
+    settings = NegativeSettings(hnm_candidates=opts.candidates, hnm_steps=opts.refine_steps, hnm_lambda=opts.lam,
+                                hnm_select=opts.select, dup_threshold=opts.dup_threshold)
+    nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])))
+    e_pos, e_neg = score_rows(model, sched, x, y, t, eps, nb.y_neg)
+    dist = rms(nb.y_neg - y[:, None, :])
+    valid = nb.valid.clone()
+    counts = {"candidates": nb.candidates, "duplicates": nb.duplicates, "dup_negatives": int((~nb.valid).sum())}
+    ep = e_pos[:, None]
+    for name, bad in (("filtered_absolute_margin", None if opts.absolute_margin is None else
+                       e_neg < ep + opts.absolute_margin),
+                      ("filtered_relative_margin", None if opts.relative_margin is None else
+                       e_neg < ep + ep.abs() * opts.relative_margin),
+                      ("filtered_max_energy", None if opts.max_energy is None else e_neg > opts.max_energy)):
+        counts[name] = 0 if bad is None else int((bad & valid).sum())
+        if bad is not None:
+            valid &= ~bad
+    counts["rows_not_enough"] = int((valid.sum(dim=1) < opts.k).sum())
+    out = {"index": rows.astype(np.int64), "level": t.cpu().numpy().astype(np.int64),
+           "eps": eps.cpu().numpy(), "positives": y.cpu().numpy(), "inputs": x.cpu().numpy(),
+           "negatives": nb.y_neg.cpu().numpy(), "start_level": nb.info["level"].cpu().numpy().astype(np.int64),
+           "energy_pos": e_pos.cpu().numpy(), "energy": e_neg.cpu().numpy(), "distance": dist.cpu().numpy(),
+           "valid": valid.cpu().numpy()}
+    return out, counts
+
+
+@dataclass
+class MineResult:
+    path: Path  # the final file when complete, the .partial file otherwise
+    complete: bool
+    rows: int
+    counts: dict
+    resumed_from: int = 0
+
+
+def partial_path(output: Path) -> Path:
+    return Path(output).with_name(Path(output).name + ".partial")
+
+
+def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None = None, device="cpu",
+         overwrite: bool = False, max_batches: int | None = None, log=None) -> MineResult:
+    """Mine hard negatives for every training row of `checkpoint` into `output` (resumable through
+    OUTPUT.partial; the final name appears only when complete). `max_batches` stops after that many batches
+    (leaving the .partial), for tests and budgeted runs."""
+    from ebmtool.evaluate import load_model
+
+    opts.validate()
+    checkpoint, output = Path(checkpoint), Path(output)
+    ckpt = load_checkpoint(checkpoint)
+    task, problems, fingerprint = training_problems(ckpt, data)
+    model = load_model(ckpt, opts.weights, device)
+    sched = cosine_schedule().to(device)
+    n = len(problems) if opts.limit is None else min(opts.limit, len(problems))
+    ident = {"checkpoint_sha256": sha256_file(checkpoint), "data_fingerprint": fingerprint,
+             "options": asdict(opts), "n": n}
+    part = partial_path(output)
+    done, counts = 0, dict.fromkeys(COUNTS, 0)
+    if part.exists() and overwrite:
+        part.unlink()
+    if part.exists():
+        try:
+            with h5py.File(part, "r") as f:
+                stored = json.loads(f.attrs["mining_identity"])
+                done = int(f.attrs["rows_done"])
+                counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(f"{part} is a damaged partial mining file ({exc}); delete it to start again") from None
+        if stored != ident:
+            diff = sorted(k for k in ident if stored.get(k) != ident[k])
+            raise InputError(f"{part} was started with other {', '.join(diff)}; rerun with the same options to "
+                             "continue it, or pass --overwrite to start again")
+        if log and done:
+            log(f"resuming {part} at row {done} of {n}")
+    resumed_from = done
+    k, d, xd = opts.k, problems.y.shape[1], problems.x.shape[1]
+    prov = provenance("mine-negatives", asdict(opts), inputs={"checkpoint": checkpoint},
+                      checkpoint_step=ckpt.step, data_fingerprint=fingerprint,
+                      data=str(data) if data is not None else "checkpoint training set", task=task.label)
+    shapes = {"index": ((), np.int64), "level": ((), np.int64), "eps": ((d,), np.float32),
+              "positives": ((d,), np.float32), "inputs": ((xd,), np.float32), "negatives": ((k, d), np.float32),
+              "start_level": ((k,), np.int64), "energy_pos": ((), np.float32), "energy": ((k,), np.float32),
+              "distance": ((k,), np.float32), "valid": ((k,), np.bool_)}
+    mode = "r+" if part.exists() else "w"
+    f = h5py.File(part, mode, userblock_size=USERBLOCK) if mode == "w" else h5py.File(part, mode)
+    batches = 0
+    bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None)
+    try:
+        if mode == "w":
+            f.attrs["kind"] = "negatives"
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["ebmtool_version"] = __version__
+            f.attrs["mining_identity"] = json.dumps(ident, sort_keys=True)
+            for name, (shape, dtype) in shapes.items():
+                row_bytes = max(1, int(np.prod(shape or (1,))) * np.dtype(dtype).itemsize)
+                chunk = max(1, min(opts.batch_size, (256 * 1024) // row_bytes))
+                f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                 chunks=(chunk, *shape), compression="gzip", compression_opts=4, shuffle=True,
+                                 track_times=False)
+        while done < n and (max_batches is None or batches < max_batches):
+            rows = np.arange(done, min(n, done + opts.batch_size))
+            x = torch.from_numpy(problems.x[rows]).to(device)
+            y = torch.from_numpy(problems.y[rows]).to(device)
+            out, c = mine_batch(model, sched, x, y, rows, opts, device)
+            end = done + len(rows)
+            for name, arr in out.items():
+                f[name].resize(end, axis=0)
+                f[name][done:end] = arr
+            for key, v in c.items():
+                counts[key] += v
+                f.attrs[f"count_{key}"] = counts[key]
+            f.attrs["rows_done"] = end  # written last: a batch counts only once all its rows are in
+            f.flush()
+            bar.update(len(rows))
+            done, batches = end, batches + 1
+        if done < n:
+            return MineResult(part, False, done, counts, resumed_from)
+        for name in shapes:
+            f[name].resize(n, axis=0)
+        f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
+        f.attrs.update({"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
+                        "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
+                        "checkpoint_family": checkpoint_family(ckpt)})
+        for key in ("mining_identity", "rows_done", *(f"count_{c}" for c in COUNTS)):
+            if key in f.attrs:
+                del f.attrs[key]
+        f.attrs.update({f"count_{c}": counts[c] for c in COUNTS})
+    finally:
+        bar.close()
+        f.close()
+    finalize_h5(part)
+    os.replace(part, output)
+    return MineResult(output, True, n, counts, resumed_from)
+
+
+def _summary(name, a):
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return [name, 0, math.nan, math.nan, math.nan, math.nan, math.nan]
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return [name, int(a.size), float(a.mean()), float(a.std()), float(q1), float(med), float(q3)]
+
+
+SUMMARY_HEADER = ["", "count", "mean", "std", "q25", "median", "q75"]
+
+
+def energy_summary(e_pos: np.ndarray, e_neg: np.ndarray, valid: np.ndarray) -> tuple[list[list], dict]:
+    """Rows of E+, E- (valid), margin E- - E+; and p_hard = P(E- < E+) over valid pairs."""
+    ep = np.broadcast_to(e_pos[:, None], e_neg.shape)
+    margin = (e_neg - ep)[valid]
+    rows = [_summary("E+", e_pos), _summary("E- (valid)", e_neg[valid]), _summary("E- - E+", margin)]
+    p_hard = float((margin < 0).mean()) if margin.size else math.nan
+    return rows, {"p_hard": p_hard, "valid_fraction": float(valid.mean()) if valid.size else math.nan}
+
+
+# ------------------------------------------------------------------------------------------------ score
+
+def read_negatives(path: Path) -> dict:
+    with open_h5(path, "negatives") as f:
+        arrays = {k: f[k][()] for k in ("index", "level", "eps", "positives", "inputs", "negatives", "valid",
+                                        "energy_pos", "energy")}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        attrs["provenance"] = read_provenance(f)
+    return {"arrays": arrays, "attrs": attrs}
+
+
+@torch.no_grad()
+def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: str = "ema",
+          batch_size: int = 1024, device="cpu") -> dict:
+    """Energies of every positive and negative of a negatives file under `checkpoint` (same task), at the mined
+    level (and at every level with levels='all'). Returns datasets and attributes of a scores file."""
+    from ebmtool.evaluate import checkpoint_task, load_model
+
+    if levels not in ("mined", "all"):
+        raise InputError("--levels must be 'mined' or 'all'")
+    ckpt = load_checkpoint(checkpoint)
+    negs = read_negatives(negatives)
+    a, attrs = negs["arrays"], negs["attrs"]
+    task = checkpoint_task(ckpt)
+    if attrs.get("task") != task.label:
+        raise InputError(f"{negatives} holds negatives for {attrs.get('task')}, but {checkpoint} was trained on "
+                         f"{task.label}")
+    model = load_model(ckpt, weights, device)
+    sched = cosine_schedule().to(device)
+    n, k, _ = a["negatives"].shape
+    e_pos, e_neg = np.empty(n, np.float32), np.empty((n, k), np.float32)
+    all_pos = np.empty((n, sched.levels), np.float32) if levels == "all" else None
+    all_neg = np.empty((n, k, sched.levels), np.float32) if levels == "all" else None
+    bar = tqdm(total=n, desc="score", unit="problem", file=sys.stderr, disable=None)
+    for s in range(0, n, batch_size):
+        sl = slice(s, min(n, s + batch_size))
+        x, y, yn, eps = (torch.from_numpy(a[name][sl]).to(device) for name in ("inputs", "positives", "negatives",
+                                                                               "eps"))
+        t = torch.from_numpy(a["level"][sl]).to(device)
+        p, q = score_rows(model, sched, x, y, t, eps, yn)
+        e_pos[sl], e_neg[sl] = p.cpu().numpy(), q.cpu().numpy()
+        if levels == "all":
+            for lv in range(sched.levels):
+                p, q = score_rows(model, sched, x, y, torch.full_like(t, lv), eps, yn)
+                all_pos[sl, lv], all_neg[sl, :, lv] = p.cpu().numpy(), q.cpu().numpy()
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    datasets = {"index": a["index"], "level": a["level"], "valid": a["valid"], "energy_pos": e_pos, "energy": e_neg}
+    if levels == "all":
+        datasets.update({"energy_pos_all_levels": all_pos, "energy_all_levels": all_neg})
+    out_attrs = {"task": task.label, "step": ckpt.step, "levels": levels, "weights": weights,
+                 "checkpoint_sha256": sha256_file(checkpoint), "checkpoint_family": checkpoint_family(ckpt),
+                 "negatives_sha256": sha256_file(negatives), "data_fingerprint": attrs.get("data_fingerprint", ""),
+                 "mined_checkpoint_sha256": attrs.get("checkpoint_sha256", "")}
+    prov = provenance("score", {"levels": levels, "weights": weights, "batch_size": batch_size},
+                      inputs={"checkpoint": checkpoint, "negatives": negatives}, checkpoint_step=ckpt.step)
+    return {"datasets": datasets, "attrs": out_attrs, "provenance": prov}
+
+
+def write_scores(path: Path, result: dict) -> None:
+    write_h5(path, "scores", result["datasets"], result["attrs"], result["provenance"])
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+def compute_weights(scores: Path, alpha: float, schedule: str = "constant", floor: float = 0.1) -> dict:
+    """SANS weights softmax(-alpha_t E-) per row over the valid negatives, with entropy and ESS per row."""
+    if not alpha >= 0:
+        raise InputError("--alpha must be non-negative (an inverse temperature)")
+    if schedule not in sans_mod.ALPHA_SCHEDULES:
+        raise InputError(f"--alpha-schedule must be one of {', '.join(sans_mod.ALPHA_SCHEDULES)}")
+    with open_h5(scores, "scores") as f:
+        e = torch.from_numpy(f["energy"][()])
+        valid = torch.from_numpy(f["valid"][()])
+        level = torch.from_numpy(f["level"][()])
+        index = f["index"][()]
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    a = sans_mod.alpha_at(level, alpha, schedule, floor, cosine_schedule().levels)
+    w = sans_mod.weights(e, a, valid)
+    has = w.sum(dim=1) > 0
+    ent = -(w * torch.log(w.clamp_min(1e-38))).sum(dim=1)
+    ess = 1.0 / (w ** 2).sum(dim=1).clamp_min(1e-38)
+    ent[~has], ess[~has] = math.nan, 0.0
+    datasets = {"index": index, "weights": w.numpy().astype(np.float32), "entropy": ent.numpy().astype(np.float32),
+                "ess": ess.numpy().astype(np.float32), "alpha": a.numpy().astype(np.float32)}
+    out_attrs = {"task": attrs.get("task", ""), "alpha": float(alpha), "alpha_schedule": schedule,
+                 "negatives_sha256": attrs.get("negatives_sha256", ""), "scores_sha256": sha256_file(scores),
+                 "checkpoint_family": attrs.get("checkpoint_family", ""),
+                 "data_fingerprint": attrs.get("data_fingerprint", ""), "rows_without_weights": int((~has).sum())}
+    prov = provenance("weights", {"alpha": alpha, "alpha_schedule": schedule,
+                                  "alpha_floor": floor if schedule == "linear" else None},
+                      inputs={"scores": scores})
+    return {"datasets": datasets, "attrs": out_attrs, "provenance": prov}
+
+
+def write_weights(path: Path, result: dict) -> None:
+    write_h5(path, "weights", result["datasets"], result["attrs"], result["provenance"])
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+@dataclass
+class OfflineNegatives:
+    """A negatives file (and optional weights file) matched to a run's training set by row index."""
+
+    y_neg: torch.Tensor  # (M, K, D) clean space
+    valid: torch.Tensor  # (M, K)
+    weights: torch.Tensor | None  # (M, K), rows summing to 1 over valid negatives (0 for rows without any)
+    file_row: np.ndarray  # (N_train,) file row of each training row, -1 where the file has none
+
+    def rows_for(self, idx: np.ndarray, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch positions (among the first round(F * B)) that the file covers, and their file rows."""
+        m = int(round(fraction * len(idx)))
+        fr = self.file_row[idx[:m]]
+        keep = fr >= 0
+        return torch.from_numpy(np.arange(m)[keep]), torch.from_numpy(fr[keep])
+
+    @classmethod
+    def load(cls, cfg, data, dims: dict, *, force: bool = False, log=print) -> "OfflineNegatives":
+        """Read and check the files named in `cfg` against this run. Provenance mismatches (another task or data
+        set, weights for other negatives, scores from another checkpoint family) are one InputError sentence
+        unless `force`; then they are recorded in cfg.offline_mismatch (so the checkpoint says so)."""
+        if data.train is None:
+            raise InputError("--negatives needs a fixed training set (--train-size > 0): rows are matched by index")
+        path = Path(cfg.offline_negatives)
+        sha = sha256_file(path) if path.exists() else None
+        negs = read_negatives(path)
+        if cfg.offline_negatives_sha256 is not None and sha != cfg.offline_negatives_sha256:
+            raise InputError(f"{path} changed since this run started (sha256 mismatch)")
+        cfg.offline_negatives_sha256 = sha
+        a, attrs = negs["arrays"], negs["attrs"]
+        k = a["negatives"].shape[1]
+        if k != cfg.k:
+            raise InputError(f"{path} has K = {k} negatives per problem but this run uses --k {cfg.k}")
+        mismatches = []
+        if attrs.get("task") != data.task.label:
+            mismatches.append(f"{path} holds negatives for {attrs.get('task')}, but this run trains on "
+                              f"{data.task.label}")
+        elif attrs.get("data_fingerprint") != data.fingerprint:
+            mismatches.append(f"{path} was mined on another training set (data fingerprint "
+                              f"{str(attrs.get('data_fingerprint'))[:12]}, this run's is {data.fingerprint[:12]}); "
+                              "mine it from a checkpoint trained on this run's data (same task, size, seed, "
+                              "--train-size)")
+        if a["negatives"].shape[2] != data.task.y_dim:
+            raise InputError(f"{path}: negatives of dimension {a['negatives'].shape[2]} do not fit this run's task "
+                             f"({data.task.y_dim})")
+        weights = None
+        if cfg.offline_weights is not None:
+            wpath = Path(cfg.offline_weights)
+            with open_h5(wpath, "weights") as f:
+                w, windex = f["weights"][()], f["index"][()]
+                wattrs = {key: (v.decode() if isinstance(v, bytes) else v) for key, v in f.attrs.items()}
+            wsha = sha256_file(wpath)
+            if cfg.offline_weights_sha256 is not None and wsha != cfg.offline_weights_sha256:
+                raise InputError(f"{wpath} changed since this run started (sha256 mismatch)")
+            cfg.offline_weights_sha256 = wsha
+            if wattrs.get("negatives_sha256") != sha:
+                mismatches.append(f"{wpath} holds weights for other negatives (computed from negatives with sha256 "
+                                  f"{str(wattrs.get('negatives_sha256'))[:12]}, {path} has {sha[:12]})")
+            fam = family(data.task.label, dims, data.fingerprint)
+            if wattrs.get("checkpoint_family") != fam:
+                mismatches.append(f"{wpath} was computed from scores of another checkpoint family (another task, "
+                                  "model shape or training set than this run)")
+            if w.shape != a["valid"].shape or not np.array_equal(windex, a["index"]):
+                raise InputError(f"{wpath} does not have one weight row per row of {path} (shape {w.shape}, "
+                                 f"expected {a['valid'].shape})")
+            weights = torch.from_numpy(w.astype(np.float32))
+        if mismatches:
+            if not force and mismatches != (cfg.offline_mismatch or []):
+                raise InputError(f"{mismatches[0]}; pass --force to use it anyway (the mismatch is recorded in the "
+                                 "checkpoint)")
+            cfg.offline_mismatch = mismatches
+            for m in mismatches:
+                log(f"warning (--force): {m}")
+        n = len(data.train)
+        index = a["index"].astype(np.int64)
+        in_range = (index >= 0) & (index < n)
+        file_row = np.full(n, -1, dtype=np.int64)
+        file_row[index[in_range]] = np.nonzero(in_range)[0]
+        return cls(torch.from_numpy(a["negatives"]), torch.from_numpy(a["valid"].astype(bool)), weights, file_row)
