@@ -51,6 +51,17 @@ class Problems:
         return Problems(self.x[:n], self.y[:n], None if self.mask is None else self.mask[:n], dict(self.description))
 
 
+def split_seed(split: str, seed: int | None) -> int:
+    """The seed of a split: the caller's for train (required), the fixed EVAL_SEED for val and test."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split != "train":
+        seed = EVAL_SEED if seed is None else seed
+    if seed is None:
+        raise ValueError("a training split needs a seed")
+    return seed
+
+
 def stream(seed: int, purpose: str, harder: bool = False) -> np.random.Generator:
     code = PURPOSES[purpose] + (10 if harder else 0)
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(code,)))
@@ -81,12 +92,7 @@ class Task:
         return f"{self.name} {self.size}x{self.size}"
 
     def generate(self, n: int, split: str = "train", seed: int | None = None, harder: bool = False) -> Problems:
-        if split not in SPLITS:
-            raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        if split != "train":
-            seed = EVAL_SEED if seed is None else seed
-        if seed is None:
-            raise ValueError("a training split needs a seed")
+        seed = split_seed(split, seed)
         rng = stream(seed, split, harder)
         x, y = GENERATORS[self.name](rng, n, self.size, harder)
         desc = {"task": self.name, "size": self.size, "split": split, "seed": seed, "harder": harder, "n": n}

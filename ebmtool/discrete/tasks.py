@@ -13,7 +13,7 @@ import numpy as np
 
 from ebmtool.diffusion import SamplerSettings
 from ebmtool.errors import InputError
-from ebmtool.tasks import EVAL_SEED, SPLITS, Problems, stream
+from ebmtool.tasks import Problems, split_seed, stream
 
 from ebmtool.discrete import graphs, negatives, sudoku
 
@@ -59,12 +59,7 @@ class DiscreteTask:
     def generate(self, n: int, split: str = "train", seed: int | None = None, harder: bool = False,
                  size: int | None = None) -> Problems:
         """n problems; the harder split uses more nodes (`harder_size`, or `size`) or fewer Sudoku givens."""
-        if split not in SPLITS:
-            raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-        if split != "train":
-            seed = EVAL_SEED if seed is None else seed
-        if seed is None:
-            raise ValueError("a training split needs a seed")
+        seed = split_seed(split, seed)
         nodes = size or (self.harder_size if harder else self.size)
         rng = stream(seed, split, harder)
         desc = {"task": self.name, "size": nodes, "split": split, "seed": seed, "harder": harder, "n": n}
