@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import json
 import math
 import re
 import time
@@ -125,7 +126,8 @@ def load_groups(groups: list[tuple[str, list[Path]]]) -> list[Group]:
 
 def _task_identity(ckpt: Checkpoint) -> tuple:
     cfg = ckpt.config
-    return (ckpt.task, cfg.get("size"))
+    size = json.loads(ckpt.meta.get("ebmtool.task_size", "null"))  # the resolved size (None = a data file)
+    return (ckpt.task, cfg.get("size") if size is None else size)
 
 
 def check_compatible(groups: list[Group]) -> None:

@@ -95,10 +95,17 @@ def checkpoint_model(ckpt):
 
 
 def checkpoint_task(ckpt):
-    """The task a checkpoint was trained on (a built-in task, or the user's data file)."""
-    from ebmtool.tasks import resolve_task
+    """The task a checkpoint was trained on (a built-in task, or the user's data file).
+
+    A run trained from an `ebmtool data` file of a discrete task records the task's name and size in its
+    metadata (`ebmtool.task`, `ebmtool.task_size`): it is rebuilt as that task, not as the file."""
+    import json
+
+    from ebmtool.tasks import DISCRETE_TASK_NAMES, get_task, resolve_task
 
     cfg = ckpt.config
+    if cfg["task"] not in _builtin() and ckpt.task in DISCRETE_TASK_NAMES:
+        return get_task(ckpt.task, json.loads(ckpt.meta.get("ebmtool.task_size", "null")))
     task, _ = resolve_task(cfg["task"], cfg["size"]) if cfg["task"] in _builtin() else (None, None)
     if task is None:
         from ebmtool.tasks import FileTask

@@ -20,6 +20,11 @@ Sources (ired-algorithm.md §3.2 for the reference; lessons.md F2/F3/F5 for what
 Negative j = 0 of each example starts from the positive's own noise eps (so K = 1 ired is exactly the reference);
 j >= 1 start from fresh draws of `gen`. Near-duplicates (RMS(y_neg - y) <= dup_threshold) are marked invalid and
 counted; the caller never uses them.
+
+Masks (given entries, e.g. Sudoku's given cells): every source keeps them. A negative's given entries equal the
+positive's (y), descent re-imposes them at every step, and the framework re-imposes sqrt(ab_t) x on the
+re-noised point. Discrete tasks use a clean box of +-1 (`clean_clamp`) instead of +-2; their `ired` source is
+the task's own reference negative (train.discrete_reference), not this module's.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ebmtool.diffusion import Schedule, descend, energy, noised
+from ebmtool.diffusion import Schedule, descend, energy, impose_mask, noised
 
 CLAMP_MODES = ("per-example", "first-example")
 CLEAN_CLAMP = 2.0  # continuous answers live in [-2, 2] (the reference's clean-space clamp)
@@ -72,6 +77,7 @@ class NegativeSettings:
     hnm_select: str = "top"  # per negative: the best-scoring candidate ("top"), or one drawn ∝ softmax(score) ("sample")
     gaussian_scale: float = 1.0
     dup_threshold: float = 1e-3  # RMS(y_neg - y) at or below this is a near-duplicate of the positive
+    clean_clamp: float = CLEAN_CLAMP  # clean-space box of anm/hnm/gaussian negatives (1 for discrete tasks)
 
 
 @dataclass
@@ -101,10 +107,12 @@ def rms(a: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def refine_renoised(model, x, y0, t, eps, sched: Schedule, steps: int, *, step_scale: float = 1.0,
-                    radius: float | None = None, multiplier: float = 1.0):
+                    radius: float | None = None, multiplier: float = 1.0, box: float = CLEAN_CLAMP, mask=None):
     """Projected energy descent on the point the loss scores: z = sqrt(ab_t) y + sqrt(1-ab_t) eps (eps = the
     positive's noise), starting at clean y0. The projection keeps y inside an RMS `radius` around y0 (if given)
-    and inside the clean box +-2. Returns (clean y, its energy at the re-noised point), detached.
+    and inside the clean box +-`box`; with a mask, given entries keep y0's value in clean space and the scored
+    point carries sqrt(ab_t) x there (as the loss sees it). Returns (clean y, its energy at the re-noised point),
+    detached.
 
     Descending the re-noised point's energy is what makes the negative hard for the loss that uses it; the
     acceptance rule of `descend` guarantees the energy never rises (lessons.md F2).
@@ -119,31 +127,43 @@ def refine_renoised(model, x, y0, t, eps, sched: Schedule, steps: int, *, step_s
             r = rms(delta)[:, None]
             delta = delta * torch.clamp(radius / r.clamp_min(1e-12), max=1.0)
             yc = y0 + delta
-        return sab * yc.clamp(-CLEAN_CLAMP, CLEAN_CLAMP) + noise
+        yc = yc.clamp(-box, box)
+        if mask is not None:
+            yc = torch.where(mask > 0, y0, yc)
+        return sab * yc + noise
 
-    z0 = sab * y0 + noise
+    z0 = impose_mask(sched, sab * y0 + noise, t, x, mask)
     z, e, _ = descend(model, x, z0, t, sched, steps, multiplier=multiplier, clamp=None, step_scale=step_scale,
-                      project=project)
-    y = ((z - noise) / sab).clamp(-CLEAN_CLAMP, CLEAN_CLAMP)
+                      project=project, mask=mask)
+    y = ((z - noise) / sab).clamp(-box, box)
+    if mask is not None:
+        y = torch.where(mask > 0, y0, y)
     return y.detach(), e
 
 
-def _ired(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
+def _keep_given(y_cand, y, mask):
+    """Given entries (mask = 1) of a clean-space candidate set to the positive's."""
+    return y_cand if mask is None else torch.where(mask > 0, y, y_cand)
+
+
+def _ired(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
     noise = start_noise(eps, k, gen)
     return ired_negative(model, _rep(x, k), _rep(y, k), _rep(t, k), noise, sched, steps=s.ired_steps,
-                         noise_scale=s.ired_noise, clamp_mode=s.clamp_mode), {}
+                         noise_scale=s.ired_noise, clamp_mode=s.clamp_mode,
+                         mask=None if mask is None else _rep(mask, k)), {}
 
 
-def _clean_start(sched, y, t, noise, scale):
+def _clean_start(sched, y, t, noise, scale, box=CLEAN_CLAMP):
     """The ired start z = sqrt(ab_t) y + sqrt(1-ab_t) scale * noise, expressed in clean space and clamped."""
-    return (noised(sched, y, t, scale * noise) / sched.sqrt_ab[t][:, None]).clamp(-CLEAN_CLAMP, CLEAN_CLAMP)
+    return (noised(sched, y, t, scale * noise) / sched.sqrt_ab[t][:, None]).clamp(-box, box)
 
 
-def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
+def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
     xr, yr, tr, er = _rep(x, k), _rep(y, k), _rep(t, k), _rep(eps, k)
-    y0 = _clean_start(sched, yr, tr, start_noise(eps, k, gen), s.anm_noise)
+    mr = None if mask is None else _rep(mask, k)
+    y0 = _keep_given(_clean_start(sched, yr, tr, start_noise(eps, k, gen), s.anm_noise, s.clean_clamp), yr, mr)
     y_neg, _ = refine_renoised(model, xr, y0, tr, er, sched, s.anm_steps, step_scale=s.anm_step_size,
-                               radius=s.anm_radius)
+                               radius=s.anm_radius, box=s.clean_clamp, mask=mr)
     return y_neg, {}
 
 
@@ -154,7 +174,7 @@ def hnm_levels(candidates: int, levels: int = 10) -> torch.Tensor:
     return torch.round(torch.linspace(0, levels - 1, candidates)).long()
 
 
-def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
+def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
     """C candidates per negative (B*K*C rows, one batch), started at levels hnm_levels(C) in clean space,
     refined at t on the re-noised energy, scored at t; per negative the candidate with the largest
     -E + lambda * RMS(y_cand - y) wins (near-duplicates score -inf). Returns the selected level too."""
@@ -162,11 +182,13 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
     c = s.hnm_candidates
     kc = k * c
     xr, yr, tr, er = _rep(x, kc), _rep(y, kc), _rep(t, kc), _rep(eps, kc)
+    mr = None if mask is None else _rep(mask, kc)
     levels = hnm_levels(c, sched.levels).to(y.device)
     lv = levels.repeat(b * k)  # row (b*K + j)*C + c has level levels[c]
     delta = torch.randn((b * kc, d), generator=gen).to(y.device)
-    y0 = (noised(sched, yr, lv, delta) / sched.sqrt_ab[lv][:, None]).clamp(-CLEAN_CLAMP, CLEAN_CLAMP)
-    y_c, e_c = refine_renoised(model, xr, y0, tr, er, sched, s.hnm_steps)
+    y0 = (noised(sched, yr, lv, delta) / sched.sqrt_ab[lv][:, None]).clamp(-s.clean_clamp, s.clean_clamp)
+    y_c, e_c = refine_renoised(model, xr, _keep_given(y0, yr, mr), tr, er, sched, s.hnm_steps, box=s.clean_clamp,
+                               mask=mr)
     dist = rms(y_c - yr)
     dup = dist <= s.dup_threshold
     score = (-e_c + s.hnm_lambda * dist).masked_fill(dup, -math.inf).view(b * k, c)
@@ -183,25 +205,29 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen):
                    "candidates": b * kc}
 
 
-SOURCE_FUNCTIONS = {"ired": _ired, "anm": _anm, "hnm": _hnm,
-                    "gaussian": lambda model, x, y, t, eps, sched, k, s, gen: (
-                        (_rep(y, k) + s.gaussian_scale * torch.randn((y.shape[0] * k, y.shape[1]),
-                                                                     generator=gen).to(y.device)
-                         ).clamp(-CLEAN_CLAMP, CLEAN_CLAMP), {})}
+def _gaussian(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
+    yr = _rep(y, k)
+    y_neg = (yr + s.gaussian_scale * torch.randn(yr.shape, generator=gen).to(y.device)).clamp(-s.clean_clamp,
+                                                                                               s.clean_clamp)
+    return _keep_given(y_neg, yr, None if mask is None else _rep(mask, k)), {}
+
+
+SOURCE_FUNCTIONS = {"ired": _ired, "anm": _anm, "hnm": _hnm, "gaussian": _gaussian}
 
 
 @torch.no_grad()
 def generate(source: str, model, x, y, t, eps, sched: Schedule, k: int, settings: NegativeSettings,
-             gen: torch.Generator | None = None) -> NegativeBatch:
+             gen: torch.Generator | None = None, mask: torch.Tensor | None = None) -> NegativeBatch:
     """K negatives per positive from `source`, in clean space, with the near-duplicate filter applied.
 
     eps is the positive's own noise (B, D): sources refine and score at (t, eps) and the framework re-noises
     with it. `gen` supplies every extra random draw (fresh start noises for j >= 1, gaussian and hnm noise).
+    `mask` (B, D), given entries = 1: every source returns negatives whose given entries equal y's.
     """
     if source not in SOURCE_FUNCTIONS:
         raise ValueError(f"unknown negative source {source!r}")
     b, d = y.shape
-    y_neg, info = SOURCE_FUNCTIONS[source](model, x, y, t, eps, sched, k, settings, gen)
+    y_neg, info = SOURCE_FUNCTIONS[source](model, x, y, t, eps, sched, k, settings, gen, mask=mask)
     y_neg = y_neg.detach().view(b, k, d)
     valid = rms(y_neg - y[:, None, :]) > settings.dup_threshold
     cands = info.pop("candidates", b * k)

@@ -51,6 +51,8 @@ RECIPES = {
 
 # Fields that do not change what is computed, only when things are saved or shown; a resume may change them.
 CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size")
+# Fields added after checkpoints existed: left out of the checksum at their default, so older checkpoints verify.
+LATER_FIELDS = {"blocks": None}
 
 
 @dataclass
@@ -95,6 +97,7 @@ class TrainConfig:
     sans_loss: str | None = None
     margin: float | None = None
     width: int | None = None  # None = the task's reference width (512 for the MLP)
+    blocks: int | None = None  # discrete tasks: Sudoku residual blocks / connectivity layers (None = reference)
     time_dim: int = 128
     ema_beta: float = 0.995
     ema_every: int = 10
@@ -129,6 +132,8 @@ class TrainConfig:
             raise InputError(f"--clamp-mode must be one of {', '.join(CLAMP_MODES)}")
         if self.on_nan not in ("stop", "skip"):
             raise InputError("--on-nan must be 'stop' or 'skip'")
+        if self.blocks is not None and self.blocks < 1:
+            raise InputError(f"--blocks must be at least 1, got {self.blocks}")
         if self.energy_weight is not None and self.energy_weight < 0:
             raise InputError(f"--energy-weight must be non-negative, got {self.energy_weight}")
         if self.train_size and 0 < self.train_size < self.batch_size:
@@ -219,20 +224,22 @@ class TrainConfig:
     def stages(self):
         return curriculum_mod.resolve(self.negatives, self.curriculum)
 
-    def negative_settings(self) -> NegativeSettings:
+    def negative_settings(self, discrete: bool = False) -> NegativeSettings:
+        """The sources' settings; discrete tasks keep negatives in +-1 and descend with multiplier 1 (§5.1)."""
         d = NegativeSettings()
         return NegativeSettings(
             ired_steps=self.neg_steps, ired_noise=self.neg_noise_scale, clamp_mode=self.clamp_mode,
             **{n: getattr(self, n) if getattr(self, n) is not None else getattr(d, n)
                for fields in SOURCE_FIELDS.values() for n in fields},
-            dup_threshold=self.dup_threshold)
+            dup_threshold=self.dup_threshold, **({"clean_clamp": 1.0} if discrete else {}))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def checksum(self) -> str:
         """sha256 of the fields that determine the computation (PyKEEN-style resume guard)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in CADENCE_FIELDS}
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in CADENCE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -412,10 +419,12 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
 
 def discrete_reference(task, y, mask, k, gen) -> NegativeBatch:
     """The discrete tasks' §3.2 negative (re-drawn cells, flipped entries, a re-drawn first step), which the
-    `ired` source means for them. Negatives identical to the positive are re-drawn by the task and counted."""
-    y_neg, redrawn = task.reference_negative(y, mask, gen)
-    return NegativeBatch(y_neg[:, None, :], torch.ones(y.shape[0], 1, dtype=torch.bool, device=y.device),
-                         y.shape[0], int(redrawn))
+    `ired` source means for them; K independent draws per positive. Negatives identical to the positive are
+    re-drawn by the task and counted as near-duplicates (lessons.md F4), so every negative is valid."""
+    b, d = y.shape
+    y_neg, redrawn = task.reference_negative(_rep(y, k), None if mask is None else _rep(mask, k), gen)
+    return NegativeBatch(y_neg.view(b, k, d), torch.ones(b, k, dtype=torch.bool, device=y.device), b * k,
+                         int(redrawn))
 
 
 def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen: torch.Generator, *,
@@ -433,7 +442,8 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
     stage = stages[si]
     names = [n for n, _ in stage.mix]
     assign = curriculum_mod.assign(stage, b, neg_gen).to(x.device)
-    settings = cfg.negative_settings()
+    discrete = bool(getattr(task, "discrete", False))
+    settings = cfg.negative_settings(discrete)
     y_neg = torch.empty(b, k, d, device=x.device)
     valid = torch.empty(b, k, dtype=torch.bool, device=x.device)
     diag: dict[str, float] = {"stage": float(si), "k": float(k)}
@@ -460,10 +470,10 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
             sub = (x[rows], y[rows], t[rows], eps[rows])
             sub_mask = None if mask is None else mask[rows]
         t0 = time.perf_counter()
-        if getattr(task, "discrete", False):
+        if discrete and name == "ired":
             nb = discrete_reference(task, sub[1], sub_mask, k, neg_gen)
         else:
-            nb = generate(name, model, *sub, sched, k, settings, neg_gen)
+            nb = generate(name, model, *sub, sched, k, settings, neg_gen, mask=sub_mask)
         seconds = time.perf_counter() - t0
         if rows is None:
             y_neg, valid = nb.y_neg, nb.valid
@@ -562,8 +572,10 @@ class RunState:
     def __init__(self, cfg: TrainConfig, data: TrainingData, device):
         self.cfg, self.data, self.device = cfg, data, device
         torch.manual_seed(cfg.seed)  # initial weights come from the seed too
-        if getattr(data.task, "discrete", False):  # the task's reference architecture; --width scales it
-            self.model = build_model(data.task.model_dims(cfg.width)).to(device)
+        if getattr(data.task, "discrete", False):  # the task's reference architecture; --width/--blocks scale it
+            self.model = build_model(data.task.model_dims(cfg.width, cfg.blocks)).to(device)
+        elif cfg.blocks is not None:
+            raise InputError("--blocks applies to the discrete tasks' networks; the MLP has a fixed depth")
         else:
             self.model = EnergyMLP(data.task.x_dim, data.task.y_dim, cfg.width or 512, cfg.time_dim).to(device)
         self.ema = EMA(self.model, cfg.ema_beta, cfg.ema_every, cfg.ema_start)
@@ -587,6 +599,7 @@ class RunState:
         meta = {
             "ebmtool.version": __version__,
             "ebmtool.task": cfg.task if getattr(self.data.task, "path", "") else self.data.task.name,
+            "ebmtool.task_size": json.dumps(None if getattr(self.data.task, "path", "") else self.data.task.size),
             "ebmtool.config": json.dumps(cfg.to_dict(), sort_keys=True),
             "ebmtool.config_sha256": cfg.checksum(),
             "ebmtool.model": json.dumps(self.model.dims, sort_keys=True),
@@ -787,11 +800,6 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     ckpt_path, metrics_path = out_dir / "ckpt.safetensors", out_dir / "metrics.h5"
     device = resolve_device(cfg.device)
     data = TrainingData(cfg)
-    if getattr(data.task, "discrete", False):
-        used = curriculum_mod.sources_of(cfg.stages())
-        if used != ["ired"] or cfg.k != 1 or cfg.sans:
-            raise InputError(f"{data.task.name}: only the task's reference negative (ired, K = 1, no SANS) is "
-                             "implemented for discrete tasks so far")
     sched = cosine_schedule().to(device)
     energy_weight = data.task.energy_weight if cfg.energy_weight is None else cfg.energy_weight
     st = RunState(cfg, data, device)

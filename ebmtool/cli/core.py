@@ -127,7 +127,11 @@ def data(task, n, output, size, split, harder, seed, overwrite):
               help="Fraction of each batch's examples that use the offline negatives [0.5].")
 @click.option("--force", is_flag=True, default=None,
               help="Use --negatives/--weights files whose provenance does not match this run (recorded).")
-@click.option("--width", type=click.IntRange(min=1), default=None, help="MLP width [512].")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="Network width: MLP [512]; Sudoku CNN channels [384]; graph hidden size [32 connectivity, "
+              "64 shortest-path].")
+@click.option("--blocks", type=click.IntRange(min=1), default=None,
+              help="Depth of discrete tasks' networks: Sudoku residual blocks [6], connectivity layers [2].")
 @click.option("--ema-beta", type=click.FloatRange(0, 1), default=None, help="EMA decay ceiling [0.995].")
 @click.option("--ema-every", type=click.IntRange(min=1), default=None, help="EMA update period in steps [10].")
 @click.option("--log-every", type=click.IntRange(min=1), default=None, help="Steps per metrics row [10].")

@@ -46,14 +46,19 @@ class DiscreteTask:
     def label(self) -> str:
         return "sudoku 9x9" if self.name == "sudoku" else f"{self.name} ({self.size} nodes)"
 
-    def model_dims(self, width: int | None = None) -> dict:
-        """dims for ebmtool.models.build_model (the reference architecture of this task)."""
+    def model_dims(self, width: int | None = None, blocks: int | None = None) -> dict:
+        """dims for ebmtool.models.build_model (the reference architecture of this task). `width` and `blocks`
+        (None = the reference's) scale it: Sudoku CNN channels / residual blocks, connectivity hidden size /
+        layers, shortest-path hidden size (its two temporal blocks are fixed)."""
         if self.name == "sudoku":
-            return {"arch": "sudoku_cnn", "x_dim": 729, "y_dim": 729, "width": width or 384, "blocks": 6,
-                    "time_dim": 128, "time_hidden": 64}
+            return {"arch": "sudoku_cnn", "x_dim": 729, "y_dim": 729, "width": width or 384,
+                    "blocks": 6 if blocks is None else blocks, "time_dim": 128, "time_hidden": 64}
         if self.name == "shortest-path":
+            if blocks is not None:
+                raise InputError("--blocks does not apply to shortest-path (its network has two fixed blocks)")
             return {"arch": "path_gnn", "hidden": width or 64, "steps": graphs.PATH_STEPS, "time_dim": 512}
-        return {"arch": "graph_nlm", "hidden": width or 32, "depth": 2, "time_dim": 512, "x_channels": 1}
+        return {"arch": "graph_nlm", "hidden": width or 32, "depth": 2 if blocks is None else blocks,
+                "time_dim": 512, "x_channels": 1}
 
     # -------------------------------------------------------------------------------- data
     def generate(self, n: int, split: str = "train", seed: int | None = None, harder: bool = False,
