@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ebmtool.devices import autocast
 from ebmtool.errors import InputError
 
 from ebmtool.diffusion import cosine_schedule, sample
@@ -20,8 +21,8 @@ SAMPLER_SEED = 0
 
 @torch.no_grad()
 def sample_answers(model, task: Task, problems: Problems, *, batch_size: int = 256, seed: int = SAMPLER_SEED,
-                   device="cpu", inner_steps: int | None = None, progress=None) -> np.ndarray:
-    """Run the sampler over every problem; returns y_hat (N, y_dim) as float32."""
+                   device="cpu", inner_steps: int | None = None, progress=None, precision: str = "fp32") -> np.ndarray:
+    """Run the sampler over every problem; returns y_hat (N, y_dim) as float32 (bf16 autocast on request)."""
     sched = cosine_schedule().to(device)
     settings = task.sampler
     if inner_steps is not None:
@@ -37,7 +38,9 @@ def sample_answers(model, task: Task, problems: Problems, *, batch_size: int = 2
             if problems.mask is not None:
                 mask = torch.from_numpy(problems.mask[start:start + batch_size]).to(device)
             out_dim = problems.y.shape[1]  # = task.y_dim, except graph tasks' larger harder splits
-            out.append(sample(model, x, sched, out_dim, settings, generator=gen, mask=mask).cpu().numpy())
+            with autocast(device, precision):
+                y_hat = sample(model, x, sched, out_dim, settings, generator=gen, mask=mask)
+            out.append(y_hat.float().cpu().numpy())
             if progress is not None:
                 progress(len(x))
     finally:

@@ -34,6 +34,7 @@ from ebmtool.artifacts import (
     Checkpoint, atomic_path, code_version, load_checkpoint, provenance, save_checkpoint, sha256_file, write_h5,
 )
 from ebmtool.diffusion import cosine_schedule, energy_and_grad, impose_mask, noised
+from ebmtool.devices import autocast, check_precision, resolve_device  # noqa: F401 (re-exported)
 from ebmtool.errors import InputError, Interrupted, RunError
 from ebmtool.evaluate import evaluate_model
 from ebmtool.models import EnergyMLP, build_model
@@ -52,7 +53,7 @@ RECIPES = {
 # Fields that do not change what is computed, only when things are saved or shown; a resume may change them.
 CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size")
 # Fields added after checkpoints existed: left out of the checksum at their default, so older checkpoints verify.
-LATER_FIELDS = {"blocks": None}
+LATER_FIELDS = {"blocks": None, "precision": "fp32"}
 
 
 @dataclass
@@ -109,6 +110,7 @@ class TrainConfig:
     keep: int = 0  # step-numbered snapshots kept beside ckpt.safetensors (the newest N; 0 = only the latest)
     val_size: int = 256
     device: str = "auto"
+    precision: str = "fp32"  # bf16: autocast on CUDA (ebmtool.devices)
     init: str | None = None
     init_sha256: str | None = None
     # Offline negatives (issue 4): a mined file used for a fraction of each batch, optional SANS weights from a file.
@@ -266,16 +268,6 @@ SANS_FIELDS = ("alpha", "alpha_schedule", "alpha_floor", "sans_loss", "margin")
 
 def _flag(name: str) -> str:
     return {"negatives": "negatives-from"}.get(name, name.replace("_", "-"))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but no CUDA device is available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
 
 
 def step_generator(seed: int, step: int, purpose: int = 0) -> torch.Generator:
@@ -799,6 +791,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     out_dir = Path(out_dir)
     ckpt_path, metrics_path = out_dir / "ckpt.safetensors", out_dir / "metrics.h5"
     device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device)
     data = TrainingData(cfg)
     sched = cosine_schedule().to(device)
     energy_weight = data.task.energy_weight if cfg.energy_weight is None else cfg.energy_weight
@@ -834,7 +827,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     def evaluate_now():
         row = {"step": st.step}
         for name, m in (("model", st.model), ("ema", st.ema.model)):
-            errs = evaluate_model(m, data.task, data.val, device=device)
+            errs = evaluate_model(m, data.task, data.val, device=device, precision=cfg.precision)
             row[f"metric_{name}"] = float(errs[data.task.metric].mean())  # the task's primary metric
             if "mse" in errs:
                 row[f"mse_{name}"] = float(errs["mse"].mean())
@@ -872,9 +865,10 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
             x, y, mask = data.batch_with_mask(st.step, device)
             t = torch.randint(0, sched.levels, (x.shape[0],), generator=gen).to(device)
             offline = None if offline_store is None else (offline_store, data.batch_indices(st.step))
-            parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
-                                neg_gen=step_generator(cfg.seed, st.step, purpose=3), mask=mask, task=data.task,
-                                offline=offline)
+            with autocast(device, cfg.precision):
+                parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
+                                    neg_gen=step_generator(cfg.seed, st.step, purpose=3), mask=mask,
+                                    task=data.task, offline=offline)
 
             bad = [k for k in ("loss_denoise", "loss_energy", "energy_pos", "energy_neg")
                    if k in parts and not torch.isfinite(parts[k]).all()]

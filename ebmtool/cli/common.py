@@ -33,6 +33,11 @@ def device_option(f):
                         help="auto (CUDA when available), cpu, or cuda[:N].")(f)
 
 
+def precision_option(f):
+    return click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+                        help="bf16: autocast the network's matrix products on CUDA (CUDA only) [fp32].")(f)
+
+
 def seed_option(help_text="Seed; drawn at random and recorded when not given."):
     return click.option("--seed", type=click.IntRange(min=0), default=None, help=help_text)
 

@@ -79,7 +79,7 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
     """
     from ebmtool.artifacts import resolve_checkpoint_path
     from ebmtool.compare import compare as run_compare, expand_paths, format_markdown, jsonable, run_label
-    from ebmtool.train import resolve_device
+    from ebmtool.devices import resolve_device
 
     arms: list[tuple[str, list[Path]]] = []
     for p in checkpoints:

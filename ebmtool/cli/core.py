@@ -13,7 +13,8 @@ import numpy as np
 from ebmtool.artifacts import check_output, load_checkpoint, provenance, sha256_file, write_h5
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
-    checkpoint_argument, device_option, json_option, log, overwrite_option, print_json, seed_option, table,
+    checkpoint_argument, device_option, json_option, log, overwrite_option, precision_option, print_json, seed_option,
+    table,
 )
 from ebmtool.errors import InputError
 from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
@@ -145,6 +146,7 @@ def data(task, n, output, size, split, harder, seed, overwrite):
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default=None,
               help="A non-finite loss stops the run (default) or skips the batch (counted in metrics).")
 @click.option("--device", default=None, help="auto (CUDA when available), cpu, or cuda[:N] [auto].")
+@precision_option
 @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
               help="Start from this checkpoint's weights (fresh optimiser, step 0).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
@@ -159,7 +161,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
     Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5. Example: ebmtool train --steps 300 -o runs/quick
     """
     from ebmtool.artifacts import resolve_checkpoint_path
-    from ebmtool.train import MINING_FIELDS, RECIPES, TrainConfig, _flag, train as run_training
+    from ebmtool.train import CADENCE_FIELDS, MINING_FIELDS, RECIPES, TrainConfig, _flag, train as run_training
 
     if seeds is not None:
         return _train_seeds(ctx, seeds, output)
@@ -185,7 +187,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
     if resume is not None:
         if init is not None:
             raise InputError("--resume and --init exclude each other: resume continues a run, init starts a new one")
-        allowed = {"steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size"}
+        allowed = set(CADENCE_FIELDS)
         fixed = sorted(set(given) - allowed)
         if ctx.get_parameter_source("recipe").name == "COMMANDLINE":
             fixed.insert(0, "recipe")
@@ -266,35 +268,41 @@ def _train_seeds(ctx, seeds: str, output):
               help="EMA weights (the reference evaluates these), the raw weights, or both.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
+@precision_option
 @json_option
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Also write the results (with per-problem errors) to this HDF5 file.")
 @overwrite_option
-def eval_cmd(checkpoint, data, split, harder, n, weights, batch_size, device, as_json, output, overwrite):
+def eval_cmd(checkpoint, data, split, harder, n, weights, batch_size, device, precision, as_json, output,
+             overwrite):
     """Sample a checkpoint on held-out problems and print its MSE beside trivial baselines.
 
     Never changes the checkpoint. Example: ebmtool eval runs/demo/ckpt.safetensors --harder
     """
     from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
-    from ebmtool.train import resolve_device
+    from ebmtool.devices import check_precision, resolve_device
 
     if output is not None:
         check_output(output, overwrite, inputs=(checkpoint, data))
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)
+    precision = precision or "fp32"
+    check_precision(precision, dev)
     task, problems, desc = evaluation_problems(ckpt, data=data, split=split, harder=harder, n=n)
     which = ["ema", "model"] if weights == "both" else [weights]
     results, per_problem = {}, {}
     t0 = time.perf_counter()
     for w in which:
-        errs = evaluate_model(load_model(ckpt, w, dev), task, problems, batch_size=batch_size, device=dev)
+        errs = evaluate_model(load_model(ckpt, w, dev), task, problems, batch_size=batch_size, device=dev,
+                              precision=precision)
         results[w] = {k: float(v.mean()) for k, v in errs.items()}
         per_problem[w] = errs
     seconds = time.perf_counter() - t0
     baselines = {k: float(v.mean()) for k, v in task.baselines(problems).items()}
     sha = sha256_file(checkpoint)
     report = {"checkpoint": str(checkpoint), "sha256": sha, "step": ckpt.step, "problems": desc,
-              "metric": task.metric, "results": results, "baselines": baselines, "seconds": seconds}
+              "metric": task.metric, "results": results, "baselines": baselines, "seconds": seconds,
+              "device": str(dev), "precision": precision}
     if output is not None:
         datasets = {f"{w}/{k}": v for w, errs in per_problem.items() for k, v in errs.items()}
         datasets.update({f"baseline/{k}": v for k, v in task.baselines(problems).items()})

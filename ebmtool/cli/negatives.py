@@ -14,7 +14,7 @@ from ebmtool.errors import InputError
 
 
 def _device(name):
-    from ebmtool.train import resolve_device
+    from ebmtool.devices import resolve_device
 
     return resolve_device(name)
 
