@@ -31,7 +31,7 @@ from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.artifacts import (
     USERBLOCK, finalize_h5, load_checkpoint, open_h5, provenance, read_provenance, sha256_file, write_h5,
 )
-from ebmtool.diffusion import cosine_schedule, energy, noised
+from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
 from ebmtool.errors import InputError
 from ebmtool.negatives import NegativeSettings, generate, renoise, rms
 from ebmtool import sans as sans_mod
@@ -116,12 +116,16 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def score_rows(model, sched, x, y, t, eps, y_neg):
-    """E+ (B,) at the re-noised positive and E- (B, K) at each negative re-noised with the positive's eps."""
+def score_rows(model, sched, x, y, t, eps, y_neg, mask=None):
+    """E+ (B,) at the re-noised positive and E- (B, K) at each negative re-noised with the positive's eps;
+    given entries (mask = 1) are re-imposed in both, as training does, so only the free entries differ."""
     b, k, d = y_neg.shape
-    e_pos = energy(model, x, noised(sched, y, t, eps), t)
+    e_pos = energy(model, x, impose_mask(sched, noised(sched, y, t, eps), t, x, mask), t)
+    xs, ts = x.repeat_interleave(k, 0), t.repeat_interleave(k, 0)
     x_neg = renoise(sched, y_neg, t, eps).reshape(b * k, d)
-    e_neg = energy(model, x.repeat_interleave(k, 0), x_neg, t.repeat_interleave(k, 0)).view(b, k)
+    if mask is not None:
+        x_neg = impose_mask(sched, x_neg, ts, xs, mask.repeat_interleave(k, 0))
+    e_neg = energy(model, xs, x_neg, ts).view(b, k)
     return e_pos, e_neg
 
 
@@ -129,14 +133,18 @@ COUNTS = ("candidates", "duplicates", "dup_negatives", "filtered_absolute_margin
           "filtered_max_energy", "rows_not_enough")
 
 
-def mine_batch(model, sched, x, y, rows, opts: MineOptions, device):
-    """Mine one batch of rows: HNM negatives, energies, distances, window filters. Returns arrays and counts."""
+def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None, discrete: bool = False):
+    """Mine one batch of rows: HNM negatives, energies, distances, window filters. Returns arrays and counts.
+
+    Discrete tasks: negatives stay in the box +-1 (as in training) and given entries (mask = 1) are kept."""
     t, eps = row_noise(opts.seed, rows, y.shape[1], sched.levels)
     t, eps = t.to(device), eps.to(device)
     settings = NegativeSettings(hnm_candidates=opts.candidates, hnm_steps=opts.refine_steps, hnm_lambda=opts.lam,
-                                hnm_select=opts.select, dup_threshold=opts.dup_threshold)
-    nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])))
-    e_pos, e_neg = score_rows(model, sched, x, y, t, eps, nb.y_neg)
+                                hnm_select=opts.select, dup_threshold=opts.dup_threshold,
+                                **({"clean_clamp": 1.0} if discrete else {}))
+    nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])),
+                  mask=mask)
+    e_pos, e_neg = score_rows(model, sched, x, y, t, eps, nb.y_neg, mask)
     dist = rms(nb.y_neg - y[:, None, :])
     valid = nb.valid.clone()
     counts = {"candidates": nb.candidates, "duplicates": nb.duplicates, "dup_negatives": int((~nb.valid).sum())}
@@ -155,6 +163,8 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device):
            "negatives": nb.y_neg.cpu().numpy(), "start_level": nb.info["level"].cpu().numpy().astype(np.int64),
            "energy_pos": e_pos.cpu().numpy(), "energy": e_neg.cpu().numpy(), "distance": dist.cpu().numpy(),
            "valid": valid.cpu().numpy()}
+    if mask is not None:
+        out["mask"] = mask.cpu().numpy()
     return out, counts
 
 
@@ -214,6 +224,8 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
               "positives": ((d,), np.float32), "inputs": ((xd,), np.float32), "negatives": ((k, d), np.float32),
               "start_level": ((k,), np.int64), "energy_pos": ((), np.float32), "energy": ((k,), np.float32),
               "distance": ((k,), np.float32), "valid": ((k,), np.bool_)}
+    if problems.mask is not None:
+        shapes["mask"] = ((d,), np.float32)  # given entries: kept by every negative, re-imposed when scoring
     mode = "r+" if part.exists() else "w"
     f = h5py.File(part, mode, userblock_size=USERBLOCK) if mode == "w" else h5py.File(part, mode)
     batches = 0
@@ -234,7 +246,9 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
             rows = np.arange(done, min(n, done + opts.batch_size))
             x = torch.from_numpy(problems.x[rows]).to(device)
             y = torch.from_numpy(problems.y[rows]).to(device)
-            out, c = mine_batch(model, sched, x, y, rows, opts, device)
+            mask = None if problems.mask is None else torch.from_numpy(problems.mask[rows]).float().to(device)
+            out, c = mine_batch(model, sched, x, y, rows, opts, device, mask=mask,
+                                discrete=bool(getattr(task, "discrete", False)))
             end = done + len(rows)
             for name, arr in out.items():
                 f[name].resize(end, axis=0)
@@ -293,6 +307,7 @@ def read_negatives(path: Path) -> dict:
     with open_h5(path, "negatives") as f:
         arrays = {k: f[k][()] for k in ("index", "level", "eps", "positives", "inputs", "negatives", "valid",
                                         "energy_pos", "energy")}
+        arrays["mask"] = f["mask"][()] if "mask" in f else None  # tasks with given entries (Sudoku)
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         attrs["provenance"] = read_provenance(f)
     return {"arrays": arrays, "attrs": attrs}
@@ -326,11 +341,12 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: 
         x, y, yn, eps = (torch.from_numpy(a[name][sl]).to(device) for name in ("inputs", "positives", "negatives",
                                                                                "eps"))
         t = torch.from_numpy(a["level"][sl]).to(device)
-        p, q = score_rows(model, sched, x, y, t, eps, yn)
+        mask = None if a["mask"] is None else torch.from_numpy(a["mask"][sl]).to(device)
+        p, q = score_rows(model, sched, x, y, t, eps, yn, mask)
         e_pos[sl], e_neg[sl] = p.cpu().numpy(), q.cpu().numpy()
         if levels == "all":
             for lv in range(sched.levels):
-                p, q = score_rows(model, sched, x, y, torch.full_like(t, lv), eps, yn)
+                p, q = score_rows(model, sched, x, y, torch.full_like(t, lv), eps, yn, mask)
                 all_pos[sl, lv], all_neg[sl, :, lv] = p.cpu().numpy(), q.cpu().numpy()
         bar.update(sl.stop - sl.start)
     bar.close()
