@@ -276,3 +276,19 @@ def _assert_same_h5(a: Path, b: Path):
         skip = {"provenance", "content_sha256"}  # provenance holds the creation time
         assert {k: str(v) for k, v in fa.attrs.items() if k not in skip} == \
             {k: str(v) for k, v in fb.attrs.items() if k not in skip}
+
+
+def test_non_finite_loss_stops_every_process_at_the_same_step(tmp_path):
+    """A huge learning rate makes step 1's loss non-finite: the processes agree, process 0 keeps the step-1
+    checkpoint and says so once, nobody hangs."""
+    out = tmp_path / "nan"
+    args = [("20" if a == "6" else a) for a in FLAGS] + ["--lr", "1e30", "--ckpt-every", "1", "-o", str(out)]
+    done = torchrun("train", *args, check=False)
+    assert done.returncode != 0
+    msg = (f"non-finite loss_denoise at step 1; training stopped and the last good checkpoint "
+           f"{out / 'ckpt.safetensors'} is kept")
+    assert done.stderr.count(msg) == 1, done.stderr[-3000:]
+    assert "exitcode  : 1" in done.stderr and not re.search(r'File ".*ebmtool/', done.stderr)
+    assert load_checkpoint(out / "ckpt.safetensors").step == 1
+    with h5py.File(out / "metrics.h5", "r") as f:
+        assert f["step"][()].tolist() == [1]
