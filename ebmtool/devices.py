@@ -17,13 +17,21 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without one is a user error, not a silent CPU run."""
+    """auto (CUDA when present), cpu, cuda or cuda:N; asking for CUDA without one is a user error, not a silent
+    CPU run. Under torchrun each process uses cuda:LOCAL_RANK (cuda:N is refused there)."""
+    from ebmtool import distributed as dist
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for, but no CUDA device is available")
     if name != "cpu" and not name.startswith("cuda"):
         raise InputError(f"unknown device {name!r}; use auto, cpu or cuda")
+    if name.startswith("cuda") and dist.active():
+        if name != "cuda":
+            raise InputError(f"--device {name}: under torchrun each process uses its own GPU (cuda:LOCAL_RANK); "
+                             "give --device cuda or auto")
+        return torch.device("cuda", dist.local_rank())
     return torch.device(name)
 
 

@@ -10,6 +10,13 @@ class EbmtoolError(Exception):
     """Base class; exit code 1."""
 
     exit_code = 1
+    # Raised identically by every process of a torchrun job (an agreed stop, a check of the shared settings):
+    # only process 0 prints it. Other errors are printed by every process that raises them, with its rank.
+    every_process = False
+
+    def on_every_process(self):
+        self.every_process = True
+        return self
 
 
 class RunError(EbmtoolError):

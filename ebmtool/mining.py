@@ -185,9 +185,16 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
          overwrite: bool = False, max_batches: int | None = None, log=None) -> MineResult:
     """Mine hard negatives for every training row of `checkpoint` into `output` (resumable through
     OUTPUT.partial; the final name appears only when complete). `max_batches` stops after that many batches
-    (leaving the .partial), for tests and budgeted runs."""
+    (leaving the .partial), for tests and budgeted runs.
+
+    Under torchrun the batches are shared out: in each round of N consecutive batches process i mines the i-th
+    (its generator is seeded by the batch's first row, as in one process), process 0 gathers them, appends them
+    in order and alone writes the file, which is therefore the one-process file."""
+    from ebmtool import distributed as dist
     from ebmtool.evaluate import load_model
 
+    dist.init_from_env()
+    main, world, rank = dist.is_main(), dist.world_size(), dist.rank()
     opts.validate()
     checkpoint, output = Path(checkpoint), Path(output)
     ckpt = load_checkpoint(checkpoint)
@@ -198,23 +205,14 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     ident = {"checkpoint_sha256": sha256_file(checkpoint), "data_fingerprint": fingerprint,
              "options": asdict(opts), "n": n}
     part = partial_path(output)
-    done, counts = 0, dict.fromkeys(COUNTS, 0)
-    if part.exists() and overwrite:
-        part.unlink()
-    if part.exists():
-        try:
-            with h5py.File(part, "r") as f:
-                stored = json.loads(f.attrs["mining_identity"])
-                done = int(f.attrs["rows_done"])
-                counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
-        except (OSError, KeyError, ValueError) as exc:
-            raise InputError(f"{part} is a damaged partial mining file ({exc}); delete it to start again") from None
-        if stored != ident:
-            diff = sorted(k for k in ident if stored.get(k) != ident[k])
-            raise InputError(f"{part} was started with other {', '.join(diff)}; rerun with the same options to "
-                             "continue it, or pass --overwrite to start again")
-        if log and done:
-            log(f"resuming {part} at row {done} of {n}")
+    # process 0 reads the partial file; every process gets where to continue (or the reason it cannot)
+    state = _partial_state(part, ident, overwrite) if main else None
+    state = dist.broadcast_json(state)
+    if "error" in state:
+        raise InputError(state["error"]).on_every_process()
+    done, counts = state["done"], state["counts"]
+    if log and done and main:
+        log(f"resuming {part} at row {done} of {n}")
     resumed_from = done
     k, d, xd = opts.k, problems.y.shape[1], problems.x.shape[1]
     prov = provenance("mine-negatives", asdict(opts), inputs={"checkpoint": checkpoint},
@@ -226,58 +224,99 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
               "distance": ((k,), np.float32), "valid": ((k,), np.bool_)}
     if problems.mask is not None:
         shapes["mask"] = ((d,), np.float32)  # given entries: kept by every negative, re-imposed when scoring
-    mode = "r+" if part.exists() else "w"
-    f = h5py.File(part, mode, userblock_size=USERBLOCK) if mode == "w" else h5py.File(part, mode)
-    batches = 0
-    bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None)
+    starts = list(range(done, n, opts.batch_size))
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    f = bar = None
     try:
-        if mode == "w":
-            f.attrs["kind"] = "negatives"
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["ebmtool_version"] = __version__
-            f.attrs["mining_identity"] = json.dumps(ident, sort_keys=True)
-            for name, (shape, dtype) in shapes.items():
-                row_bytes = max(1, int(np.prod(shape or (1,))) * np.dtype(dtype).itemsize)
-                chunk = max(1, min(opts.batch_size, (256 * 1024) // row_bytes))
-                f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                 chunks=(chunk, *shape), compression="gzip", compression_opts=4, shuffle=True,
-                                 track_times=False)
-        while done < n and (max_batches is None or batches < max_batches):
-            rows = np.arange(done, min(n, done + opts.batch_size))
-            x = torch.from_numpy(problems.x[rows]).to(device)
-            y = torch.from_numpy(problems.y[rows]).to(device)
-            mask = None if problems.mask is None else torch.from_numpy(problems.mask[rows]).float().to(device)
-            out, c = mine_batch(model, sched, x, y, rows, opts, device, mask=mask,
-                                discrete=bool(getattr(task, "discrete", False)))
-            end = done + len(rows)
+        if main:
+            mode = "r+" if part.exists() else "w"
+            f = h5py.File(part, mode, userblock_size=USERBLOCK) if mode == "w" else h5py.File(part, mode)
+            bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None)
+            if mode == "w":
+                f.attrs["kind"] = "negatives"
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.attrs["ebmtool_version"] = __version__
+                f.attrs["mining_identity"] = json.dumps(ident, sort_keys=True)
+                for name, (shape, dtype) in shapes.items():
+                    row_bytes = max(1, int(np.prod(shape or (1,))) * np.dtype(dtype).itemsize)
+                    chunk = max(1, min(opts.batch_size, (256 * 1024) // row_bytes))
+                    f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                     chunks=(chunk, *shape), compression="gzip", compression_opts=4, shuffle=True,
+                                     track_times=False)
+        for r in range(0, len(starts), world):
+            mine_start = starts[r + rank] if r + rank < len(starts) else None
+            if mine_start is None:  # the last round has fewer batches than processes
+                out = {name: np.zeros((0, *shape), dtype) for name, (shape, dtype) in shapes.items()}
+                out["counts"] = np.zeros((0, len(COUNTS)), np.int64)
+            else:
+                rows = np.arange(mine_start, min(n, mine_start + opts.batch_size))
+                x = torch.from_numpy(problems.x[rows]).to(device)
+                y = torch.from_numpy(problems.y[rows]).to(device)
+                mask = None if problems.mask is None else torch.from_numpy(problems.mask[rows]).float().to(device)
+                out, c = mine_batch(model, sched, x, y, rows, opts, device, mask=mask,
+                                    discrete=bool(getattr(task, "discrete", False)))
+                out["counts"] = np.asarray([[c[key] for key in COUNTS]], np.int64)
+            out = dist.gather_arrays(out)  # the round's batches in order (one process: this batch)
+            if not main:
+                continue
+            c = out.pop("counts").sum(axis=0)
+            end = done + len(out["index"])
             for name, arr in out.items():
                 f[name].resize(end, axis=0)
                 f[name][done:end] = arr
-            for key, v in c.items():
+            for key, v in zip(COUNTS, c.tolist()):
                 counts[key] += v
                 f.attrs[f"count_{key}"] = counts[key]
             f.attrs["rows_done"] = end  # written last: a batch counts only once all its rows are in
             f.flush()
-            bar.update(len(rows))
-            done, batches = end, batches + 1
-        if done < n:
-            return MineResult(part, False, done, counts, resumed_from)
-        for name in shapes:
-            f[name].resize(n, axis=0)
-        f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
-        f.attrs.update({"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
-                        "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
-                        "checkpoint_family": checkpoint_family(ckpt)})
-        for key in ("mining_identity", "rows_done", *(f"count_{c}" for c in COUNTS)):
-            if key in f.attrs:
-                del f.attrs[key]
-        f.attrs.update({f"count_{c}": counts[c] for c in COUNTS})
+            bar.update(end - done)
+            done = end
+        if main and done == n:
+            for name in shapes:
+                f[name].resize(n, axis=0)
+            f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
+            f.attrs.update({"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
+                            "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
+                            "checkpoint_family": checkpoint_family(ckpt)})
+            for key in ("mining_identity", "rows_done", *(f"count_{c}" for c in COUNTS)):
+                if key in f.attrs:
+                    del f.attrs[key]
+            f.attrs.update({f"count_{c}": counts[c] for c in COUNTS})
     finally:
-        bar.close()
-        f.close()
-    finalize_h5(part)
-    os.replace(part, output)
+        if bar is not None:
+            bar.close()
+        if f is not None:
+            f.close()
+    complete = dist.broadcast_json(done == n)
+    if main and complete:
+        finalize_h5(part)
+        os.replace(part, output)
+    done, counts = dist.broadcast_json([done, counts])  # every process returns the same result
+    dist.barrier()  # the file is in place before any process returns
+    if not complete:
+        return MineResult(part, False, done, counts, resumed_from)
     return MineResult(output, True, n, counts, resumed_from)
+
+
+def _partial_state(part: Path, ident: dict, overwrite: bool) -> dict:
+    """{"done", "counts"} of a partial mining file (nothing done when there is none), or {"error": sentence}."""
+    if part.exists() and overwrite:
+        part.unlink()
+    if not part.exists():
+        return {"done": 0, "counts": dict.fromkeys(COUNTS, 0)}
+    try:
+        with h5py.File(part, "r") as f:
+            stored = json.loads(f.attrs["mining_identity"])
+            done = int(f.attrs["rows_done"])
+            counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
+    except (OSError, KeyError, ValueError) as exc:
+        return {"error": f"{part} is a damaged partial mining file ({exc}); delete it to start again"}
+    if stored != ident:
+        diff = sorted(k for k in ident if stored.get(k) != ident[k])
+        return {"error": f"{part} was started with other {', '.join(diff)}; rerun with the same options to "
+                         "continue it, or pass --overwrite to start again"}
+    return {"done": done, "counts": counts}
 
 
 def _summary(name, a):
@@ -318,8 +357,10 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: 
           batch_size: int = 1024, device="cpu") -> dict:
     """Energies of every positive and negative of a negatives file under `checkpoint` (same task), at the mined
     level (and at every level with levels='all'). Returns datasets and attributes of a scores file."""
+    from ebmtool import distributed as dist
     from ebmtool.evaluate import checkpoint_task, load_model
 
+    dist.init_from_env()
     if levels not in ("mined", "all"):
         raise InputError("--levels must be 'mined' or 'all'")
     ckpt = load_checkpoint(checkpoint)
@@ -332,24 +373,35 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: 
     model = load_model(ckpt, weights, device)
     sched = cosine_schedule().to(device)
     n, k, _ = a["negatives"].shape
-    e_pos, e_neg = np.empty(n, np.float32), np.empty((n, k), np.float32)
-    all_pos = np.empty((n, sched.levels), np.float32) if levels == "all" else None
-    all_neg = np.empty((n, k, sched.levels), np.float32) if levels == "all" else None
-    bar = tqdm(total=n, desc="score", unit="problem", file=sys.stderr, disable=None)
-    for s in range(0, n, batch_size):
+    # under torchrun each process scores a contiguous block of the batches; the rows are gathered in order
+    starts = list(range(0, n, batch_size))
+    lo, hi = dist.block_range(len(starts))
+    r0, r1 = (starts[lo], min(n, starts[hi - 1] + batch_size)) if hi > lo else (0, 0)
+    m = r1 - r0
+    e_pos, e_neg = np.empty(m, np.float32), np.empty((m, k), np.float32)
+    all_pos = np.empty((m, sched.levels), np.float32) if levels == "all" else None
+    all_neg = np.empty((m, k, sched.levels), np.float32) if levels == "all" else None
+    bar = tqdm(total=n, desc="score", unit="problem", file=sys.stderr, disable=None if dist.is_main() else True)
+    for s in starts[lo:hi]:
         sl = slice(s, min(n, s + batch_size))
+        out = slice(sl.start - r0, sl.stop - r0)
         x, y, yn, eps = (torch.from_numpy(a[name][sl]).to(device) for name in ("inputs", "positives", "negatives",
                                                                                "eps"))
         t = torch.from_numpy(a["level"][sl]).to(device)
         mask = None if a["mask"] is None else torch.from_numpy(a["mask"][sl]).to(device)
         p, q = score_rows(model, sched, x, y, t, eps, yn, mask)
-        e_pos[sl], e_neg[sl] = p.cpu().numpy(), q.cpu().numpy()
+        e_pos[out], e_neg[out] = p.cpu().numpy(), q.cpu().numpy()
         if levels == "all":
             for lv in range(sched.levels):
                 p, q = score_rows(model, sched, x, y, torch.full_like(t, lv), eps, yn, mask)
-                all_pos[sl, lv], all_neg[sl, :, lv] = p.cpu().numpy(), q.cpu().numpy()
-        bar.update(sl.stop - sl.start)
+                all_pos[out, lv], all_neg[out, :, lv] = p.cpu().numpy(), q.cpu().numpy()
+        bar.update((sl.stop - sl.start) * dist.world_size())
     bar.close()
+    mine = {"energy_pos": e_pos, "energy": e_neg}
+    if levels == "all":
+        mine.update(all_pos=all_pos, all_neg=all_neg)
+    mine = dist.gather_arrays(mine)
+    e_pos, e_neg, all_pos, all_neg = mine["energy_pos"], mine["energy"], mine.get("all_pos"), mine.get("all_neg")
     datasets = {"index": a["index"], "level": a["level"], "valid": a["valid"], "energy_pos": e_pos, "energy": e_neg}
     if levels == "all":
         datasets.update({"energy_pos_all_levels": all_pos, "energy_all_levels": all_neg})

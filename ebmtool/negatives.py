@@ -93,13 +93,34 @@ def _rep(v: torch.Tensor, k: int) -> torch.Tensor:
     return v if k == 1 else v.repeat_interleave(k, dim=0)
 
 
-def start_noise(eps: torch.Tensor, k: int, gen: torch.Generator | None) -> torch.Tensor:
-    """(B*K, D) start noises: slot 0 of each example is the positive's eps, slots >= 1 fresh draws."""
+def start_noise(eps: torch.Tensor, k: int, gen: torch.Generator | None,
+                fresh: torch.Tensor | None = None) -> torch.Tensor:
+    """(B*K, D) start noises: slot 0 of each example is the positive's eps, slots >= 1 fresh draws (`fresh`,
+    (B, K-1, D), or drawn from `gen`)."""
     if k == 1:
         return eps
     b, d = eps.shape
-    fresh = torch.randn((b, k - 1, d), generator=gen).to(eps.device)
-    return torch.cat([eps[:, None, :], fresh], dim=1).reshape(b * k, d)
+    if fresh is None:
+        fresh = torch.randn((b, k - 1, d), generator=gen)
+    return torch.cat([eps[:, None, :], fresh.to(eps.device)], dim=1).reshape(b * k, d)
+
+
+def draw_noise(source: str, n: int, k: int, d: int, settings: "NegativeSettings",
+               gen: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """Every random draw `source` makes for n positives, in the order it makes them, as CPU tensors whose first
+    axis is the positive: {"start": (n, K-1, D)} for ired/anm (nothing when K = 1), {"delta": (n, K*C, D)} for hnm,
+    {"gauss": (n, K, D)} for gaussian.
+
+    `generate(..., noise=draw_noise(...)[rows])` equals `generate(..., gen)` on those rows of the whole batch: the
+    distributed trainer draws for the global batch, as one process does, and each process keeps its rows. (hnm's
+    `sample` selection also draws after scoring, a data-dependent draw that stays on `gen`.)"""
+    if source in ("ired", "anm"):
+        return {"start": torch.randn((n, k - 1, d), generator=gen)} if k > 1 else {}
+    if source == "hnm":
+        return {"delta": torch.randn((n, k * settings.hnm_candidates, d), generator=gen)}
+    if source == "gaussian":
+        return {"gauss": torch.randn((n, k, d), generator=gen)}
+    raise ValueError(f"unknown negative source {source!r}")
 
 
 def rms(a: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -146,8 +167,8 @@ def _keep_given(y_cand, y, mask):
     return y_cand if mask is None else torch.where(mask > 0, y, y_cand)
 
 
-def _ired(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
-    noise = start_noise(eps, k, gen)
+def _ired(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
+    noise = start_noise(eps, k, gen, noise.get("start"))
     return ired_negative(model, _rep(x, k), _rep(y, k), _rep(t, k), noise, sched, steps=s.ired_steps,
                          noise_scale=s.ired_noise, clamp_mode=s.clamp_mode,
                          mask=None if mask is None else _rep(mask, k)), {}
@@ -158,10 +179,10 @@ def _clean_start(sched, y, t, noise, scale, box=CLEAN_CLAMP):
     return (noised(sched, y, t, scale * noise) / sched.sqrt_ab[t][:, None]).clamp(-box, box)
 
 
-def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
+def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
     xr, yr, tr, er = _rep(x, k), _rep(y, k), _rep(t, k), _rep(eps, k)
     mr = None if mask is None else _rep(mask, k)
-    y0 = _keep_given(_clean_start(sched, yr, tr, start_noise(eps, k, gen), s.anm_noise, s.clean_clamp), yr, mr)
+    y0 = _keep_given(_clean_start(sched, yr, tr, start_noise(eps, k, gen, noise.get("start")), s.anm_noise, s.clean_clamp), yr, mr)
     y_neg, _ = refine_renoised(model, xr, y0, tr, er, sched, s.anm_steps, step_scale=s.anm_step_size,
                                radius=s.anm_radius, box=s.clean_clamp, mask=mr)
     return y_neg, {}
@@ -174,7 +195,7 @@ def hnm_levels(candidates: int, levels: int = 10) -> torch.Tensor:
     return torch.round(torch.linspace(0, levels - 1, candidates)).long()
 
 
-def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
+def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
     """C candidates per negative (B*K*C rows, one batch), started at levels hnm_levels(C) in clean space,
     refined at t on the re-noised energy, scored at t; per negative the candidate with the largest
     -E + lambda * RMS(y_cand - y) wins (near-duplicates score -inf). Returns the selected level too."""
@@ -185,7 +206,7 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
     mr = None if mask is None else _rep(mask, kc)
     levels = hnm_levels(c, sched.levels).to(y.device)
     lv = levels.repeat(b * k)  # row (b*K + j)*C + c has level levels[c]
-    delta = torch.randn((b * kc, d), generator=gen).to(y.device)
+    delta = noise["delta"].reshape(b * kc, d).to(y.device)
     y0 = (noised(sched, yr, lv, delta) / sched.sqrt_ab[lv][:, None]).clamp(-s.clean_clamp, s.clean_clamp)
     y_c, e_c = refine_renoised(model, xr, _keep_given(y0, yr, mr), tr, er, sched, s.hnm_steps, box=s.clean_clamp,
                                mask=mr)
@@ -205,10 +226,10 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
                    "candidates": b * kc}
 
 
-def _gaussian(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None):
+def _gaussian(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
     yr = _rep(y, k)
-    y_neg = (yr + s.gaussian_scale * torch.randn(yr.shape, generator=gen).to(y.device)).clamp(-s.clean_clamp,
-                                                                                               s.clean_clamp)
+    y_neg = (yr + s.gaussian_scale * noise["gauss"].reshape(yr.shape).to(y.device)).clamp(-s.clean_clamp,
+                                                                                           s.clean_clamp)
     return _keep_given(y_neg, yr, None if mask is None else _rep(mask, k)), {}
 
 
@@ -217,17 +238,21 @@ SOURCE_FUNCTIONS = {"ired": _ired, "anm": _anm, "hnm": _hnm, "gaussian": _gaussi
 
 @torch.no_grad()
 def generate(source: str, model, x, y, t, eps, sched: Schedule, k: int, settings: NegativeSettings,
-             gen: torch.Generator | None = None, mask: torch.Tensor | None = None) -> NegativeBatch:
+             gen: torch.Generator | None = None, mask: torch.Tensor | None = None,
+             noise: dict[str, torch.Tensor] | None = None) -> NegativeBatch:
     """K negatives per positive from `source`, in clean space, with the near-duplicate filter applied.
 
     eps is the positive's own noise (B, D): sources refine and score at (t, eps) and the framework re-noises
     with it. `gen` supplies every extra random draw (fresh start noises for j >= 1, gaussian and hnm noise).
     `mask` (B, D), given entries = 1: every source returns negatives whose given entries equal y's.
+    `noise` (from `draw_noise`, possibly some rows of a larger draw) replaces the draws from `gen`.
     """
     if source not in SOURCE_FUNCTIONS:
         raise ValueError(f"unknown negative source {source!r}")
     b, d = y.shape
-    y_neg, info = SOURCE_FUNCTIONS[source](model, x, y, t, eps, sched, k, settings, gen, mask=mask)
+    if noise is None:
+        noise = draw_noise(source, b, k, d, settings, gen)
+    y_neg, info = SOURCE_FUNCTIONS[source](model, x, y, t, eps, sched, k, settings, gen, mask=mask, noise=noise)
     y_neg = y_neg.detach().view(b, k, d)
     valid = rms(y_neg - y[:, None, :]) > settings.dup_threshold
     cands = info.pop("candidates", b * k)

@@ -40,7 +40,8 @@ from ebmtool.evaluate import evaluate_model
 from ebmtool.models import EnergyMLP, build_model
 from ebmtool import curriculum as curriculum_mod
 from ebmtool import sans as sans_mod
-from ebmtool.negatives import CLAMP_MODES, NegativeBatch, NegativeSettings, _rep, generate, renoise
+from ebmtool import distributed as dist
+from ebmtool.negatives import CLAMP_MODES, NegativeBatch, NegativeSettings, _rep, draw_noise, generate, renoise
 from ebmtool.tasks import Problems, Task, resolve_task, split_user_data
 
 RECIPES = {
@@ -367,7 +368,8 @@ class EMA:
 # ------------------------------------------------------------------------------------------------ the loss
 
 def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float, *, step: int = 0,
-                neg_gen: torch.Generator | None = None, mask=None, task=None, offline=None) -> dict:
+                neg_gen: torch.Generator | None = None, mask=None, task=None, offline=None,
+                shard: Shard | None = None) -> dict:
     """One IRED training objective (ired-algorithm.md §3). Every part is reduced to shape (B,) before use.
 
     Denoising: eps_hat = dE/dy at x_t (double backprop), per-example mean squared error against eps.
@@ -375,9 +377,15 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     (ired, K = 1, no SANS) the loss is exactly the reference softplus(E+ - E-) (golden-tested).
     `neg_gen` supplies the negatives' extra randomness (source assignment, fresh starts) so that it never shifts
     the training stream `gen`; `step` selects the curriculum stage. parts["diagnostics"] holds logged floats.
+
+    shard (distributed training): x, y, t, mask are this process's rows of the global batch; eps and eps' are drawn
+    for the whole batch and sliced. The parts are this process's rows, and loss_total is scaled so that the mean
+    of the processes' loss_total (and of their gradients) is the one-process loss of the whole batch.
     """
     b, device = x.shape[0], x.device
-    eps = torch.randn(y.shape, generator=gen).to(device)
+    shape = y.shape if shard is None else (shard.total, y.shape[1])
+    eps = torch.randn(shape, generator=gen)
+    eps = (eps if shard is None else shard.rows(eps)).to(device)
     x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x (§3.1)
     _, eps_hat = energy_and_grad(model, x, x_t, t, create_graph=True)
     if mask is not None:
@@ -389,11 +397,12 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     diag: dict[str, float] = {}
     included = None
     if cfg.supervise_energy:
-        eps_shared = torch.randn(y.shape, generator=gen).to(device)
+        eps_shared = torch.randn(shape, generator=gen)
+        eps_shared = (eps_shared if shard is None else shard.rows(eps_shared)).to(device)
         if neg_gen is None:
             neg_gen = torch.Generator().manual_seed(gen.initial_seed() ^ 0x9E3779B97F4A7C15)
         energy_parts, diag, included = energy_term(model, x, y, t, eps_shared, sched, cfg, step, neg_gen,
-                                                   mask=mask, task=task, offline=offline)
+                                                   mask=mask, task=task, offline=offline, shard=shard)
         parts.update(energy_parts)
     for k, v in parts.items():
         assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts (F10)
@@ -401,7 +410,12 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     if cfg.supervise_energy:
         le = parts["loss_energy"]
         # Examples whose K negatives were all near-duplicates are excluded from the energy term (counted).
-        mean_e = le.mean() if bool(included.all()) else (le * included).sum() / included.sum().clamp_min(1)
+        if shard is None or not dist.active():
+            mean_e = le.mean() if bool(included.all()) else (le * included).sum() / included.sum().clamp_min(1)
+        else:  # the global mean over included examples, times N: the processes' mean is the one-process term
+            n_inc = dist.all_reduce_sum(included.sum().double().reshape(1).cpu())[0].item()
+            mean_e = le.mean() if n_inc == shard.total else \
+                (le * included).sum() * (dist.world_size() / max(n_inc, 1.0))
         parts["energy_term"] = energy_weight * mean_e
         total = total + parts["energy_term"]
     parts["loss_total"] = total
@@ -419,65 +433,113 @@ def discrete_reference(task, y, mask, k, gen) -> NegativeBatch:
                          int(redrawn))
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's rows [start, stop) of a global batch of `total` rows (distributed training).
+
+    Every random draw of a step is made for the whole batch, exactly as one process makes it, and each process
+    keeps its rows; `y` and `mask` are the global batch's, for the draws that depend on every row's data (the
+    discrete tasks' reference negatives, which re-draw duplicates: cheap, no network call)."""
+
+    start: int
+    stop: int
+    total: int
+    y: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def rows(self, v: torch.Tensor) -> torch.Tensor:
+        return v[self.start:self.stop]
+
+
 def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen: torch.Generator, *,
-                mask=None, task=None, offline=None):
+                mask=None, task=None, offline=None, shard: Shard | None = None):
     """Negatives from the stage's sources (each example assigned one source; a loop over sources, never over
     examples), re-noised with the positive's eps, scored with the positives in ONE network call of B(1+K) rows,
     weighted (uniform, or SANS) and turned into a per-example loss. Returns (parts, diagnostics, included).
 
     offline = (OfflineNegatives, batch training indices): the first round(F * B) examples of the (already
     shuffled) batch that the file has take their clean negatives (and weights, if given) from the file; they are
-    re-noised at this step's t with the positive's eps like every other negative."""
+    re-noised at this step's t with the positive's eps like every other negative.
+
+    shard: x, y, t, eps, mask are this process's rows of the global batch; source assignment, offline rows and
+    every negative draw are made for the global batch (as one process makes them) and sliced, and the logged
+    diagnostics are computed on the rows gathered from all processes, so they equal a one-process run's."""
     b, d, k = y.shape[0], y.shape[1], cfg.k
+    start, total = (0, b) if shard is None else (shard.start, shard.total)
+    dev = x.device
     stages = cfg.stages()
     si = curriculum_mod.stage_at(stages, step, cfg.curriculum_total or cfg.steps)
     stage = stages[si]
     names = [n for n, _ in stage.mix]
-    assign = curriculum_mod.assign(stage, b, neg_gen).to(x.device)
+    assign = curriculum_mod.assign(stage, total, neg_gen)  # global, on the CPU
     discrete = bool(getattr(task, "discrete", False))
     settings = cfg.negative_settings(discrete)
-    y_neg = torch.empty(b, k, d, device=x.device)
-    valid = torch.empty(b, k, dtype=torch.bool, device=x.device)
+    y_neg = torch.empty(b, k, d, device=dev)
+    valid = torch.empty(b, k, dtype=torch.bool, device=dev)
+    level = torch.full((b, k), math.nan, device=dev) if "hnm" in names else None  # hnm's selected start level
     diag: dict[str, float] = {"stage": float(si), "k": float(k)}
-    source_rows, cand, dups = {}, 0, 0
+    source_rows, seconds = {}, {}
+    counts = torch.zeros(len(names), 2, dtype=torch.float64)  # candidates, duplicates per source
     off_pos = off_file = None
-    online = torch.ones(b, dtype=torch.bool, device=x.device)
+    online = torch.ones(total, dtype=torch.bool)
     if offline is not None:
         store, idx = offline
-        off_pos, off_file = store.rows_for(idx, cfg.offline_fraction)
-        off_pos, off_file = off_pos.to(x.device), off_file.to(x.device)
-        online[off_pos] = False
-        y_neg[off_pos] = store.y_neg[off_file].to(x.device)
-        valid[off_pos] = store.valid[off_file].to(x.device)
-        diag["offline_fraction"] = off_pos.numel() / b
+        pos_g, file_g = store.rows_for(idx, cfg.offline_fraction)
+        online[pos_g] = False
+        here = (pos_g >= start) & (pos_g < start + b)
+        off_pos, off_file = (pos_g[here] - start).to(dev), file_g[here].to(dev)
+        y_neg[off_pos] = store.y_neg[off_file].to(dev)
+        valid[off_pos] = store.valid[off_file].to(dev)
+        diag["offline_fraction"] = pos_g.numel() / total
     for j, name in enumerate(names):
-        if len(names) == 1 and off_pos is None:
-            rows = None
-            sub = (x, y, t, eps)
-            sub_mask = mask
+        if len(names) == 1 and offline is None:
+            rows_g = None  # every row of the batch
         else:
-            rows = torch.nonzero((assign == j) & online).squeeze(1)
-            if rows.numel() == 0:
+            rows_g = torch.nonzero((assign == j) & online).squeeze(1)
+            if rows_g.numel() == 0:
                 continue
-            sub = (x[rows], y[rows], t[rows], eps[rows])
-            sub_mask = None if mask is None else mask[rows]
+        # pos: this process's rows among the source's (global) rows; loc: the same rows in this process's slice
+        if rows_g is None:
+            pos, loc = (None, None) if shard is None else (torch.arange(start, start + b), None)
+        else:
+            here = (rows_g >= start) & (rows_g < start + b)
+            pos, loc = torch.nonzero(here).squeeze(1), (rows_g[here] - start).to(dev)
+        source_rows[name] = rows_g
         t0 = time.perf_counter()
         if discrete and name == "ired":
-            nb = discrete_reference(task, sub[1], sub_mask, k, neg_gen)
+            # no network call: drawn for all of the source's rows (duplicates are re-drawn, a data-dependent
+            # number of draws), then sliced; the counts are global, so only the main process adds them
+            yy, mm = (y, mask) if shard is None else (shard.y, shard.mask)
+            if rows_g is not None:
+                rg = rows_g.to(dev)
+                yy, mm = yy[rg], None if mm is None else mm[rg]
+            nb = discrete_reference(task, yy, mm, k, neg_gen)
+            if dist.is_main():
+                counts[j] += torch.tensor([nb.candidates, nb.duplicates], dtype=torch.float64)
+            if pos is not None:
+                p = pos.to(dev)
+                nb = NegativeBatch(nb.y_neg[p], nb.valid[p], 0, 0, nb.info)
         else:
-            nb = generate(name, model, *sub, sched, k, settings, neg_gen, mask=sub_mask)
-        seconds = time.perf_counter() - t0
-        if rows is None:
+            noise = draw_noise(name, total if rows_g is None else rows_g.numel(), k, d, settings, neg_gen)
+            if pos is not None:
+                noise = {key: v[pos] for key, v in noise.items()}
+            if loc is not None and loc.numel() == 0:
+                seconds[name] = time.perf_counter() - t0
+                continue  # none of the source's rows is this process's (the draws were still made)
+            sx, sy, st_, se, sm = (x, y, t, eps, mask) if loc is None else \
+                (x[loc], y[loc], t[loc], eps[loc], None if mask is None else mask[loc])
+            nb = generate(name, model, sx, sy, st_, se, sched, k, settings, neg_gen, mask=sm, noise=noise)
+            counts[j] += torch.tensor([nb.candidates, nb.duplicates], dtype=torch.float64)
+        seconds[name] = time.perf_counter() - t0
+        if loc is None:
             y_neg, valid = nb.y_neg, nb.valid
         else:
-            y_neg[rows], valid[rows] = nb.y_neg, nb.valid
-        source_rows[name] = rows
-        cand, dups = cand + nb.candidates, dups + nb.duplicates
-        diag[f"source/{name}/seconds"] = seconds
-        diag[f"source/{name}/dup_fraction"] = nb.duplicates / max(nb.candidates, 1)
-        if "level" in nb.info:
-            lv = nb.info["level"][nb.valid]
-            diag[f"source/{name}/selected_level"] = float(lv.float().mean()) if lv.numel() else math.nan
+            y_neg[loc], valid[loc] = nb.y_neg, nb.valid
+        if level is not None and "level" in nb.info:
+            if loc is None:
+                level = nb.info["level"].float()
+            else:
+                level[loc] = nb.info["level"].float()
     x_pos = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)
     x_neg = renoise(sched, y_neg, t, eps)  # the positive's own noise: they differ only in y
     if mask is not None:
@@ -491,30 +553,48 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
         alpha = sans_mod.alpha_at(t, cfg.alpha, cfg.alpha_schedule, cfg.alpha_floor or 0.0, sched.levels)
         w = sans_mod.weights(e_neg, alpha, valid)
         form = cfg.sans_loss
-        diag["sans_alpha"] = float(alpha.mean())
+        diag["sans_alpha"] = float(alpha.mean()) if shard is None or not dist.active() else \
+            float(dist.all_reduce_sum(alpha.double().sum().reshape(1).cpu())[0]) / total
     else:
         w = sans_mod.uniform_weights(valid)
         form = "pairwise"
     if off_pos is not None and store.weights is not None:
         w = w.clone()
-        w[off_pos] = store.weights[off_file].to(x.device)  # the file's weights replace uniform ones
+        w[off_pos] = store.weights[off_file].to(dev)  # the file's weights replace uniform ones
     loss_e = sans_mod.loss(form, e_pos, e_neg, w, cfg.margin or 0.0)
     norm_ratio = (x_neg.norm(dim=2) / x_pos.norm(dim=1)[:, None].clamp_min(1e-12)).detach()
     e_neg_d = e_neg.detach()
     parts = {"loss_energy": loss_e, "energy_pos": e_pos.detach(), "energy_neg": (w * e_neg_d).sum(dim=1),
              "norm_ratio": (w * norm_ratio).sum(dim=1)}
-    diag.update(_pair_stats(e_pos.detach(), e_neg_d, norm_ratio, valid))
-    diag.update(sans_mod.weight_stats(w, included))
-    diag.update(dup_fraction=dups / max(cand, 1), excluded_fraction=float((~included).float().mean()))
+    # diagnostics over the whole (global) batch: this process's rows, or every process's rows gathered
+    g_pos, g_neg, g_ratio, g_valid, g_w, g_level = e_pos.detach(), e_neg_d, norm_ratio, valid, w.detach(), level
+    if shard is not None and dist.active():
+        cols = [g_pos[:, None], g_neg, g_ratio, g_valid, g_w] + ([g_level] if g_level is not None else [])
+        packed = dist.all_gather_rows(torch.cat([c.double() for c in cols], dim=1))
+        g_pos = packed[:, 0].float()
+        g_neg, g_ratio, g_valid, g_w = (packed[:, 1 + i * k:1 + (i + 1) * k] for i in range(4))
+        g_neg, g_ratio, g_valid, g_w = g_neg.float(), g_ratio.float(), g_valid > 0.5, g_w.float()
+        g_level = packed[:, 1 + 4 * k:] if g_level is not None else None
+        counts = dist.all_reduce_sum(counts)
+    g_included = g_valid.any(dim=1)
+    diag.update(_pair_stats(g_pos, g_neg, g_ratio, g_valid))
+    diag.update(sans_mod.weight_stats(g_w, g_included))
+    cand, dups = counts[:, 0].sum().item(), counts[:, 1].sum().item()
+    diag.update(dup_fraction=dups / max(cand, 1), excluded_fraction=float((~g_included).float().mean()))
     for j, name in enumerate(names):
         if name not in source_rows:
             diag[f"source/{name}/fraction"] = 0.0
             continue
         rows = source_rows[name]
-        diag[f"source/{name}/fraction"] = 1.0 if rows is None else rows.numel() / b
-        sel = slice(None) if rows is None else rows
-        for key, v in _pair_stats(e_pos.detach()[sel], e_neg_d[sel], norm_ratio[sel], valid[sel]).items():
+        diag[f"source/{name}/fraction"] = 1.0 if rows is None else rows.numel() / total
+        diag[f"source/{name}/seconds"] = seconds[name]
+        diag[f"source/{name}/dup_fraction"] = counts[j, 1].item() / max(counts[j, 0].item(), 1)
+        sel = slice(None) if rows is None else rows.to(g_pos.device)
+        for key, v in _pair_stats(g_pos[sel], g_neg[sel], g_ratio[sel], g_valid[sel]).items():
             diag[f"source/{name}/{key}"] = v
+        if name == "hnm" and g_level is not None:
+            lv = g_level[sel][g_valid[sel]]
+            diag[f"source/{name}/selected_level"] = float(lv.mean()) if lv.numel() else math.nan
     for name in curriculum_mod.sources_of(stages):  # sources of other stages: configured and realised 0 here
         diag.setdefault(f"source/{name}/fraction", 0.0)
         diag[f"source/{name}/configured"] = stage.fractions().get(name, 0.0)
@@ -601,6 +681,7 @@ class RunState:
             "ebmtool.optim_groups": json.dumps(self.opt.state_dict()["param_groups"]),
             "ebmtool.ema_updates": str(self.ema.updates),
             "ebmtool.skipped_steps": str(self.skipped),
+            "ebmtool.world_size": str(dist.world_size()),  # processes that trained the last steps (torchrun)
             **{f"ebmtool.{k}": v for k, v in code_version().items() if k != "ebmtool_version"},
             **_rng_meta(),
         }
@@ -666,7 +747,8 @@ def write_metrics(path: Path, st: RunState):
     prov = provenance("train", st.cfg.to_dict(), data_fingerprint=st.data.fingerprint)
     write_h5(path, "metrics", datasets,
              {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped,
-              "metric": st.data.task.metric, "higher_is_better": bool(st.data.task.higher_is_better)}, prov)
+              "metric": st.data.task.metric, "higher_is_better": bool(st.data.task.higher_is_better),
+              "world_size": dist.world_size()}, prov)
 
 
 def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tuple[list[dict], list[dict]]:
@@ -775,10 +857,27 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
             raise InputError(f"{bad[0]} cannot change on resume: a resumed run keeps its configuration")
         cfg = dataclasses.replace(stored, **(overrides or {}))
     if cfg.seed is None:
-        cfg.seed = secrets.randbelow(2**31)
+        cfg.seed = dist.broadcast_json(secrets.randbelow(2**31))  # one seed for every process
     if cfg.curriculum_total is None and cfg.supervise_energy:
         cfg.curriculum_total = cfg.steps  # fixed now, so a resume that extends --steps keeps the stage boundaries
-    return cfg.validate(), ckpt
+    cfg.validate()
+    check_world(cfg)
+    return cfg, ckpt
+
+
+def check_world(cfg: TrainConfig) -> None:
+    """Settings that cannot be split across processes are refused with one sentence (exit 2)."""
+    n = dist.world_size()
+    if n == 1:
+        return
+    if cfg.batch_size % n:
+        lo, hi = (cfg.batch_size // n) * n, (cfg.batch_size // n + 1) * n
+        raise InputError(f"--batch-size {cfg.batch_size} cannot be split across {n} processes: the global batch "
+                         f"is divided evenly among them, so give a multiple of {n} (e.g. "
+                         f"{hi if lo == 0 else f'{lo} or {hi}'})").on_every_process()
+    if cfg.clamp_mode == "first-example":
+        raise InputError("--clamp-mode first-example bounds the whole batch by its first example's level, which "
+                         "only one process sees; train it with one process").on_every_process()
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides: dict | None = None,
@@ -786,7 +885,17 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     """Train (or resume) and write out_dir/ckpt.safetensors and out_dir/metrics.h5.
 
     For a resume, `cfg` is ignored: the checkpoint's configuration is used, with `overrides` (cadence only).
+
+    Under torchrun (WORLD_SIZE > 1) every process runs this function: the global batch (--batch-size) is split
+    evenly, gradients are averaged by one all-reduce per step, and process 0 alone logs and writes files (the
+    others wait where it matters). The result equals a one-process run with the same seed and batch up to float
+    reduction order. Every collective is reached by every process: decisions (a non-finite loss, a signal) are
+    agreed through an all-reduced flag each step.
     """
+    dist.init_from_env()
+    main, world = dist.is_main(), dist.world_size()
+    if not main:
+        log = _quiet
     cfg, resume_ckpt = prepare(cfg, resume, overrides)
     out_dir = Path(out_dir)
     ckpt_path, metrics_path = out_dir / "ckpt.safetensors", out_dir / "metrics.h5"
@@ -801,7 +910,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         if resume_ckpt.meta.get("ebmtool.data_fingerprint") != data.fingerprint:
             raise InputError(f"{resume}: the training data differ from the data this checkpoint was trained on")
         st.load(resume_ckpt, full=True)
-        st.rows, st.eval_rows = read_metric_rows(metrics_path, st.step, metric_columns(cfg))
+        if main:
+            st.rows, st.eval_rows = read_metric_rows(metrics_path, st.step, metric_columns(cfg))
     elif cfg.init:
         init = load_checkpoint(Path(cfg.init))
         if init.dims != st.model.dims:
@@ -814,7 +924,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         offline_store = OfflineNegatives.load(cfg, data, st.model.dims, force=force, log=log)
 
     log(f"ebmtool {__version__} train: {data.task.label}, seed {cfg.seed}, device {device}, "
-        f"steps {st.step} -> {cfg.steps}, output {out_dir}")
+        f"steps {st.step} -> {cfg.steps}, output {out_dir}"
+        + (f", {world} processes x {cfg.batch_size // world} examples (global batch {cfg.batch_size})"
+           if world > 1 else ""))
     log("config " + json.dumps(cfg.to_dict(), sort_keys=True))
     if cfg.supervise_energy:
         total = cfg.curriculum_total or cfg.steps
@@ -822,7 +934,8 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
             f"from step {round(s.start * total)}: " + " + ".join(f"{n} {f:g}" for n, f in s.mix)
             for s in cfg.stages()) + f"; K = {cfg.k}" + (f"; SANS {cfg.sans_loss}, alpha {cfg.alpha:g} "
                                                          f"({cfg.alpha_schedule})" if cfg.sans else ""))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
     def evaluate_now():
         row = {"step": st.step}
@@ -836,6 +949,10 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         return row
 
     def checkpoint(periodic: bool = False):
+        """Process 0 writes; every process checks first that the model copies are identical (a collective)."""
+        dist.check_replicas(st.model)
+        if not main:
+            return
         # metrics first: if the run dies between the two writes, the resume drops the rows past the checkpoint
         write_metrics(metrics_path, st)
         st.save(ckpt_path)
@@ -843,36 +960,55 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
             write_snapshot(ckpt_path, st.step, cfg.keep)
 
     def non_finite(where: str) -> None:
-        """--on-nan stop: raise (the last good checkpoint stays); skip: drop the batch, count it, move on."""
+        """--on-nan stop: raise (the last good checkpoint stays); skip: drop the batch, count it, move on.
+        Every process calls it at the same step (the decision is all-reduced)."""
         if cfg.on_nan == "stop":
             bar.close()
-            write_metrics(metrics_path, st)  # the curve up to the fault, for diagnosis; the checkpoint is untouched
+            if main:
+                write_metrics(metrics_path, st)  # the curve up to the fault; the checkpoint is untouched
+            dist.barrier()  # nobody exits while process 0 writes (torchrun stops the others when one exits)
             kept = f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists() else \
                 "no checkpoint had been written yet"
             raise RunError(f"non-finite {where} at step {st.step}; training stopped and {kept} "
-                           "(--on-nan skip drops such batches instead)")
+                           "(--on-nan skip drops such batches instead)").on_every_process()
         st.skipped += 1
         st.step += 1
         bar.update(1)
 
     t0 = time.perf_counter() - (st.rows[-1]["wall_time"] if st.rows else 0.0)
     window: list[dict] = []
-    bar = tqdm(total=cfg.steps, initial=st.step, desc="train", file=sys.stderr, disable=None, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=st.step, desc="train", file=sys.stderr, disable=None if main else True,
+               dynamic_ncols=True)
     with StopFlag() as stop:
         while st.step < cfg.steps:
             step_start = time.perf_counter()
             gen = step_generator(cfg.seed, st.step)
             x, y, mask = data.batch_with_mask(st.step, device)
             t = torch.randint(0, sched.levels, (x.shape[0],), generator=gen).to(device)
+            shard = None
+            if world > 1:  # this process's rows; every draw of the step is made for the whole batch
+                lo, hi = dist.row_range(cfg.batch_size)
+                shard = Shard(lo, hi, cfg.batch_size, y=y, mask=mask)
+                x, y, t, mask = x[lo:hi], y[lo:hi], t[lo:hi], None if mask is None else mask[lo:hi]
             offline = None if offline_store is None else (offline_store, data.batch_indices(st.step))
             with autocast(device, cfg.precision):
                 parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
                                     neg_gen=step_generator(cfg.seed, st.step, purpose=3), mask=mask,
-                                    task=data.task, offline=offline)
+                                    task=data.task, offline=offline, shard=shard)
 
-            bad = [k for k in ("loss_denoise", "loss_energy", "energy_pos", "energy_neg")
-                   if k in parts and not torch.isfinite(parts[k]).all()]
-            if bad or not torch.isfinite(parts["loss_total"]):
+            # one all-reduce agrees on everything this step decides: non-finite parts, a signal, the logged losses
+            checks = [k for k in ("loss_denoise", "loss_energy", "energy_pos", "energy_neg") if k in parts]
+            flags = [0.0 if torch.isfinite(parts[k]).all() else 1.0 for k in checks]
+            flags.append(0.0 if torch.isfinite(parts["loss_total"]) else 1.0)
+            signals = [float(stop.signum == signal.SIGINT), float(stop.signum == signal.SIGTERM)]
+            losses = [parts["loss_total"].item(), parts["loss_denoise"].detach().mean().item(),
+                      parts["loss_energy"].detach().mean().item() if "loss_energy" in parts else math.nan]
+            agreed = dist.all_reduce_sum(torch.tensor(flags + signals + losses, dtype=torch.float64)).tolist()
+            nf = len(flags)
+            bad = [k for k, f in zip(checks, agreed[:nf - 1]) if f > 0]
+            if world > 1:
+                signum = signal.SIGTERM if agreed[nf + 1] > 0 else signal.SIGINT if agreed[nf] > 0 else None
+            if bad or agreed[nf - 1] > 0:
                 non_finite(bad[0] if bad else "loss_total")
             else:
                 logging_step = (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.steps
@@ -880,6 +1016,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                     parts["diagnostics"]["grad_share_energy"] = grad_share(st.model, parts)
                 st.opt.zero_grad(set_to_none=True)
                 parts["loss_total"].backward()
+                dist.average_gradients(st.model.parameters())  # one flattened all-reduce (not DDP: see module)
                 grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
                 if not torch.isfinite(grad_norm):
                     non_finite("gradient norm")  # never step the optimiser on a non-finite gradient
@@ -888,7 +1025,12 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                     st.ema.update(st.model)
                     st.step += 1
                     bar.update(1)
-                    window.append(_summarise(parts, grad_norm, time.perf_counter() - step_start))
+                    row = {"loss_total": agreed[nf + 2] / world, "loss_denoise": agreed[nf + 3] / world,
+                           "grad_norm": float(grad_norm), "step_seconds": time.perf_counter() - step_start}
+                    if "loss_energy" in parts:
+                        row["loss_energy"] = agreed[nf + 4] / world
+                    row.update(parts.get("diagnostics", {}))
+                    window.append(row)
 
             if window and (st.step % cfg.log_every == 0 or st.step == cfg.steps):
                 keys = {k for w in window for k in w}
@@ -902,32 +1044,34 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                 bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_denoise", "loss_energy", "p_hard", "stage",
                                                                "dup_fraction", "weight_ess", "grad_share_energy")
                                  if k in row and np.isfinite(row[k])}, refresh=False)
-            if cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps and data.val is not None:
+            if main and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps \
+                    and data.val is not None:  # process 0 only; the others wait at the next collective
                 row = evaluate_now()
                 bar.write(f"step {st.step}: val {data.task.metric} {row['metric_model']:.4g} "
                           f"(ema {row['metric_ema']:.4g})", file=sys.stderr)
             if cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
                 checkpoint(periodic=True)
-            if stop.signum is not None:
+            if world == 1:
+                signum = stop.signum  # one process: the flag as it stands at the end of the step
+            if signum is not None:
                 bar.close()
                 checkpoint()
-                name = "SIGINT" if stop.signum == signal.SIGINT else "SIGTERM"
+                dist.barrier()  # nobody exits while process 0 writes
+                name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
                 raise Interrupted(f"{name}: saved a resumable checkpoint at step {st.step} in {ckpt_path}; "
                                   f"continue with: ebmtool train --resume {ckpt_path}",
-                                  130 if stop.signum == signal.SIGINT else 143)
+                                  130 if signum == signal.SIGINT else 143).on_every_process()
     bar.close()
-    final = {**evaluate_now(), "metric_name": data.task.metric} if data.val is not None else {}
+    final = {}
+    if main and data.val is not None:
+        final = {**evaluate_now(), "metric_name": data.task.metric}
     checkpoint()
+    dist.barrier()  # the files exist before any process returns
     return TrainResult(out_dir, st.step, time.perf_counter() - t0, final, cfg.to_dict())
 
 
-def _summarise(parts, grad_norm, seconds) -> dict:
-    row = {"loss_total": parts["loss_total"].item(), "loss_denoise": parts["loss_denoise"].detach().mean().item(),
-           "grad_norm": float(grad_norm), "step_seconds": seconds}
-    if "loss_energy" in parts:
-        row["loss_energy"] = parts["loss_energy"].detach().mean().item()
-    row.update(parts.get("diagnostics", {}))
-    return row
+def _quiet(msg: str) -> None:
+    """The log of processes other than 0 (process 0 speaks for the run)."""
 
 
 def _nanmean(values) -> float:
@@ -942,7 +1086,9 @@ def grad_share(model, parts) -> float:
 
     def norm(loss):
         gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        return math.sqrt(sum(float(g.pow(2).sum()) for g in gs if g is not None))
+        gs = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
+        dist.average_(gs)  # several processes: the whole batch's gradient, as for the update
+        return math.sqrt(sum(float(g.pow(2).sum()) for g in gs))
 
     g_mse, g_e = norm(parts["loss_denoise"].mean()), norm(parts["energy_term"])
     return g_e / (g_mse + g_e) if g_mse + g_e > 0 else float("nan")

@@ -11,7 +11,7 @@ import sys
 import click
 
 from ebmtool import __version__
-from ebmtool.errors import EbmtoolError
+from ebmtool.errors import EbmtoolError, RunError
 
 
 class EbmtoolGroup(click.Group):
@@ -21,6 +21,22 @@ class EbmtoolGroup(click.Group):
         except EbmtoolError as exc:
             if ctx.params.get("debug"):
                 raise
+            from ebmtool import distributed
+
+            if distributed.active():  # under torchrun
+                if exc.every_process:
+                    # every process raised it at the same point: process 0 says it once, and nobody exits before
+                    # it has (torchrun stops the remaining processes as soon as one exits with an error)
+                    if distributed.is_main():
+                        click.echo(f"Error: {exc}", err=True)
+                    try:
+                        distributed.barrier()
+                    except RunError:
+                        pass  # a process already left; nothing more to wait for
+                else:
+                    click.echo(f"Error (process {distributed.rank()} of {distributed.world_size()}): {exc}",
+                               err=True)
+                raise click.exceptions.Exit(exc.exit_code) from None
             if exc.exit_code == 2:
                 raise click.UsageError(str(exc), ctx=None) from None
             err = click.ClickException(str(exc))

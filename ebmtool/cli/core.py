@@ -160,9 +160,11 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
 
     Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5. Example: ebmtool train --steps 300 -o runs/quick
     """
+    from ebmtool import distributed
     from ebmtool.artifacts import resolve_checkpoint_path
     from ebmtool.train import CADENCE_FIELDS, MINING_FIELDS, RECIPES, TrainConfig, _flag, train as run_training
 
+    distributed.init_from_env()  # under torchrun: join the other processes (a no-op otherwise)
     if seeds is not None:
         return _train_seeds(ctx, seeds, output)
     given = {k: v for k, v in flags.items() if v is not None}
@@ -218,7 +220,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
                                  "not use")
         if output is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            output = Path("runs") / f"{Path(cfg.task).stem}-{stamp}"
+            output = Path(distributed.broadcast_json(str(Path("runs") / f"{Path(cfg.task).stem}-{stamp}")))
         inputs = (init, Path(cfg.task) if Path(cfg.task).is_file() else None,
                   *(Path(p) for p in (cfg.offline_negatives, cfg.offline_weights) if p))
         for target in (output / "ckpt.safetensors", output / "metrics.h5"):
@@ -227,6 +229,8 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
             raise InputError(f"{output} already holds a run; use --resume to continue it or --overwrite to "
                              "start again")
     result = run_training(cfg, output, resume=resume, overrides=given if resume else None, log=log, force=force)
+    if not distributed.is_main():
+        return  # process 0 reports for the job
     fe = result.final_eval
     click.echo(f"trained {result.step} steps in {result.seconds:.1f} s -> {output}/ckpt.safetensors")
     if fe:
@@ -250,8 +254,11 @@ def _train_seeds(ctx, seeds: str, output):
         raise InputError("--seeds starts new runs; resume each one with --resume OUTPUT/seed-<s>")
     if output is None:
         raise InputError("--seeds needs -o OUTPUT (runs go to OUTPUT/seed-<s>/)")
+    from ebmtool import distributed
+
     for s in values:
-        log(f"--seeds: seed {s} -> {Path(output) / f'seed-{s}'}")
+        if distributed.is_main():
+            log(f"--seeds: seed {s} -> {Path(output) / f'seed-{s}'}")
         ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}"})
 
 

@@ -54,14 +54,19 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
     A killed run leaves OUTPUT.partial; rerunning with the same options continues it.
     Example: ebmtool mine-negatives runs/base/ckpt.safetensors --k 4 -o negs.h5
     """
+    from ebmtool import distributed
     from ebmtool.mining import MineOptions, energy_summary, mine, SUMMARY_HEADER
 
+    distributed.init_from_env()  # under torchrun: the batches are shared out, process 0 writes the file
     check_output(output, overwrite, inputs=(checkpoint, data))
+    distributed.barrier()  # every process has checked the output before process 0 can write it
     opts = MineOptions(k=k, candidates=candidates, refine_steps=refine_steps, lam=lam,
                        absolute_margin=absolute_margin, relative_margin=relative_margin, max_energy=max_energy,
                        select=select, seed=seed, batch_size=batch_size, limit=limit, dup_threshold=dup_threshold,
                        weights=weights)
     res = mine(checkpoint, output, opts, data=data, device=_device(device), overwrite=overwrite, log=log)
+    if not distributed.is_main():
+        return
     with open_h5(res.path, "negatives") as f:
         e_pos, e_neg, valid = f["energy_pos"][()], f["energy"][()], f["valid"][()]
     rows, stats = energy_summary(e_pos, e_neg, valid)
@@ -99,12 +104,19 @@ def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device
 
     Example: ebmtool score runs/base/ckpt.safetensors negs.h5 -o scores.h5
     """
+    from ebmtool import distributed
     from ebmtool.mining import SUMMARY_HEADER, energy_summary, score, write_scores
 
+    distributed.init_from_env()  # under torchrun: rows are shared out, process 0 writes the file
     check_output(output, overwrite, inputs=(checkpoint, negatives))
+    distributed.barrier()  # every process has checked the output before process 0 can write it
     res = score(checkpoint, negatives, levels=levels, weights=weights, batch_size=batch_size,
                 device=_device(device))
-    write_scores(output, res)
+    if distributed.is_main():
+        write_scores(output, res)
+    distributed.barrier()  # the file is in place before any process returns
+    if not distributed.is_main():
+        return
     d = res["datasets"]
     rows, stats = energy_summary(d["energy_pos"], d["energy"], d["valid"])
     click.echo(f"scored {len(d['index'])} rows under {checkpoint} (step {res['attrs']['step']}) -> {output}")
