@@ -31,7 +31,7 @@ def resolve_device(name: str) -> torch.device:
         if name != "cuda":
             raise InputError(f"--device {name}: under torchrun each process uses its own GPU (cuda:LOCAL_RANK); "
                              "give --device cuda or auto")
-        return torch.device("cuda", dist.local_rank())
+        return dist.use_gpu()
     return torch.device(name)
 
 

@@ -86,19 +86,24 @@ def init_from_env() -> bool:
     dist = _dist()
     if dist.is_initialized():
         return active()
-    backend = "gloo"
-    if torch.cuda.is_available():
-        lr = int(os.environ.get("LOCAL_RANK", "0"))
-        if lr >= torch.cuda.device_count():
-            raise InputError(f"process with LOCAL_RANK {lr} has no GPU of its own ({torch.cuda.device_count()} "
-                             "visible); start at most one process per GPU")
-        torch.cuda.set_device(lr)
-        backend = "cpu:gloo,cuda:nccl"
-    elif not dist.is_gloo_available():
+    if not dist.is_gloo_available():
         raise RunError("torch.distributed has no gloo backend in this build; CPU processes need it")
+    # NCCL joins only where CUDA exists; its communicators start at the first CUDA collective, so CPU processes
+    # (--device cpu) on a GPU machine never touch it. The GPU itself is bound by `use_gpu`.
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=TIMEOUT_S))
     atexit.register(shutdown)
     return True
+
+
+def use_gpu() -> torch.device:
+    """This process's GPU, cuda:LOCAL_RANK: one process per GPU (refused, in one sentence, beyond that)."""
+    lr = local_rank()
+    if lr >= torch.cuda.device_count():
+        raise InputError(f"process with LOCAL_RANK {lr} has no GPU of its own ({torch.cuda.device_count()} "
+                         "visible); start at most one process per GPU, or train on the CPU with --device cpu")
+    torch.cuda.set_device(lr)
+    return torch.device("cuda", lr)
 
 
 def shutdown() -> None:
