@@ -54,9 +54,12 @@ class EnergyMLP(nn.Module):
     def forward(self, x, y, t):
         self.counter.calls += 1
         self.counter.rows += y.shape[0]
-        temb = self.time(t)
-        gain2, bias2 = self.film2(temb).chunk(2, dim=-1)
-        gain3, bias3 = self.film3(temb).chunk(2, dim=-1)
+        # The time embedding and the FiLM layers depend on the level only: evaluate them once per distinct level
+        # (at most 10 rows) and gather, instead of once per row (a fifth of the network's FLOPs at width 512).
+        levels, row_level = torch.unique(t, return_inverse=True)
+        temb = self.time(levels)
+        gain2, bias2 = self.film2(temb)[row_level].chunk(2, dim=-1)
+        gain3, bias3 = self.film3(temb)[row_level].chunk(2, dim=-1)
         h = F.silu(self.fc1(torch.cat([x, y], dim=-1)))
         h = F.silu(self.fc2(h) * (1 + gain2) + bias2)
         h = F.silu(self.fc3(h) * (1 + gain3) + bias3)
