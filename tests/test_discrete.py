@@ -357,21 +357,14 @@ def _graph_where_reference(m, x, y, t):
 def test_graph_ebm_exclusion_by_addition_equals_the_where_version():
     """Same energies, input gradients and double-backprop parameter gradients, on binary inputs (many exact
     ties in the max/min over k, which both versions must share alike)."""
-    from ebmtool.models import GraphEBM
+    from helpers import denoise_grads
 
     torch.manual_seed(0)
     m = GraphEBM(hidden=16, depth=2, time_dim=64)
     x = (torch.rand(6, 36) < 0.3).float()
     y0 = torch.where(torch.rand(6, 36) < 0.5, 1.0, -1.0)
     t = torch.tensor([0, 3, 9, 3, 1, 5])
-    got = []
-    for fn in (m, lambda *a: _graph_where_reference(m, *a)):
-        m.zero_grad()
-        y = y0.clone().requires_grad_(True)
-        e = fn(x, y, t)
-        (g,) = torch.autograd.grad(e.sum(), y, create_graph=True)
-        ((g - 0.5) ** 2).mean().backward()
-        got.append((e.detach(), g.detach(), [p.grad.clone() for p in m.parameters()]))
+    got = [denoise_grads(m, fn, x, y0, t, 0.5) for fn in (m, lambda *a: _graph_where_reference(m, *a))]
     (e1, g1, p1), (e2, g2, p2) = got
     assert torch.equal(e1, e2) and torch.allclose(g1, g2, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(p1, p2))

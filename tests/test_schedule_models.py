@@ -64,18 +64,13 @@ def _per_row_reference(m, x, y, t):
 def test_film_once_per_level_equals_the_per_row_network():
     """The time/FiLM branch runs once per distinct level; energies, input gradients and the double-backprop
     parameter gradients of the denoising loss equal the per-row network's."""
+    from helpers import denoise_grads
+
     torch.manual_seed(0)
     m = EnergyMLP(6, 5, width=32, time_dim=16)
     x, y0 = torch.randn(40, 6), torch.randn(40, 5)
     t = torch.tensor([3, 0, 9, 3] * 10)
-    grads = []
-    for fn in (m, lambda *a: _per_row_reference(m, *a)):
-        m.zero_grad()
-        y = y0.clone().requires_grad_(True)
-        e = fn(x, y, t)
-        (g,) = torch.autograd.grad(e.sum(), y, create_graph=True)
-        ((g - 1) ** 2).mean().backward()
-        grads.append((e.detach(), g.detach(), [p.grad.clone() for p in m.parameters()]))
+    grads = [denoise_grads(m, fn, x, y0, t) for fn in (m, lambda *a: _per_row_reference(m, *a))]
     (e1, g1, p1), (e2, g2, p2) = grads
     assert torch.allclose(e1, e2, rtol=1e-6, atol=1e-6) and torch.allclose(g1, g2, rtol=1e-5, atol=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(p1, p2))
