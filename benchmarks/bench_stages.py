@@ -249,7 +249,8 @@ def markdown(r: dict) -> str:
              "Inverse 20x20, width 512 unless stated (quick: 8x8, width 128). Rules and methods: the docstring of "
              "benchmarks/bench_stages.py.", "",
              "| stage | time/unit | unit | calls/batch | rows/unit | GFLOP/unit | GFLOP/s | matmul limit GFLOP/s "
-             "| fraction | peak memory | profiler/rule |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| fraction | fraction (best repeat) | peak memory | profiler/rule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in r["stages"]:
         mem = s["peak_memory_bytes"]
         mem_s = f"{mem / 2**30:.2f} GiB" if mem is not None else "-"
@@ -259,7 +260,8 @@ def markdown(r: dict) -> str:
         lines.append(f"| {s['name']} | {_time(s['seconds_per_unit'])} | {UNIT[s['kind']]} | "
                      f"{s['calls']} | {s['rows_per_unit']:.4g} | {s['flops_per_unit'] / 1e9:.4g} | "
                      f"{s['achieved_flops_per_s'] / 1e9:.1f} | {s['matmul_flops_per_s'] / 1e9:.1f} | "
-                     f"**{s['fraction_of_limit']:.2f}** | {mem_s} | {check} |")
+                     f"**{s['fraction_of_limit']:.2f}** | {s['flops'] / s['min_s'] / s['matmul_flops_per_s']:.2f} | "
+                     f"{mem_s} | {check} |")
     if any("matmul_bf16_flops_per_s" in s for s in r["stages"]):
         lines += ["", "Matmul limit at the same shapes in other precisions (GFLOP/s): "
                   + "; ".join(f"{s['name']}: TF32 {s['matmul_tf32_flops_per_s'] / 1e9:.0f}, bf16 "
@@ -267,7 +269,7 @@ def markdown(r: dict) -> str:
     lines += ["", "Calls per batch: the sequential network calls of one timed batch (one training step; one "
               "sampler run, so 70 is also each problem's count of evaluations, whatever the batch size). Rows per unit count every network row evaluated (per example for training, divided by the "
               "batch). profiler/rule: torch.profiler's matmul FLOPs over the rule's (1.00 = the rule counts what "
-              "ran).", "", "### Growth", ""]
+              "ran). Time, GFLOP/s and fraction use the median repeat; 'best repeat' the fastest one (on a shared machine, the closest to what the code can do).", "", "### Growth", ""]
     for g in r["growth"]:
         f = g["fit"]
         lines += [f"**{g['name']}** — line fit time = {f['intercept_s'] * 1e3:.1f} ms + {f['slope_s'] * 1e3:.3f} ms "
