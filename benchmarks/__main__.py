@@ -2,8 +2,10 @@
 
 import argparse
 import importlib
+import inspect
 import json
 import pkgutil
+import sys
 from pathlib import Path
 
 from benchmarks.common import machine
@@ -17,6 +19,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("topics", nargs="*", help=f"any of {topics} (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes (a smoke run)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="device for benchmarks that take one (results get a -cuda suffix)")
     args = ap.parse_args()
     unknown = sorted(set(args.topics) - set(topics))
     if unknown:
@@ -24,10 +28,15 @@ def main():
     RESULTS.mkdir(exist_ok=True)
     for topic in args.topics or topics:
         mod = importlib.import_module(f"benchmarks.bench_{topic}")
-        result = mod.run(quick=args.quick)
+        kw = {"device": args.device} if "device" in inspect.signature(mod.run).parameters else {}
+        if args.device != "cpu" and not kw:
+            print(f"skipping {topic}: it has no --device option", file=sys.stderr)
+            continue
+        result = mod.run(quick=args.quick, **kw)
         result.setdefault("machine", machine())
-        result.setdefault("command", f"python -m benchmarks {topic}" + (" --quick" if args.quick else ""))
-        suffix = "-quick" if args.quick else ""
+        result.setdefault("command", f"python -m benchmarks {topic}" + (" --quick" if args.quick else "")
+                          + (f" --device {args.device}" if kw and args.device != "cpu" else ""))
+        suffix = ("-quick" if args.quick else "") + (f"-{args.device}" if args.device != "cpu" else "")
         (RESULTS / f"{topic}{suffix}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         md = mod.markdown(result)
         (RESULTS / f"{topic}{suffix}.md").write_text(md + "\n")

@@ -11,11 +11,10 @@ import time
 
 import torch
 
-from benchmarks.common import timeit
+from benchmarks.common import make_train_step, setup_training, timeit
 from ebmtool.diffusion import SamplerSettings, cosine_schedule, energy, energy_and_grad, sample
 import ebmtool.diffusion as diffusion
 from ebmtool.models import EnergyMLP
-from ebmtool.train import TrainConfig, TrainingData, ired_losses, step_generator
 
 
 def release_descend(model, x, y, t, sched, steps, *, multiplier=2.0, clamp=2.0, bound=None, mask=None, **_):
@@ -61,26 +60,8 @@ def sampler_cost(size: int, batch: int, repeats: int) -> dict:
 
 
 def train_step_cost(size: int, batch: int, repeats: int) -> dict:
-    cfg = TrainConfig(task="inverse", size=size, seed=0, train_size=batch * 4, batch_size=batch)
-    data = TrainingData(cfg)
-    sched = cosine_schedule()
-    torch.manual_seed(0)
-    model = EnergyMLP(data.task.x_dim, data.task.y_dim)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
-    state = {"step": 0}
-
-    def step():
-        s = state["step"]
-        gen = step_generator(0, s)
-        x, y = data.batch(s, "cpu")
-        t = torch.randint(0, 10, (batch,), generator=gen)
-        parts = ired_losses(model, x, y, t, gen, sched, cfg, 0.5)
-        opt.zero_grad()
-        parts["loss_total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        state["step"] += 1
-
+    cfg, data, model, opt = setup_training(size, batch, 512)
+    step = make_train_step(cfg, model, opt, data, cosine_schedule())
     model.counter.reset()
     step()
     calls, rows = model.counter.calls, model.counter.rows

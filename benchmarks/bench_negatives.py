@@ -3,13 +3,9 @@
 Setting: inverse, batch 256, the paper's MLP (width 512), one full optimiser step (denoise + negatives + energy
 term + backward + Adam), median of repeats, relative to the ired step measured in the same run.
 
-FLOP counting rule (stated, not measured): F = 2 * (sum of the MLP's Linear weight sizes) per row for a forward
-pass (fc1..fc4, time MLP, two FiLM layers). A forward-only call costs F per row; a call with an input-gradient
-(descent steps) 3F (forward + backward); the scoring call with the parameter backward 3F; the denoising call
-(input-gradient with create_graph, then the parameter backward through it) 6F. Per step:
-    denoise 6F*B + source descent (S grad calls at 3F + 1 forward at F) * rows + scoring 3F * B(1+K).
-Rows: ired/anm B*K; hnm B*K*C. "Achieved fraction" divides estimated FLOP/s by `matmul_flops` at
-(B*K, width) x (width, width), the machine's dense fp32 matmul rate at the same thread count.
+FLOPs: the rule of benchmarks/common.py (`flop_rule`, `counted_flops`) on the rows the model's counter saw;
+"Achieved fraction" divides FLOP/s by `matmul_flops` at (B*K, width) x (width, width), the machine's dense fp32
+matmul rate at the same thread count. The per-stage figures against the limit are in bench_stages.py.
 
 "K separate passes" does the same work as K = 16 as 16 passes: each generates one negative per positive (B rows)
 and scores it, the 16 energy losses averaged, one backward. Batched K must be >= 2x faster.
@@ -29,10 +25,9 @@ import time
 
 import torch
 
-from benchmarks.common import matmul_flops, timeit
+from benchmarks.common import counted_flops, flop_rule, make_train_step, matmul_flops, setup_training, timeit
 from ebmtool.diffusion import cosine_schedule
-from ebmtool.models import EnergyMLP
-from ebmtool.train import TrainConfig, TrainingData, energy_term, ired_losses, step_generator
+from ebmtool.train import energy_term, ired_losses, step_generator
 
 VARIANTS = [  # name, config overrides
     ("ired", {}),
@@ -45,52 +40,9 @@ VARIANTS = [  # name, config overrides
 ]
 
 
-def forward_flops_per_row(model: EnergyMLP) -> float:
-    lin = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return 2.0 * sum(m.weight.numel() for m in lin)
-
-
-def step_flops(cfg: TrainConfig, f: float) -> float:
-    b, k = cfg.batch_size, cfg.k
-    src = cfg.stages()[0].mix[0][0]
-    steps, rows = {"ired": (cfg.neg_steps, b * k), "anm": (cfg.anm_steps, b * k),
-                   "hnm": (cfg.hnm_steps, b * k * (cfg.hnm_candidates or 1)), "gaussian": (0, 0)}[src]
-    descent = (3 * steps + 1) * rows if steps else 0
-    return f * (6 * b + descent + 3 * b * (1 + k))
-
-
-def make_step(cfg: TrainConfig, model, opt, data, sched):
-    state = {"step": 0}
-
-    def step():
-        s = state["step"] % 8
-        gen = step_generator(0, s)
-        x, y = data.batch(s, "cpu")
-        t = torch.randint(0, 10, (cfg.batch_size,), generator=gen)
-        parts = ired_losses(model, x, y, t, gen, sched, cfg, 0.5, step=s, neg_gen=step_generator(0, s, 3))
-        opt.zero_grad()
-        parts["loss_total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        state["step"] += 1
-    return step
-
-
-def setup(size, batch, width, **over):
-    cfg = TrainConfig(task="inverse", size=size, seed=0, train_size=batch * 8, batch_size=batch, width=width,
-                      **over)
-    cfg.curriculum_total = 100
-    cfg.validate()
-    data = TrainingData(cfg)
-    torch.manual_seed(0)
-    model = EnergyMLP(data.task.x_dim, data.task.y_dim, width)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
-    return cfg, data, model, opt
-
-
 def separate_passes(size, batch, width, k, repeats):
     """The K = 16 anm work done as k passes of one negative each (same total rows), one backward."""
-    cfg, data, model, opt = setup(size, batch, width, negatives="anm", k=1)
+    cfg, data, model, opt = setup_training(size, batch, width, negatives="anm", k=1)
     sched = cosine_schedule()
 
     def step():
@@ -141,12 +93,12 @@ def run(quick: bool = False) -> dict:
     res = {"setting": f"inverse {size}x{size}, batch {batch}, width {width}, threads {torch.get_num_threads()}",
            "load_average_at_start": os.getloadavg(), "steps": {}}
     for name, over in VARIANTS:
-        cfg, data, model, opt = setup(size, batch, width, **over)
-        f = forward_flops_per_row(model)
-        r = timeit(make_step(cfg, model, opt, data, sched), repeats=reps, warmup=1)
+        cfg, data, model, opt = setup_training(size, batch, width, **over)
+        step = make_train_step(cfg, model, opt, data, sched)
+        r = timeit(step, repeats=reps, warmup=1)
         model.counter.reset()
-        make_step(cfg, model, opt, data, sched)()
-        fl = step_flops(cfg, f)
+        step()
+        fl = counted_flops(flop_rule(model), model.counter, denoise_rows=batch, train_score_rows=batch * (1 + cfg.k))
         rows = max(batch * cfg.k, batch)
         peak = matmul_flops(rows, width, width, repeats=5)
         res["steps"][name] = {"seconds": r["median_s"], "min_s": r["min_s"], "max_s": r["max_s"],

@@ -62,15 +62,16 @@ def impose_mask(sched, y, t, x_given, mask):
 
 class CallCounter:
     """Counts energy-network evaluations (every forward pass, in the model), the rows they covered, and how
-    many of them also took an input-gradient. Used by the benchmarks and tests."""
+    many of them (and rows) also took an input-gradient. Used by the benchmarks and tests."""
 
     def __init__(self):
         self.calls = 0
         self.grad_calls = 0
         self.rows = 0
+        self.grad_rows = 0
 
     def reset(self):
-        self.calls = self.grad_calls = self.rows = 0
+        self.calls = self.grad_calls = self.rows = self.grad_rows = 0
 
 
 def energy(model, x, y, t) -> torch.Tensor:
@@ -92,6 +93,7 @@ def energy_and_grad(model, x, y, t, create_graph: bool = False):
     counter = getattr(model, "counter", None)
     if counter is not None:
         counter.grad_calls += 1
+        counter.grad_rows += y.shape[0]
     if not create_graph:
         e, g = e.detach(), g.detach()
     return e, g

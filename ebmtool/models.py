@@ -54,9 +54,14 @@ class EnergyMLP(nn.Module):
     def forward(self, x, y, t):
         self.counter.calls += 1
         self.counter.rows += y.shape[0]
-        temb = self.time(t)
-        gain2, bias2 = self.film2(temb).chunk(2, dim=-1)
-        gain3, bias3 = self.film3(temb).chunk(2, dim=-1)
+        # The time embedding and the FiLM layers depend on the level only: evaluate them once per distinct level
+        # (at most 10 rows) and gather, instead of once per row (a fifth of the network's FLOPs at width 512).
+        # The gather is an embedding lookup: its backward (a sorted segment sum) is ~25x faster on a CPU than
+        # advanced indexing's index_put, and deterministic on CUDA.
+        levels, row_level = torch.unique(t, return_inverse=True)
+        temb = self.time(levels)
+        gain2, bias2 = F.embedding(row_level, self.film2(temb)).chunk(2, dim=-1)
+        gain3, bias3 = F.embedding(row_level, self.film3(temb)).chunk(2, dim=-1)
         h = F.silu(self.fc1(torch.cat([x, y], dim=-1)))
         h = F.silu(self.fc2(h) * (1 + gain2) + bias2)
         h = F.silu(self.fc3(h) * (1 + gain3) + bias3)
@@ -183,15 +188,18 @@ class GraphEBM(_Counted):
         temb = self.time(t)[:, None, None, :].expand(b, n, n, -1)
         h = torch.cat([x.reshape(b, n, n, xc), y.reshape(b, n, n, 1), temb], dim=-1)
         eye = torch.eye(n, dtype=torch.bool, device=y.device)
-        # exclude k == i and k == j: (i, j, k) excluded where k equals either end
-        excl = (eye[:, None, :] | eye[None, :, :])[None, :, :, :, None]
+        # exclude k == i and k == j: (i, j, k) excluded where k equals either end. The exclusion is an added
+        # -1e4 (max) / +1e4 (min) instead of a torch.where: the same maxima and minima (an excluded entry,
+        # |z| << 1e4, never reaches them) and the same gradients (ties shared alike), without two full-size
+        # selects and their backward.
+        excl = (eye[:, None, :] | eye[None, :, :])[None, :, :, :, None].to(y.dtype) * 1e4
         for tern, comb in zip(self.ternary, self.combine):
             w_a, w_b = tern.weight.chunk(2, dim=1)
             left = h @ w_a.T  # h_ik projected, (b, i, k, hidden)
             right = h @ w_b.T  # h_kj projected, (b, k, j, hidden)
             z = left[:, :, None, :, :] + right.permute(0, 2, 1, 3)[:, None, :, :, :] + tern.bias  # (b, i, j, k, c)
-            hi = torch.where(excl, torch.tensor(-1e4, device=y.device), z).amax(3)
-            lo = torch.where(excl, torch.tensor(1e4, device=y.device), z).amin(3)
+            hi = (z - excl).amax(3)
+            lo = (z + excl).amin(3)
             if n <= 2:  # no intermediate node: the reductions are empty
                 hi, lo = torch.zeros_like(hi), torch.zeros_like(lo)
             h = F.silu(comb(torch.cat([h, h.transpose(1, 2), hi, lo], dim=-1)))

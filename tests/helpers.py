@@ -22,3 +22,16 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def denoise_grads(model, fn, x, y0, t, target: float = 1.0):
+    """(E, dE/dy, parameter gradients of mean((dE/dy - target)^2)) of energy function fn(x, y, t) whose weights
+    are `model`'s: the double backprop of training's denoising loss, to compare two forms of one network."""
+    import torch
+
+    model.zero_grad()
+    y = y0.clone().requires_grad_(True)
+    e = fn(x, y, t)
+    (g,) = torch.autograd.grad(e.sum(), y, create_graph=True)
+    ((g - target) ** 2).mean().backward()
+    return e.detach(), g.detach(), [p.grad.clone() for p in model.parameters()]

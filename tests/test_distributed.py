@@ -152,7 +152,8 @@ def test_rows_of_a_whole_batch_draw_equal_the_whole_batch(source, k):
     rows = torch.tensor([1, 2, 4])
     part = generate(source, model, x[rows], y[rows], t[rows], eps[rows], sched, k, s, None,
                     noise={key: v[rows] for key, v in noise.items()})
-    torch.testing.assert_close(part.y_neg, whole.y_neg[rows], atol=1e-6, rtol=0)
+    # equal up to float rounding: a subset of rows runs the network at other matrix shapes
+    torch.testing.assert_close(part.y_neg, whole.y_neg[rows], atol=2e-5, rtol=0)
     assert torch.equal(part.valid, whole.valid[rows])
 
 

@@ -1,0 +1,58 @@
+"""The benchmarks' FLOP rule (benchmarks/common.py) against torch.profiler's count of the matrix products
+actually executed, on the training step, the sampler, mining and scoring. If the network, the descent reuse or
+the loss change what they compute, these fail and the rule (and every "fraction of the matmul limit") must be
+revisited."""
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.common import counted_flops, flop_rule, linear_fit, make_train_step, profiled_matmul_flops, \
+    setup_training
+from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
+from ebmtool.mining import MineOptions, mine_batch, score_rows
+
+SCHED = cosine_schedule()
+
+
+def _check(model, fn, **kinds):
+    model.counter.reset()
+    counted = profiled_matmul_flops(fn)
+    rule = counted_flops(flop_rule(model), model.counter, **kinds)
+    assert rule == pytest.approx(counted, rel=0.03), (rule, counted)
+
+
+@pytest.mark.parametrize("negatives,k", [("ired", 1), ("anm", 2), ("hnm", 1), ("gaussian", 2)])
+def test_rule_counts_the_training_step(negatives, k):
+    cfg, data, model, opt = setup_training(4, 256, 64, time_dim=16, negatives=negatives, k=k)
+    step = make_train_step(cfg, model, opt, data, SCHED)
+    b = cfg.batch_size
+    _check(model, step, denoise_rows=b, train_score_rows=b * (1 + k))
+
+
+def test_rule_counts_sampling_mining_and_scoring():
+    cfg, data, model, _ = setup_training(4, 256, 64, time_dim=16)
+    x, y = data.batch(0, "cpu")
+    with torch.no_grad():
+        _check(model, lambda: sample(model, x, SCHED, 16, SamplerSettings(), torch.Generator().manual_seed(0)))
+    model.requires_grad_(False)
+    opts = MineOptions(k=2, candidates=3, refine_steps=2, batch_size=64)
+    _check(model, lambda: mine_batch(model, SCHED, x[:64], y[:64], np.arange(64), opts, "cpu"))
+    t = torch.randint(0, 10, (256,))
+    _check(model, lambda: score_rows(model, SCHED, x, y, t, torch.randn(256, 16), torch.randn(256, 4, 16)))
+
+
+def test_wrong_call_kinds_do_not_fit():
+    """The check can fail: calling the denoising rows plain gradient rows undercounts by far more than 3%."""
+    cfg, data, model, opt = setup_training(4, 256, 64, time_dim=16)
+    step = make_train_step(cfg, model, opt, data, SCHED)
+    model.counter.reset()
+    counted = profiled_matmul_flops(step)
+    wrong = counted_flops(flop_rule(model), model.counter, train_score_rows=512)
+    assert abs(wrong / counted - 1) > 0.1
+
+
+def test_linear_fit():
+    f = linear_fit([1, 2, 4], [3.0, 5.0, 9.0])
+    assert f["slope_s"] == pytest.approx(2.0) and f["intercept_s"] == pytest.approx(1.0) and f["r2"] == pytest.approx(1)
+    assert f["per_unit_ratio_largest_to_smallest"] == pytest.approx((9 / 4) / 3)
