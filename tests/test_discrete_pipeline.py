@@ -45,3 +45,57 @@ def test_offline_pipeline_on_a_discrete_task(runner, tmp_path, flags):
                 "-o", refined])
     r = ok(runner, ["compare", base, refined, "-n", "4", "--device", "cpu", "--bootstrap", "200", "--permutations", "200"])
     assert "refined" in r.output
+
+
+def test_data_from_rrn_csv_and_satnet_npy(runner, tmp_path):
+    """Puzzles a user has on disk become the dataset layout train/eval read, equal to our own encoding."""
+    from ebmtool.artifacts import read_dataset
+    from ebmtool.discrete import sudoku
+
+    gen = tmp_path / "gen.h5"
+    ok(runner, ["data", "sudoku", "-n", "6", "--seed", "4", "-o", gen])
+    ref = read_dataset(gen)
+    puzzles, sols = sudoku.puzzles_from_x(ref.x), sudoku.decode(ref.y)
+    text = lambda b: "".join(str(v) if v else "." for v in b)
+    csv = tmp_path / "rrn.csv"
+    csv.write_text("quizzes,solutions\n" + "".join(f"{text(a)},{text(b)}\n" for a, b in zip(puzzles, sols)))
+    onehot = lambda b: (b[..., None] == np.arange(1, 10)).astype(np.float32).reshape(-1, 9, 9, 9)
+    np.save(tmp_path / "features.npy", onehot(puzzles))
+    np.save(tmp_path / "labels.npy", onehot(sols))
+
+    r = ok(runner, ["data", "sudoku", "--from", csv, "-o", tmp_path / "a.h5"])
+    assert r.output.startswith(f"wrote 6 sudoku 9x9 problems from {csv}")
+    ok(runner, ["data", "sudoku", "--from", tmp_path / "features.npy", "--labels", tmp_path / "labels.npy",
+                "-n", "4", "-o", tmp_path / "b.h5"])
+    a, b = read_dataset(tmp_path / "a.h5"), read_dataset(tmp_path / "b.h5")
+    for got, n in ((a, 6), (b, 4)):
+        np.testing.assert_array_equal(got.x, ref.x[:n])
+        np.testing.assert_array_equal(got.y, ref.y[:n])
+        np.testing.assert_array_equal(got.mask, ref.mask[:n])
+
+    ok(runner, ["train", "--task", tmp_path / "a.h5", "--width", "8", "--blocks", "1", "--steps", "1",
+                "--batch-size", "4", "--val-size", "2", "--eval-every", "0", "--device", "cpu", "--seed", "0",
+                "-o", tmp_path / "run"])
+    r = ok(runner, ["eval", tmp_path / "run", "--data", tmp_path / "b.h5", "-n", "4", "--device", "cpu"])
+    assert "board_solved" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data", "connectivity", "--from", "{csv}"], "--from converts Sudoku files"),
+    (["data", "sudoku", "--from", "{features}"], "needs its solutions too: add --labels labels.npy"),
+    (["data", "sudoku", "--from", "{csv}", "--seed", "3"], "--seed does not apply to --from"),
+    (["data", "sudoku", "--from", "{bad}"], "1 puzzles have givens that differ from their solution"),
+    (["data", "sudoku", "--from", "{tmp}/missing.csv"], "missing.csv: no such file"),
+])
+def test_data_from_bad_input_exits_2(runner, tmp_path, args, message):
+    solved = "123456789456789123789123456214365897365897214897214365531642978642978531978531642"
+    (tmp_path / "ok.csv").write_text(f"{'.' * 80 + solved[-1]},{solved}\n")
+    wrong = str((int(solved[0]) % 9) + 1) + "." * 80
+    (tmp_path / "bad.csv").write_text(f"{wrong},{solved}\n")
+    np.save(tmp_path / "features.npy", np.zeros((1, 9, 9, 9), np.float32))
+    paths = {"csv": tmp_path / "ok.csv", "bad": tmp_path / "bad.csv", "features": tmp_path / "features.npy",
+             "tmp": tmp_path}
+    r = runner.invoke(cli, [a.format(**paths) for a in args] + ["-o", str(tmp_path / "out.h5")])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert not (tmp_path / "out.h5").exists()

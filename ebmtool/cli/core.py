@@ -33,13 +33,22 @@ from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
               help="train draws from --seed; val and test are the fixed evaluation sets every model shares.")
 @click.option("--harder", is_flag=True, help="The out-of-distribution variant of the task.")
 @seed_option("Seed of a train split; drawn and recorded when not given (val/test use their fixed seed).")
+@click.option("--from", "source", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="sudoku only: convert puzzles you have on disk instead of generating them: an RRN/Kaggle CSV "
+              "(rows quiz,solution) or SAT-Net features.npy (with --labels).")
+@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --from features.npy: the SAT-Net solutions (labels.npy).")
 @overwrite_option
-def data(task, n, output, size, split, harder, seed, overwrite):
+@click.pass_context
+def data(ctx, task, n, output, size, split, harder, seed, source, labels, overwrite):
     """Write a data set of a built-in task to HDF5 (`inputs`, `targets`, provenance).
 
-    Example: ebmtool data inverse -n 4096 --size 8 -o train.h5
+    Examples: ebmtool data inverse -n 4096 --size 8 -o train.h5
+              ebmtool data sudoku --from sudoku-hard.csv -o rrn-hard.h5
     """
-    check_output(output, overwrite)
+    check_output(output, overwrite, inputs=tuple(p for p in (source, labels) if p is not None))
+    if source is not None or labels is not None:
+        return _data_from_files(ctx, task, n, output, split, source, labels)
     if split == "train" and seed is None:
         import secrets
 
@@ -61,6 +70,33 @@ def data(task, n, output, size, split, harder, seed, overwrite):
     label = f"{task} ({size} nodes)" if t.discrete and task != "sudoku" else t.label
     click.echo(f"wrote {n} {label} problems ({split}{', harder' if harder else ''}, seed "
                f"{problems.description['seed']}) to {output}")
+
+
+def _data_from_files(ctx, task, n, output, split, source, labels):
+    """`data sudoku --from FILE`: the user's puzzles in the dataset layout that train/eval/compare read."""
+    from ebmtool.discrete import sudoku
+    from ebmtool.tasks import Problems
+
+    if source is None:
+        raise InputError("--labels goes with --from features.npy")
+    if task != "sudoku":
+        raise InputError(f"--from converts Sudoku files; {task} data is generated (leave out --from)")
+    given = [name for name in ("size", "harder", "seed") if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+    if given:
+        raise InputError(f"--{given[0]} does not apply to --from: the file decides the puzzles")
+    x, y, mask, desc = sudoku.problems_from_files(source, labels)
+    if ctx.get_parameter_source("n").name == "COMMANDLINE":
+        x, y, mask = x[:n], y[:n], mask[:n]
+    desc.update(n=int(len(x)), split=split)
+    problems = Problems(x, y, mask, desc)
+    prov = provenance("data", {"task": task, "size": 9, "split": split, "from": str(source),
+                               "labels": str(labels) if labels else None, "n": len(x)},
+                      inputs={"source": source, **({"labels": labels} if labels else {})}, data=desc)
+    write_h5(output, "dataset", {"inputs": x, "targets": y, "mask": mask},
+             {"task": task, "size": 9, "split": split, "harder": False, "n": len(x), "seed": -1,
+              "source": str(source), "fingerprint": problems.fingerprint}, prov)
+    click.echo(f"wrote {len(x)} sudoku 9x9 problems from {source} (givens {desc['givens_min']}-{desc['givens_max']}) "
+               f"to {output}")
 
 
 # ------------------------------------------------------------------------------------------------ train

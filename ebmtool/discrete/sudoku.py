@@ -322,3 +322,29 @@ def check_puzzles(puzzles: np.ndarray, solutions: np.ndarray, where: str) -> Non
     bad = ((puzzles > 0) & (puzzles != solutions)).any(1)
     if bad.any():
         raise InputError(f"{where}: {int(bad.sum())} puzzles have givens that differ from their solution")
+
+
+def problems_from_files(path: Path, labels: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(x, y, mask, description) of puzzles a user has on disk: an RRN/Kaggle CSV (`quiz,solution` rows) or a
+    SAT-Net pair exported to NumPy (features.npy with labels.npy). Checked: every solution a valid grid and every
+    given equal to its solution's digit. Uniqueness is not checked (the public sets are unique by construction)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.suffix == ".csv":
+        if labels is not None:
+            raise InputError("--labels is for SAT-Net features.npy files; a CSV holds its solutions itself")
+        puzzles, sols = load_csv(path)
+    elif path.suffix == ".npy":
+        if labels is None:
+            raise InputError(f"{path}: a SAT-Net features file needs its solutions too: add --labels labels.npy")
+        if not Path(labels).exists():
+            raise InputError(f"{labels}: no such file")
+        puzzles, sols = load_satnet_npy(path, Path(labels))
+    else:
+        raise InputError(f"{path}: give an RRN/Kaggle .csv (quiz,solution) or a SAT-Net features .npy")
+    check_puzzles(puzzles, sols, str(path))
+    givens = (puzzles > 0).sum(1)
+    desc = {"task": "sudoku", "size": 9, "source": str(path), "n": int(len(puzzles)), "unique": None,
+            "givens_min": int(givens.min()), "givens_max": int(givens.max()), "givens_mean": float(givens.mean())}
+    return encode(puzzles), encode(sols), given_mask(puzzles), desc
