@@ -82,3 +82,17 @@ def test_bf16_agrees_with_fp32_within_tolerance(tmp_path):
     assert rms < 0.05, rms
     mse = {p: float(per_problem_errors(task, problems, a)["mse"].mean()) for p, a in answers.items()}
     assert abs(mse["bf16"] - mse["fp32"]) <= 0.1 * mse["fp32"] + 1e-3, mse
+
+
+def test_under_torchrun_a_process_without_its_own_gpu_is_refused_but_cpu_runs(monkeypatch):
+    from ebmtool import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "local_rank", lambda: 1)
+    with pytest.raises(InputError, match="LOCAL_RANK 1 has no GPU of its own"):
+        resolve_device("auto")
+    with pytest.raises(InputError, match="each process uses its own GPU"):
+        resolve_device("cuda:0")
+    assert resolve_device("cpu") == torch.device("cpu")
