@@ -33,7 +33,7 @@ from ebmtool.artifacts import (
 )
 from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
 from ebmtool.errors import InputError
-from ebmtool.negatives import NegativeSettings, generate, renoise, rms
+from ebmtool.negatives import DISCRETE_CLAMP, NegativeSettings, generate, renoise, rms
 from ebmtool import sans as sans_mod
 
 SELECT = ("top", "sample")
@@ -141,7 +141,7 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
     t, eps = t.to(device), eps.to(device)
     settings = NegativeSettings(hnm_candidates=opts.candidates, hnm_steps=opts.refine_steps, hnm_lambda=opts.lam,
                                 hnm_select=opts.select, dup_threshold=opts.dup_threshold,
-                                **({"clean_clamp": 1.0} if discrete else {}))
+                                **({"clean_clamp": DISCRETE_CLAMP} if discrete else {}))
     nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])),
                   mask=mask)
     e_pos, e_neg = score_rows(model, sched, x, y, t, eps, nb.y_neg, mask)

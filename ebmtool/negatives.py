@@ -38,6 +38,7 @@ from ebmtool.diffusion import Schedule, descend, energy, impose_mask, noised
 
 CLAMP_MODES = ("per-example", "first-example")
 CLEAN_CLAMP = 2.0  # continuous answers live in [-2, 2] (the reference's clean-space clamp)
+DISCRETE_CLAMP = 1.0  # discrete answers are one-hot +-1: their negatives stay in [-1, 1]
 
 
 def ired_negative(model, x, y, t, eps, sched: Schedule, *, steps: int = 2, noise_scale: float = 3.0,
@@ -182,7 +183,8 @@ def _clean_start(sched, y, t, noise, scale, box=CLEAN_CLAMP):
 def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
     xr, yr, tr, er = _rep(x, k), _rep(y, k), _rep(t, k), _rep(eps, k)
     mr = None if mask is None else _rep(mask, k)
-    y0 = _keep_given(_clean_start(sched, yr, tr, start_noise(eps, k, gen, noise.get("start")), s.anm_noise, s.clean_clamp), yr, mr)
+    start = start_noise(eps, k, gen, noise.get("start"))
+    y0 = _keep_given(_clean_start(sched, yr, tr, start, s.anm_noise, s.clean_clamp), yr, mr)
     y_neg, _ = refine_renoised(model, xr, y0, tr, er, sched, s.anm_steps, step_scale=s.anm_step_size,
                                radius=s.anm_radius, box=s.clean_clamp, mask=mr)
     return y_neg, {}

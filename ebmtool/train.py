@@ -41,7 +41,9 @@ from ebmtool.models import EnergyMLP, build_model
 from ebmtool import curriculum as curriculum_mod
 from ebmtool import sans as sans_mod
 from ebmtool import distributed as dist
-from ebmtool.negatives import CLAMP_MODES, NegativeBatch, NegativeSettings, _rep, draw_noise, generate, renoise
+from ebmtool.negatives import (
+    CLAMP_MODES, DISCRETE_CLAMP, NegativeBatch, NegativeSettings, _rep, draw_noise, generate, renoise,
+)
 from ebmtool.tasks import Problems, Task, resolve_task, split_user_data
 
 RECIPES = {
@@ -234,7 +236,7 @@ class TrainConfig:
             ired_steps=self.neg_steps, ired_noise=self.neg_noise_scale, clamp_mode=self.clamp_mode,
             **{n: getattr(self, n) if getattr(self, n) is not None else getattr(d, n)
                for fields in SOURCE_FIELDS.values() for n in fields},
-            dup_threshold=self.dup_threshold, **({"clean_clamp": 1.0} if discrete else {}))
+            dup_threshold=self.dup_threshold, **({"clean_clamp": DISCRETE_CLAMP} if discrete else {}))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -382,10 +384,8 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     for the whole batch and sliced. The parts are this process's rows, and loss_total is scaled so that the mean
     of the processes' loss_total (and of their gradients) is the one-process loss of the whole batch.
     """
-    b, device = x.shape[0], x.device
-    shape = y.shape if shard is None else (shard.total, y.shape[1])
-    eps = torch.randn(shape, generator=gen)
-    eps = (eps if shard is None else shard.rows(eps)).to(device)
+    b = x.shape[0]
+    eps = _standard_normal(y, gen, shard)
     x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x (§3.1)
     _, eps_hat = energy_and_grad(model, x, x_t, t, create_graph=True)
     if mask is not None:
@@ -397,8 +397,7 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     diag: dict[str, float] = {}
     included = None
     if cfg.supervise_energy:
-        eps_shared = torch.randn(shape, generator=gen)
-        eps_shared = (eps_shared if shard is None else shard.rows(eps_shared)).to(device)
+        eps_shared = _standard_normal(y, gen, shard)
         if neg_gen is None:
             neg_gen = torch.Generator().manual_seed(gen.initial_seed() ^ 0x9E3779B97F4A7C15)
         energy_parts, diag, included = energy_term(model, x, y, t, eps_shared, sched, cfg, step, neg_gen,
@@ -421,6 +420,14 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     parts["loss_total"] = total
     parts["diagnostics"] = diag
     return parts
+
+
+def _standard_normal(y, gen, shard: "Shard | None") -> torch.Tensor:
+    """N(0, 1) noise of y's shape, drawn on the CPU from `gen` and moved to y's device. Under a shard it is drawn
+    for the whole batch, as one process draws it, and this process keeps its rows."""
+    if shard is None:
+        return torch.randn(y.shape, generator=gen).to(y.device)
+    return shard.rows(torch.randn((shard.total, y.shape[1]), generator=gen)).to(y.device)
 
 
 def discrete_reference(task, y, mask, k, gen) -> NegativeBatch:
