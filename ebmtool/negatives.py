@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ebmtool.diffusion import Schedule, descend, energy, impose_mask, noised
+from ebmtool.diffusion import Schedule, descend, impose_mask, noised
 
 CLAMP_MODES = ("per-example", "first-example")
 CLEAN_CLAMP = 2.0  # continuous answers live in [-2, 2] (the reference's clean-space clamp)

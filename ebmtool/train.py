@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from ebmtool import __version__
@@ -44,7 +43,7 @@ from ebmtool import distributed as dist
 from ebmtool.negatives import (
     CLAMP_MODES, DISCRETE_CLAMP, NegativeBatch, NegativeSettings, _rep, draw_noise, generate, renoise,
 )
-from ebmtool.tasks import Problems, Task, resolve_task, split_user_data
+from ebmtool.tasks import Task, resolve_task, split_user_data
 
 RECIPES = {
     # A CPU budget that converges in a few minutes on 2 cores (8x8 inverse beats both trivial baselines).

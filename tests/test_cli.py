@@ -50,7 +50,7 @@ def tiny_run(tmp_path_factory):
 def test_train_writes_a_run_directory(tiny_run):
     out, r = tiny_run
     assert (out / "ckpt.safetensors").exists() and (out / "metrics.h5").exists()
-    assert f"trained 4 steps in" in r.stdout
+    assert "trained 4 steps in" in r.stdout
     assert "validation mse" in r.stdout
     assert "config {" in r.stderr  # the resolved configuration is printed at start
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ebmtool.artifacts import check_output, load_checkpoint, provenance, sha256_file, write_h5
 from ebmtool.cli import cli
