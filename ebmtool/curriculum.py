@@ -111,7 +111,11 @@ def sources_of(stages) -> list[str]:
 
 def stage_at(stages, step: int, total: int) -> int:
     """Index of the stage that holds `step` (0-based step of the update being computed) in a run of `total`."""
-    frac = step / max(total, 1)
+    return stage_at_fraction(stages, step / max(total, 1))
+
+
+def stage_at_fraction(stages, frac: float) -> int:
+    """Index of the stage that holds the point `frac` of a run (steps done / total, or compute spent / budget)."""
     idx = 0
     for i, s in enumerate(stages):
         if frac >= s.start:

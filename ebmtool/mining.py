@@ -33,6 +33,7 @@ from ebmtool.artifacts import (
 )
 from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
 from ebmtool.errors import InputError
+from ebmtool.compute import ComputeMeter
 from ebmtool.negatives import DISCRETE_CLAMP, NegativeSettings, generate, renoise, rms
 from ebmtool import sans as sans_mod
 
@@ -130,7 +131,7 @@ def score_rows(model, sched, x, y, t, eps, y_neg, mask=None):
 
 
 COUNTS = ("candidates", "duplicates", "dup_negatives", "filtered_absolute_margin", "filtered_relative_margin",
-          "filtered_max_energy", "rows_not_enough")
+          "filtered_max_energy", "rows_not_enough", "flops", "accepted_steps", "attempted_steps")
 
 
 def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None, discrete: bool = False):
@@ -142,9 +143,12 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
     settings = NegativeSettings(hnm_candidates=opts.candidates, hnm_steps=opts.refine_steps, hnm_lambda=opts.lam,
                                 hnm_select=opts.select, dup_threshold=opts.dup_threshold,
                                 **({"clean_clamp": DISCRETE_CLAMP} if discrete else {}))
+    meter = ComputeMeter(model, x.shape[1], y.shape[1])
+    meter.start()
     nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])),
                   mask=mask)
     e_pos, e_neg = score_rows(model, sched, x, y, t, eps, nb.y_neg, mask)
+    flops = meter.flops()
     dist = rms(nb.y_neg - y[:, None, :])
     valid = nb.valid.clone()
     counts = {"candidates": nb.candidates, "duplicates": nb.duplicates, "dup_negatives": int((~nb.valid).sum())}
@@ -158,6 +162,9 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
         if bad is not None:
             valid &= ~bad
     counts["rows_not_enough"] = int((valid.sum(dim=1) < opts.k).sum())
+    counts["flops"] = int(round(flops))  # the network work of this batch (ebmtool.compute), summed into the file
+    counts["accepted_steps"] = int(nb.info["accepted"])
+    counts["attempted_steps"] = int(nb.info["attempted"])
     out = {"index": rows.astype(np.int64), "level": t.cpu().numpy().astype(np.int64),
            "eps": eps.cpu().numpy(), "positives": y.cpu().numpy(), "inputs": x.cpu().numpy(),
            "negatives": nb.y_neg.cpu().numpy(), "start_level": nb.info["level"].cpu().numpy().astype(np.int64),
@@ -283,6 +290,7 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
                 if key in f.attrs:
                     del f.attrs[key]
             f.attrs.update({f"count_{c}": counts[c] for c in COUNTS})
+            f.attrs["compute_flops"] = float(counts["flops"])  # charged to runs trained on this file
     finally:
         if bar is not None:
             bar.close()

@@ -15,7 +15,8 @@ Sources (ired-algorithm.md §3.2 for the reference; lessons.md F2/F3/F5 for what
 - anm      adversarial: start from the ired start mapped to clean space, then projected descent on the energy the
            loss will actually see (the re-noised point, positive's noise), inside an RMS radius around the start.
 - hnm      candidates started at several noise levels, refined by descent at t, selected by a deception score
-           -E + lambda * RMS(y_cand - y) (low energy, far from the ground truth in clean space).
+           z(-E) + lambda * z(RMS(y_cand - y)), both z-scored over the C candidates of one negative (low energy,
+           far from the ground truth in clean space; `standardise`).
 - gaussian control: y + scale * N(0, 1), clamped.
 Negative j = 0 of each example starts from the positive's own noise eps (so K = 1 ired is exactly the reference);
 j >= 1 start from fresh draws of `gen`. Near-duplicates (RMS(y_neg - y) <= dup_threshold) are marked invalid and
@@ -137,7 +138,8 @@ def refine_renoised(model, x, y0, t, eps, sched: Schedule, steps: int, *, step_s
     detached.
 
     Descending the re-noised point's energy is what makes the negative hard for the loss that uses it; the
-    acceptance rule of `descend` guarantees the energy never rises (lessons.md F2).
+    acceptance rule of `descend` guarantees the energy never rises. The third value counts each row's accepted
+    descent steps: a source whose steps are all rejected leaves its negatives where they started.
     """
     sab, s1 = sched.sqrt_ab[t][:, None], sched.sqrt_1mab[t][:, None]
     noise = s1 * eps
@@ -155,12 +157,12 @@ def refine_renoised(model, x, y0, t, eps, sched: Schedule, steps: int, *, step_s
         return sab * yc + noise
 
     z0 = impose_mask(sched, sab * y0 + noise, t, x, mask)
-    z, e, _ = descend(model, x, z0, t, sched, steps, multiplier=multiplier, clamp=None, step_scale=step_scale,
-                      project=project, mask=mask)
+    z, e, accepted = descend(model, x, z0, t, sched, steps, multiplier=multiplier, clamp=None,
+                             step_scale=step_scale, project=project, mask=mask)
     y = ((z - noise) / sab).clamp(-box, box)
     if mask is not None:
         y = torch.where(mask > 0, y0, y)
-    return y.detach(), e
+    return y.detach(), e, accepted
 
 
 def _keep_given(y_cand, y, mask):
@@ -185,9 +187,28 @@ def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noi
     mr = None if mask is None else _rep(mask, k)
     start = start_noise(eps, k, gen, noise.get("start"))
     y0 = _keep_given(_clean_start(sched, yr, tr, start, s.anm_noise, s.clean_clamp), yr, mr)
-    y_neg, _ = refine_renoised(model, xr, y0, tr, er, sched, s.anm_steps, step_scale=s.anm_step_size,
-                               radius=s.anm_radius, box=s.clean_clamp, mask=mr)
-    return y_neg, {}
+    y_neg, _, accepted = refine_renoised(model, xr, y0, tr, er, sched, s.anm_steps, step_scale=s.anm_step_size,
+                                         radius=s.anm_radius, box=s.clean_clamp, mask=mr)
+    return y_neg, _acceptance(accepted, s.anm_steps)
+
+
+def _acceptance(accepted: torch.Tensor, steps: int) -> dict:
+    """Accepted and attempted descent steps of a source's refinement (counted on device, read when logged)."""
+    return {"accepted": accepted.sum(), "attempted": accepted.numel() * steps}
+
+
+def standardise(v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """z-scores of each row of v (n, C) over its valid entries; a row without spread scores 0 everywhere.
+
+    HNM's deception score adds an energy (a sum of squares whose scale moves with the answer size, the level and
+    training) to a clean-space distance: standardised within each row, lambda weighs two unitless terms and
+    means the same on every task and level."""
+    w = valid.to(v.dtype)
+    n = w.sum(dim=1, keepdim=True).clamp_min(1)
+    vv = torch.where(valid, v, torch.zeros_like(v))
+    mean = vv.sum(dim=1, keepdim=True) / n
+    var = (((vv - mean) * w) ** 2).sum(dim=1, keepdim=True) / n
+    return (v - mean) / var.sqrt().clamp_min(1e-12)
 
 
 def hnm_levels(candidates: int, levels: int = 10) -> torch.Tensor:
@@ -200,7 +221,8 @@ def hnm_levels(candidates: int, levels: int = 10) -> torch.Tensor:
 def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
     """C candidates per negative (B*K*C rows, one batch), started at levels hnm_levels(C) in clean space,
     refined at t on the re-noised energy, scored at t; per negative the candidate with the largest
-    -E + lambda * RMS(y_cand - y) wins (near-duplicates score -inf). Returns the selected level too."""
+    z(-E) + lambda * z(RMS(y_cand - y)) wins, both terms z-scored over the negative's valid candidates
+    (near-duplicates score -inf). Returns the selected level and the refinement's accepted steps too."""
     b, d = y.shape
     c = s.hnm_candidates
     kc = k * c
@@ -210,11 +232,13 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noi
     lv = levels.repeat(b * k)  # row (b*K + j)*C + c has level levels[c]
     delta = noise["delta"].reshape(b * kc, d).to(y.device)
     y0 = (noised(sched, yr, lv, delta) / sched.sqrt_ab[lv][:, None]).clamp(-s.clean_clamp, s.clean_clamp)
-    y_c, e_c = refine_renoised(model, xr, _keep_given(y0, yr, mr), tr, er, sched, s.hnm_steps, box=s.clean_clamp,
-                               mask=mr)
+    y_c, e_c, accepted = refine_renoised(model, xr, _keep_given(y0, yr, mr), tr, er, sched, s.hnm_steps,
+                                         box=s.clean_clamp, mask=mr)
     dist = rms(y_c - yr)
     dup = dist <= s.dup_threshold
-    score = (-e_c + s.hnm_lambda * dist).masked_fill(dup, -math.inf).view(b * k, c)
+    ok = ~dup.view(b * k, c)
+    score = (standardise(-e_c.view(b * k, c), ok) + s.hnm_lambda * standardise(dist.view(b * k, c), ok))
+    score = score.masked_fill(~ok, -math.inf)
     if s.hnm_select == "top":
         pick = score.argmax(dim=1)  # batched selection, no loop over examples
     elif s.hnm_select == "sample":  # all-duplicate rows have no finite score: fall back to the argmax (dropped later)
@@ -225,7 +249,7 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noi
         raise ValueError(f"unknown hnm selection {s.hnm_select!r}; use top or sample")
     y_sel = y_c.view(b * k, c, d)[torch.arange(b * k, device=y.device), pick]
     return y_sel, {"level": levels[pick].view(b, k), "candidate_duplicates": int(dup.sum()),
-                   "candidates": b * kc}
+                   "candidates": b * kc, **_acceptance(accepted, s.hnm_steps)}
 
 
 def _gaussian(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):

@@ -8,6 +8,7 @@ and evaluation or diagnostics can never shift the training stream.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -17,6 +18,8 @@ import random
 import re
 import secrets
 import shutil
+import fcntl
+import os
 import signal
 import sys
 import threading
@@ -30,7 +33,8 @@ from tqdm import tqdm
 
 from ebmtool import __version__
 from ebmtool.artifacts import (
-    Checkpoint, atomic_path, code_version, load_checkpoint, provenance, save_checkpoint, sha256_file, write_h5,
+    Checkpoint, atomic_path, code_version, load_checkpoint, open_h5, provenance, save_checkpoint, sha256_file,
+    write_h5,
 )
 from ebmtool.diffusion import cosine_schedule, energy_and_grad, impose_mask, noised
 from ebmtool.devices import autocast, check_precision, resolve_device  # noqa: F401 (re-exported)
@@ -41,9 +45,11 @@ from ebmtool import curriculum as curriculum_mod
 from ebmtool import sans as sans_mod
 from ebmtool import distributed as dist
 from ebmtool.negatives import (
-    CLAMP_MODES, DISCRETE_CLAMP, NegativeBatch, NegativeSettings, _rep, draw_noise, generate, renoise,
+    CLAMP_MODES, DISCRETE_CLAMP, NegativeBatch, NegativeSettings, _rep, draw_noise, generate, hnm_levels, renoise,
 )
-from ebmtool.tasks import Task, resolve_task, split_user_data
+from ebmtool.compute import ComputeMeter
+from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
+from ebmtool.tasks import DISCRETE_TASK_NAMES, Task, resolve_task, split_user_data
 
 RECIPES = {
     # A CPU budget that converges in a few minutes on 2 cores (8x8 inverse beats both trivial baselines).
@@ -53,9 +59,15 @@ RECIPES = {
 }
 
 # Fields that do not change what is computed, only when things are saved or shown; a resume may change them.
-CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size")
+# (budget_of names the run a budget was read from; the budget itself, budget_flops, is part of the computation.)
+CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size", "budget_of")
 # Fields added after checkpoints existed: left out of the checksum at their default, so older checkpoints verify.
-LATER_FIELDS = {"blocks": None, "precision": "fp32"}
+LATER_FIELDS = {"blocks": None, "precision": "fp32", "budget_flops": None, "budget_of": None, "init_steps": None,
+                "connectivity_negative": None}
+# Fields that follow from others (set by prepare), never compared as a user's choice.
+DERIVED_FIELDS = ("curriculum_total", "init_sha256", "init_steps", "offline_negatives_sha256",
+                  "offline_weights_sha256", "offline_mismatch")
+NO_STEP_CAP = 10**9  # --steps of a budgeted run when none is given: the budget alone ends it
 
 
 @dataclass
@@ -83,6 +95,8 @@ class TrainConfig:
     negatives: str = "ired"  # --negatives-from: SOURCE or SOURCE:FRACTION,... (one-stage curriculum)
     curriculum: str | None = None  # inline spec or preset; excludes a non-default --negatives-from
     curriculum_total: int | None = None  # run length the curriculum is laid out for (set at start; kept on resume)
+    budget_flops: float | None = None  # train until the run's cumulative compute reaches this (--budget/--budget-of)
+    budget_of: str | None = None  # the run whose compute became budget_flops (recorded, not recomputed)
     k: int = 1  # negatives per positive
     dup_threshold: float = 1e-3  # clean-space RMS(y_neg - y) at or below which a negative is a near-duplicate
     anm_steps: int | None = None
@@ -115,6 +129,8 @@ class TrainConfig:
     precision: str = "fp32"  # bf16: autocast on CUDA (ebmtool.devices)
     init: str | None = None
     init_sha256: str | None = None
+    init_steps: int | None = None  # optimiser steps the --init checkpoint had trained (its own inherited ones too)
+    connectivity_negative: str | None = None  # connectivity's reference negative form (set for that task only)
     # Offline negatives (issue 4): a mined file used for a fraction of each batch, optional SANS weights from a file.
     offline_negatives: str | None = None
     offline_negatives_sha256: str | None = None
@@ -142,6 +158,9 @@ class TrainConfig:
             raise InputError(f"--energy-weight must be non-negative, got {self.energy_weight}")
         if self.train_size and 0 < self.train_size < self.batch_size:
             raise InputError(f"--train-size ({self.train_size}) must be at least the batch size ({self.batch_size})")
+        if self.budget_flops is not None and not (self.budget_flops > 0 and math.isfinite(self.budget_flops)):
+            raise InputError(f"--budget must be a positive number of FLOPs, got {self.budget_flops}")
+        self._validate_discrete()
         self._validate_negatives()
         self._validate_offline()
         return self
@@ -161,6 +180,24 @@ class TrainConfig:
         if self.offline_weights is not None and self.sans:
             raise InputError("--weights gives the offline negatives' weights; --sans weights online negatives "
                              "only and cannot be combined with it")
+
+    def _validate_discrete(self):
+        """The discrete tasks' ired source is the task's own negative, which takes no descent steps, noise scale or
+        clamp: those flags are refused there instead of being accepted and ignored."""
+        if self.task not in DISCRETE_TASK_NAMES:
+            if self.connectivity_negative is not None:
+                raise InputError("--connectivity-negative applies to the connectivity task only")
+            return
+        changed = [n for n in IRED_FIELDS if getattr(self, n) != MINING_FIELDS[n]]
+        if changed:
+            raise InputError(f"--{_flag(changed[0])} has no effect on {self.task}: its ired negative is the "
+                             "task's own corruption of the answer, not an energy descent")
+        if self.task == "connectivity":
+            self.connectivity_negative = self.connectivity_negative or CONNECTIVITY_NEGATIVES[0]
+            if self.connectivity_negative not in CONNECTIVITY_NEGATIVES:
+                raise InputError(f"--connectivity-negative must be one of {', '.join(CONNECTIVITY_NEGATIVES)}")
+        elif self.connectivity_negative is not None:
+            raise InputError("--connectivity-negative applies to the connectivity task only")
 
     def _validate_negatives(self):
         """Every negative-mining field is used or rejected (lessons.md F1, F8): fields of unused sources, SANS
@@ -194,6 +231,9 @@ class TrainConfig:
         for name in ("anm_steps", "hnm_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"--{_flag(name)} must be non-negative")
+        if self.anm_steps == 0:
+            raise InputError("--anm-steps 0 leaves ANM negatives where they start (a noisier ired source): give at "
+                             "least 1 descent step")
         for name in ("anm_step_size", "anm_radius", "hnm_candidates", "gaussian_scale"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise InputError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
@@ -207,6 +247,9 @@ class TrainConfig:
             if given:
                 raise InputError(f"--{_flag(given[0])} is a SANS setting and needs --sans")
             return
+        if self.k == 1:
+            raise InputError("--sans with --k 1 weights one negative by a softmax over one value, which is always 1: "
+                             "the run would equal the unweighted one; give --k 2 or more")
         self.alpha = 1.0 if self.alpha is None else self.alpha
         self.alpha_schedule = self.alpha_schedule or "constant"
         self.sans_loss = self.sans_loss or "pairwise"
@@ -265,6 +308,7 @@ MINING_FIELDS = {"negatives": "ired", "curriculum": None, "k": 1, "dup_threshold
                  "alpha_schedule": None, "alpha_floor": None, "sans_loss": None, "margin": None,
                  **{n: None for fs in SOURCE_FIELDS.values() for n in fs}}
 IRED_FIELDS = ("neg_steps", "neg_noise_scale", "clamp_mode")
+REFINING_SOURCES = ("anm", "hnm")  # sources whose negatives are refined by accepted/rejected descent steps
 SANS_FIELDS = ("alpha", "alpha_schedule", "alpha_floor", "sans_loss", "margin")
 
 
@@ -370,14 +414,15 @@ class EMA:
 
 def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float, *, step: int = 0,
                 neg_gen: torch.Generator | None = None, mask=None, task=None, offline=None,
-                shard: Shard | None = None) -> dict:
+                shard: Shard | None = None, progress: float | None = None) -> dict:
     """One IRED training objective (ired-algorithm.md §3). Every part is reduced to shape (B,) before use.
 
     Denoising: eps_hat = dE/dy at x_t (double backprop), per-example mean squared error against eps.
     Energy landscape: a fresh eps' shared by the positive and its K negatives; with the default configuration
     (ired, K = 1, no SANS) the loss is exactly the reference softplus(E+ - E-) (golden-tested).
     `neg_gen` supplies the negatives' extra randomness (source assignment, fresh starts) so that it never shifts
-    the training stream `gen`; `step` selects the curriculum stage. parts["diagnostics"] holds logged floats.
+    the training stream `gen`; `step` selects the curriculum stage, or `progress` (the fraction of a compute
+    budget spent) in a budgeted run. parts["diagnostics"] holds logged floats.
 
     shard (distributed training): x, y, t, mask are this process's rows of the global batch; eps and eps' are drawn
     for the whole batch and sliced. The parts are this process's rows, and loss_total is scaled so that the mean
@@ -400,7 +445,8 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
         if neg_gen is None:
             neg_gen = torch.Generator().manual_seed(gen.initial_seed() ^ 0x9E3779B97F4A7C15)
         energy_parts, diag, included = energy_term(model, x, y, t, eps_shared, sched, cfg, step, neg_gen,
-                                                   mask=mask, task=task, offline=offline, shard=shard)
+                                                   mask=mask, task=task, offline=offline, shard=shard,
+                                                   progress=progress)
         parts.update(energy_parts)
     for k, v in parts.items():
         assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts (F10)
@@ -429,12 +475,13 @@ def _standard_normal(y, gen, shard: "Shard | None") -> torch.Tensor:
     return shard.rows(torch.randn((shard.total, y.shape[1]), generator=gen)).to(y.device)
 
 
-def discrete_reference(task, y, mask, k, gen) -> NegativeBatch:
+def discrete_reference(task, y, mask, k, gen, connectivity_form: str | None = None) -> NegativeBatch:
     """The discrete tasks' §3.2 negative (re-drawn cells, flipped entries, a re-drawn first step), which the
     `ired` source means for them; K independent draws per positive. Negatives identical to the positive are
     re-drawn by the task and counted as near-duplicates (lessons.md F4), so every negative is valid."""
     b, d = y.shape
-    y_neg, redrawn = task.reference_negative(_rep(y, k), None if mask is None else _rep(mask, k), gen)
+    y_neg, redrawn = task.reference_negative(_rep(y, k), None if mask is None else _rep(mask, k), gen,
+                                             connectivity_form or CONNECTIVITY_NEGATIVES[0])
     return NegativeBatch(y_neg.view(b, k, d), torch.ones(b, k, dtype=torch.bool, device=y.device), b * k,
                          int(redrawn))
 
@@ -458,7 +505,7 @@ class Shard:
 
 
 def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen: torch.Generator, *,
-                mask=None, task=None, offline=None, shard: Shard | None = None):
+                mask=None, task=None, offline=None, shard: Shard | None = None, progress: float | None = None):
     """Negatives from the stage's sources (each example assigned one source; a loop over sources, never over
     examples), re-noised with the positive's eps, scored with the positives in ONE network call of B(1+K) rows,
     weighted (uniform, or SANS) and turned into a per-example loss. Returns (parts, diagnostics, included).
@@ -474,7 +521,8 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
     start, total = (0, b) if shard is None else (shard.start, shard.total)
     dev = x.device
     stages = cfg.stages()
-    si = curriculum_mod.stage_at(stages, step, cfg.curriculum_total or cfg.steps)
+    si = curriculum_mod.stage_at(stages, step, cfg.curriculum_total or cfg.steps) if progress is None else \
+        curriculum_mod.stage_at_fraction(stages, progress)
     stage = stages[si]
     names = [n for n, _ in stage.mix]
     assign = curriculum_mod.assign(stage, total, neg_gen)  # global, on the CPU
@@ -485,7 +533,7 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
     level = torch.full((b, k), math.nan, device=dev) if "hnm" in names else None  # hnm's selected start level
     diag: dict[str, float] = {"stage": float(si), "k": float(k)}
     source_rows, seconds = {}, {}
-    counts = torch.zeros(len(names), 2, dtype=torch.float64)  # candidates, duplicates per source
+    counts = torch.zeros(len(names), 4, dtype=torch.float64)  # candidates, duplicates, accepted, attempted steps
     off_pos = off_file = None
     online = torch.ones(total, dtype=torch.bool)
     if offline is not None:
@@ -519,9 +567,9 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
             if rows_g is not None:
                 rg = rows_g.to(dev)
                 yy, mm = yy[rg], None if mm is None else mm[rg]
-            nb = discrete_reference(task, yy, mm, k, neg_gen)
+            nb = discrete_reference(task, yy, mm, k, neg_gen, cfg.connectivity_negative)
             if dist.is_main():
-                counts[j] += torch.tensor([nb.candidates, nb.duplicates], dtype=torch.float64)
+                counts[j, :2] += torch.tensor([nb.candidates, nb.duplicates], dtype=torch.float64)
             if pos is not None:
                 p = pos.to(dev)
                 nb = NegativeBatch(nb.y_neg[p], nb.valid[p], 0, 0, nb.info)
@@ -535,7 +583,8 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
             sx, sy, st_, se, sm = (x, y, t, eps, mask) if loc is None else \
                 (x[loc], y[loc], t[loc], eps[loc], None if mask is None else mask[loc])
             nb = generate(name, model, sx, sy, st_, se, sched, k, settings, neg_gen, mask=sm, noise=noise)
-            counts[j] += torch.tensor([nb.candidates, nb.duplicates], dtype=torch.float64)
+            counts[j] += torch.tensor([nb.candidates, nb.duplicates, float(nb.info.get("accepted", 0)),
+                                       nb.info.get("attempted", 0)], dtype=torch.float64)
         seconds[name] = time.perf_counter() - t0
         if loc is None:
             y_neg, valid = nb.y_neg, nb.valid
@@ -595,12 +644,18 @@ def energy_term(model, x, y, t, eps, sched, cfg: TrainConfig, step: int, neg_gen
         diag[f"source/{name}/fraction"] = 1.0 if rows is None else rows.numel() / total
         diag[f"source/{name}/seconds"] = seconds[name]
         diag[f"source/{name}/dup_fraction"] = counts[j, 1].item() / max(counts[j, 0].item(), 1)
+        if name in REFINING_SOURCES:
+            diag[f"source/{name}/accept_fraction"] = counts[j, 2].item() / counts[j, 3].item() \
+                if counts[j, 3] > 0 else math.nan
         sel = slice(None) if rows is None else rows.to(g_pos.device)
         for key, v in _pair_stats(g_pos[sel], g_neg[sel], g_ratio[sel], g_valid[sel]).items():
             diag[f"source/{name}/{key}"] = v
         if name == "hnm" and g_level is not None:
             lv = g_level[sel][g_valid[sel]]
             diag[f"source/{name}/selected_level"] = float(lv.mean()) if lv.numel() else math.nan
+            for level in hnm_levels(cfg.hnm_candidates, sched.levels).unique().tolist():
+                diag[f"source/hnm/selected_level_{level}"] = float((lv == level).float().mean()) \
+                    if lv.numel() else math.nan
     for name in curriculum_mod.sources_of(stages):  # sources of other stages: configured and realised 0 here
         diag.setdefault(f"source/{name}/fraction", 0.0)
         diag[f"source/{name}/configured"] = stage.fractions().get(name, 0.0)
@@ -644,6 +699,61 @@ def _restore_rng(ckpt: Checkpoint):
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def checkpoint_compute(ckpt: Checkpoint) -> float | None:
+    """The cumulative training FLOPs a checkpoint records (None for checkpoints written before compute was
+    counted)."""
+    v = ckpt.meta.get("ebmtool.compute_flops")
+    return None if v is None else float(json.loads(v))
+
+
+def run_is_complete(ckpt: Checkpoint, cfg: TrainConfig) -> bool:
+    """Whether a run's checkpoint has reached its end: its steps, or its compute budget."""
+    if ckpt.step >= cfg.steps:
+        return True
+    return cfg.budget_flops is not None and (checkpoint_compute(ckpt) or 0.0) >= cfg.budget_flops
+
+
+def first_difference(stored: TrainConfig, new: TrainConfig) -> str | None:
+    """The first field (in declaration order) in which two resolved configurations compute differently: cadence
+    and derived fields do not count. None when they are the same run."""
+    a, b = stored.to_dict(), new.to_dict()
+    for name in a:
+        if name in CADENCE_FIELDS or name in DERIVED_FIELDS:
+            continue
+        if a[name] != b[name]:
+            return name
+    return None
+
+
+class RunLock:
+    """An exclusive lock on a run directory while a process trains in it (flock: released if the process dies).
+
+    A second process that tries to train in the same directory exits with one sentence naming the first's pid."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"{self.path.parent} is in use: process {holder} is training in it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock; the file stays (removing it would race a new holder)
+            self.fd = None
+
+
 class RunState:
     """Model, EMA, optimiser, step and metric rows: everything a checkpoint holds."""
 
@@ -659,6 +769,7 @@ class RunState:
         self.ema = EMA(self.model, cfg.ema_beta, cfg.ema_every, cfg.ema_start)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.step = 0
+        self.compute = 0.0  # cumulative FLOPs (ebmtool.compute), inherited ones included
         self.rows: list[dict] = []
         self.eval_rows: list[dict] = []
         self.skipped = 0
@@ -682,6 +793,7 @@ class RunState:
             "ebmtool.config_sha256": cfg.checksum(),
             "ebmtool.model": json.dumps(self.model.dims, sort_keys=True),
             "ebmtool.step": str(self.step),
+            "ebmtool.compute_flops": json.dumps(self.compute),
             "ebmtool.seed": str(cfg.seed),
             "ebmtool.data_fingerprint": self.data.fingerprint,
             "ebmtool.optim_groups": json.dumps(self.opt.state_dict()["param_groups"]),
@@ -714,12 +826,13 @@ class RunState:
         self.ema.updates = int(ckpt.meta["ebmtool.ema_updates"])
         self.skipped = int(ckpt.meta.get("ebmtool.skipped_steps", "0"))
         self.step = ckpt.step
+        self.compute = checkpoint_compute(ckpt) or 0.0
         _restore_rng(ckpt)
 
 
 METRIC_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin",
                   "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "skipped_steps", "step_seconds",
-                  "wall_time")
+                  "wall_time", "compute_flops")
 NEGATIVE_COLUMNS = ("stage", "k", "active_fraction", "dup_fraction", "excluded_fraction", "weight_entropy",
                     "weight_ess", "sans_alpha", "grad_share_energy")
 SOURCE_COLUMNS = ("fraction", "configured", "energy_pos", "energy_neg", "margin", "p_hard", "active_fraction",
@@ -736,8 +849,12 @@ def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
         cols.append("offline_fraction")
     for name in curriculum_mod.sources_of(cfg.stages()):
         cols += [f"source/{name}/{c}" for c in SOURCE_COLUMNS]
+        if name in REFINING_SOURCES:
+            cols.append(f"source/{name}/accept_fraction")
         if name == "hnm":
             cols.append("source/hnm/selected_level")
+            levels = hnm_levels(cfg.hnm_candidates or NegativeSettings().hnm_candidates).unique().tolist()
+            cols += [f"source/hnm/selected_level_{lv}" for lv in levels]
     return tuple(cols)
 EVAL_COLUMNS = ("step", "metric_model", "metric_ema", "mse_model", "mse_ema", "mse_ref_scaled_model",
                 "mse_ref_scaled_ema")
@@ -763,8 +880,6 @@ def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tupl
     The file is read through the verified reader: a damaged metrics.h5 stops the resume with one sentence
     (never a silent restart of the curves).
     """
-    from ebmtool.artifacts import open_h5
-
     if not path.exists():
         return [], []
     try:
@@ -814,8 +929,12 @@ def prune_snapshots(out_dir: Path, keep: int, upto_step: int) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------------ signals
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # SIGUSR1/2: Slurm's pre-timeout
+
+
 class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits (130 / 143)."""
+    """STOP_SIGNALS set a flag; the loop finishes the current step, saves, and exits (128 + the signal number:
+    130 for SIGINT, 143 for SIGTERM)."""
 
     def __init__(self):
         self.signum = None
@@ -823,7 +942,7 @@ class StopFlag:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in STOP_SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -851,6 +970,7 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
     """Resolve the seed and, for a resume, take the configuration from the checkpoint.
 
     On resume only the cadence fields in `overrides` (steps, log/eval/checkpoint periods, device) may change.
+    A budgeted run (budget_flops) lays its curriculum out over the budget, so it has no curriculum_total.
     """
     ckpt = None
     if resume is not None:
@@ -862,13 +982,43 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
         if bad:
             raise InputError(f"{bad[0]} cannot change on resume: a resumed run keeps its configuration")
         cfg = dataclasses.replace(stored, **(overrides or {}))
+    elif cfg.init and cfg.init_steps is None:
+        init = load_checkpoint(Path(cfg.init))  # total training shows in the config: the init's steps and its own
+        cfg.init_steps = init.step + (json.loads(init.meta.get("ebmtool.config", "{}")).get("init_steps") or 0)
     if cfg.seed is None:
         cfg.seed = dist.broadcast_json(secrets.randbelow(2**31))  # one seed for every process
-    if cfg.curriculum_total is None and cfg.supervise_energy:
+    if cfg.curriculum_total is None and cfg.supervise_energy and cfg.budget_flops is None:
         cfg.curriculum_total = cfg.steps  # fixed now, so a resume that extends --steps keeps the stage boundaries
     cfg.validate()
     check_world(cfg)
     return cfg, ckpt
+
+
+def resume_overrides(stored: TrainConfig, given: dict) -> dict:
+    """The cadence fields of `given` (flags repeated on --resume) that change; a non-cadence flag is accepted when
+    it equals the run's own value and refused, by name, when it differs."""
+    out = {}
+    for name, value in given.items():
+        if getattr(stored, name) == value:
+            continue
+        if name not in CADENCE_FIELDS:
+            raise InputError(f"--{_flag(name)} cannot change on --resume (the run has {getattr(stored, name)}, "
+                             f"given {value}): a resumed run keeps its configuration (start a new run with --init "
+                             "to change it)")
+        out[name] = value
+    return out
+
+
+def inherited_compute(cfg: TrainConfig) -> float:
+    """Compute a new run starts with: its --init checkpoint's and the mining of its --negatives file, so a
+    refined run is charged for everything that produced it."""
+    total = 0.0
+    if cfg.init:
+        total += checkpoint_compute(load_checkpoint(Path(cfg.init))) or 0.0
+    if cfg.offline_negatives:
+        with open_h5(Path(cfg.offline_negatives), "negatives") as f:
+            total += float(f.attrs.get("compute_flops", 0.0))
+    return total
 
 
 def check_world(cfg: TrainConfig) -> None:
@@ -904,13 +1054,14 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         log = _quiet
     cfg, resume_ckpt = prepare(cfg, resume, overrides)
     out_dir = Path(out_dir)
-    ckpt_path, metrics_path = out_dir / "ckpt.safetensors", out_dir / "metrics.h5"
+    metrics_path = out_dir / "metrics.h5"
     device = resolve_device(cfg.device)
     check_precision(cfg.precision, device)
     data = TrainingData(cfg)
     sched = cosine_schedule().to(device)
     energy_weight = data.task.energy_weight if cfg.energy_weight is None else cfg.energy_weight
     st = RunState(cfg, data, device)
+    meter = ComputeMeter(st.model, *data_dims(data))
 
     if resume_ckpt is not None:
         if resume_ckpt.meta.get("ebmtool.data_fingerprint") != data.fingerprint:
@@ -923,25 +1074,46 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         if init.dims != st.model.dims:
             raise InputError(f"{cfg.init}: its model ({init.dims}) does not match this run's ({st.model.dims})")
         st.load(init, full=False)
+    if resume_ckpt is None:
+        st.compute = inherited_compute(cfg)
     offline_store = None
     if cfg.offline_negatives:
         from ebmtool.mining import OfflineNegatives
 
         offline_store = OfflineNegatives.load(cfg, data, st.model.dims, force=force, log=log)
 
+    until = f"steps {st.step} -> {cfg.steps}" if cfg.budget_flops is None else \
+        f"step {st.step}, compute {st.compute:.3e} -> budget {cfg.budget_flops:.3e} FLOPs" + \
+        (f" (at most {cfg.steps} steps)" if cfg.steps < NO_STEP_CAP else "")
     log(f"ebmtool {__version__} train: {data.task.label}, seed {cfg.seed}, device {device}, "
-        f"steps {st.step} -> {cfg.steps}, output {out_dir}"
+        f"{until}, output {out_dir}"
         + (f", {world} processes x {cfg.batch_size // world} examples (global batch {cfg.batch_size})"
            if world > 1 else ""))
     log("config " + json.dumps(cfg.to_dict(), sort_keys=True))
     if cfg.supervise_energy:
         total = cfg.curriculum_total or cfg.steps
         log("negatives " + "; ".join(
-            f"from step {round(s.start * total)}: " + " + ".join(f"{n} {f:g}" for n, f in s.mix)
+            (f"from step {round(s.start * total)}: " if cfg.budget_flops is None else
+             f"from {s.start:.0%} of the budget: ") + " + ".join(f"{n} {f:g}" for n, f in s.mix)
             for s in cfg.stages()) + f"; K = {cfg.k}" + (f"; SANS {cfg.sans_loss}, alpha {cfg.alpha:g} "
                                                          f"({cfg.alpha_schedule})" if cfg.sans else ""))
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out_dir) if main else contextlib.nullcontext()
+    with lock:
+        return _train_loop(cfg, st, data, sched, meter, offline_store, energy_weight, out_dir, device, log)
+
+
+def data_dims(data: TrainingData) -> tuple[int, int]:
+    """(x_dim, y_dim) of the training problems (the FLOP rule of a non-MLP network needs one row's shape)."""
+    p = data.train if data.train is not None else data.val
+    if p is not None:
+        return p.x.shape[1], p.y.shape[1]
+    return data.task.x_dim, data.task.y_dim
+
+
+def _train_loop(cfg, st, data, sched, meter, offline_store, energy_weight, out_dir, device, log) -> TrainResult:
+    """The steps of `train`, under the run directory's lock."""
+    main, world = dist.is_main(), dist.world_size()
+    ckpt_path, metrics_path = out_dir / "ckpt.safetensors", out_dir / "metrics.h5"
 
     def evaluate_now():
         row = {"step": st.step}
@@ -981,12 +1153,16 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
         st.step += 1
         bar.update(1)
 
+    def finished() -> bool:
+        return st.step >= cfg.steps or (cfg.budget_flops is not None and st.compute >= cfg.budget_flops)
+
     t0 = time.perf_counter() - (st.rows[-1]["wall_time"] if st.rows else 0.0)
     window: list[dict] = []
-    bar = tqdm(total=cfg.steps, initial=st.step, desc="train", file=sys.stderr, disable=None if main else True,
-               dynamic_ncols=True)
+    last_flops = 0.0
+    bar = tqdm(total=cfg.steps if cfg.budget_flops is None else None, initial=st.step, desc="train",
+               file=sys.stderr, disable=None if main else True, dynamic_ncols=True)
     with StopFlag() as stop:
-        while st.step < cfg.steps:
+        while not finished():
             step_start = time.perf_counter()
             gen = step_generator(cfg.seed, st.step)
             x, y, mask = data.batch_with_mask(st.step, device)
@@ -997,27 +1173,36 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                 shard = Shard(lo, hi, cfg.batch_size, y=y, mask=mask)
                 x, y, t, mask = x[lo:hi], y[lo:hi], t[lo:hi], None if mask is None else mask[lo:hi]
             offline = None if offline_store is None else (offline_store, data.batch_indices(st.step))
+            progress = None if cfg.budget_flops is None else st.compute / cfg.budget_flops
+            meter.start()
             with autocast(device, cfg.precision):
                 parts = ired_losses(st.model, x, y, t, gen, sched, cfg, energy_weight, step=st.step,
                                     neg_gen=step_generator(cfg.seed, st.step, purpose=3), mask=mask,
-                                    task=data.task, offline=offline, shard=shard)
+                                    task=data.task, offline=offline, shard=shard, progress=progress)
+            flops = meter.flops(denoise_rows=x.shape[0],
+                                train_score_rows=x.shape[0] * (1 + cfg.k) if cfg.supervise_energy else 0)
 
             # one all-reduce agrees on everything this step decides: non-finite parts, a signal, the logged losses
             checks = [k for k in ("loss_denoise", "loss_energy", "energy_pos", "energy_neg") if k in parts]
             flags = [0.0 if torch.isfinite(parts[k]).all() else 1.0 for k in checks]
             flags.append(0.0 if torch.isfinite(parts["loss_total"]) else 1.0)
-            signals = [float(stop.signum == signal.SIGINT), float(stop.signum == signal.SIGTERM)]
+            signals = [float(stop.signum == sig) for sig in STOP_SIGNALS]
             losses = [parts["loss_total"].item(), parts["loss_denoise"].detach().mean().item(),
-                      parts["loss_energy"].detach().mean().item() if "loss_energy" in parts else math.nan]
+                      parts["loss_energy"].detach().mean().item() if "loss_energy" in parts else math.nan, flops]
             agreed = dist.all_reduce_sum(torch.tensor(flags + signals + losses, dtype=torch.float64)).tolist()
-            nf = len(flags)
+            nf, ns = len(flags), len(signals)
             bad = [k for k, f in zip(checks, agreed[:nf - 1]) if f > 0]
             if world > 1:
-                signum = signal.SIGTERM if agreed[nf + 1] > 0 else signal.SIGINT if agreed[nf] > 0 else None
+                raised = [sig for sig, f in zip(STOP_SIGNALS, agreed[nf:nf + ns]) if f > 0]
+                signum = raised[-1] if raised else None
+            st.compute += agreed[nf + ns + 3]  # every process's rows: the whole batch's work, charged once
             if bad or agreed[nf - 1] > 0:
                 non_finite(bad[0] if bad else "loss_total")
             else:
-                logging_step = (st.step + 1) % cfg.log_every == 0 or st.step + 1 == cfg.steps
+                last_step = st.step + 1 == cfg.steps or (cfg.budget_flops is not None and
+                                                          st.compute + last_flops >= cfg.budget_flops)
+                last_flops = agreed[nf + ns + 3]
+                logging_step = (st.step + 1) % cfg.log_every == 0 or last_step
                 if logging_step and "energy_term" in parts:
                     parts["diagnostics"]["grad_share_energy"] = grad_share(st.model, parts)
                 st.opt.zero_grad(set_to_none=True)
@@ -1031,18 +1216,18 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                     st.ema.update(st.model)
                     st.step += 1
                     bar.update(1)
-                    row = {"loss_total": agreed[nf + 2] / world, "loss_denoise": agreed[nf + 3] / world,
+                    row = {"loss_total": agreed[nf + ns] / world, "loss_denoise": agreed[nf + ns + 1] / world,
                            "grad_norm": float(grad_norm), "step_seconds": time.perf_counter() - step_start}
                     if "loss_energy" in parts:
-                        row["loss_energy"] = agreed[nf + 4] / world
+                        row["loss_energy"] = agreed[nf + ns + 2] / world
                     row.update(parts.get("diagnostics", {}))
                     window.append(row)
 
-            if window and (st.step % cfg.log_every == 0 or st.step == cfg.steps):
+            if window and (st.step % cfg.log_every == 0 or finished()):
                 keys = {k for w in window for k in w}
                 row = {k: _nanmean([w.get(k, np.nan) for w in window]) for k in keys}
                 row.update(step=st.step, lr=cfg.lr, energy_weight=energy_weight, skipped_steps=st.skipped,
-                           wall_time=time.perf_counter() - t0)
+                           wall_time=time.perf_counter() - t0, compute_flops=st.compute)
                 if "stage" in window[-1]:
                     row["stage"] = window[-1]["stage"]  # the stage at the row's last step, not a mean
                 st.rows.append(row)
@@ -1050,7 +1235,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                 bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_denoise", "loss_energy", "p_hard", "stage",
                                                                "dup_fraction", "weight_ess", "grad_share_energy")
                                  if k in row and np.isfinite(row[k])}, refresh=False)
-            if main and cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < cfg.steps \
+            if main and cfg.eval_every and st.step % cfg.eval_every == 0 and not finished() \
                     and data.val is not None:  # process 0 only; the others wait at the next collective
                 row = evaluate_now()
                 bar.write(f"step {st.step}: val {data.task.metric} {row['metric_model']:.4g} "
@@ -1063,10 +1248,9 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
                 bar.close()
                 checkpoint()
                 dist.barrier()  # nobody exits while process 0 writes
-                name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
-                raise Interrupted(f"{name}: saved a resumable checkpoint at step {st.step} in {ckpt_path}; "
-                                  f"continue with: ebmtool train --resume {ckpt_path}",
-                                  130 if signum == signal.SIGINT else 143).on_every_process()
+                raise Interrupted(f"{signal.Signals(signum).name}: saved a resumable checkpoint at step {st.step} in "
+                                  f"{ckpt_path}; continue with: ebmtool train --resume {ckpt_path}",
+                                  128 + int(signum)).on_every_process()
     bar.close()
     final = {}
     if main and data.val is not None:

@@ -226,15 +226,19 @@ def test_sudoku_negatives_keep_givens_and_are_never_the_positive():
     assert torch.equal(neg, neg2) and n2 == n_same
 
 
-def test_connectivity_negatives_flip_both_ways_and_respect_a_mask():
+def test_connectivity_negatives_reference_form_only_disconnects_and_flip_goes_both_ways():
     t = get_task("connectivity-2")
     y = torch.from_numpy(t.generate(64, "train", seed=0).y)
-    neg, n_same = t.reference_negative(y, None, torch.Generator().manual_seed(1))
-    assert ((y > 0) & (neg < 0)).any() and ((y < 0) & (neg > 0)).any()  # the release only flipped 1 -> -1
+    neg, _ = t.reference_negative(y, None, torch.Generator().manual_seed(1))  # the default: the reference's form
+    assert ((y > 0) & (neg < 0)).any() and not ((y < 0) & (neg > 0)).any()
+    assert not (neg == y).all(1).any()
+    neg, n_same = t.reference_negative(y, None, torch.Generator().manual_seed(1), connectivity_form="flip")
+    assert ((y > 0) & (neg < 0)).any() and ((y < 0) & (neg > 0)).any()
     assert not (neg == y).all(1).any()
     mask = (torch.rand(y.shape, generator=torch.Generator().manual_seed(2)) < 0.5).float()
-    neg, _ = negatives.connectivity_negative(y, mask, torch.Generator().manual_seed(3), p=0.3)
-    assert torch.equal(neg[mask > 0], y[mask > 0]) and not (neg == y).all(1).any()
+    for form in ("reference", "flip"):
+        neg, _ = negatives.connectivity_negative(y, mask, torch.Generator().manual_seed(3), p=0.3, form=form)
+        assert torch.equal(neg[mask > 0], y[mask > 0]) and not (neg == y).all(1).any()
 
 
 def test_path_negatives_change_the_first_step_only_and_count_duplicates():

@@ -427,8 +427,8 @@ def test_keep_bounds_the_number_of_snapshots(tmp_path):
     cfg = TrainConfig(**TINY, steps=20, seed=4, ckpt_every=4, keep=2)
     train(cfg, tmp_path / "run", log=lambda m: None)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == ["ckpt-step0000016.safetensors", "ckpt-step0000020.safetensors", "ckpt.safetensors",
-                     "metrics.h5"]
+    assert names == [".lock", "ckpt-step0000016.safetensors", "ckpt-step0000020.safetensors", "ckpt.safetensors",
+                     "metrics.h5"]  # .lock: the run directory's lock (kept, released when the process ends)
     assert load_checkpoint(tmp_path / "run" / "ckpt-step0000016.safetensors").step == 16
     latest = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
     snap = load_checkpoint(tmp_path / "run" / "ckpt-step0000020.safetensors")

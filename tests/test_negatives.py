@@ -10,6 +10,7 @@ import torch
 
 from ebmtool.cli import cli
 from ebmtool.diffusion import cosine_schedule, energy
+from ebmtool import sans as sans_mod
 from ebmtool.errors import InputError
 from ebmtool.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, generate, hnm_levels, ired_negative, refine_renoised, renoise
@@ -63,7 +64,7 @@ def test_anm_refinement_lowers_the_scored_energy(radius):
     model = fixed_net()
     x, y, t, eps = problem(256)
     y0 = (y + torch.randn(y.shape, generator=torch.Generator().manual_seed(1))).clamp(-2, 2)
-    y1, e1 = refine_renoised(model, x, y0, t, eps, SCHED, 5, radius=radius)
+    y1, e1, _ = refine_renoised(model, x, y0, t, eps, SCHED, 5, radius=radius)
     e0 = energy(model, x, renoise(SCHED, y0[:, None], t, eps)[:, 0], t)
     e1_check = energy(model, x, renoise(SCHED, y1[:, None], t, eps)[:, 0], t)
     assert torch.allclose(e1, e1_check, rtol=1e-4, atol=1e-5)  # the energy descended is the one the loss scores
@@ -87,7 +88,7 @@ def test_ired_and_hnm_refinement_lower_the_energy(source):
         e0 = energy(model, x, z0, t)
     else:
         y0 = (y + 0.7 * eps.flip(0)).clamp(-2, 2)
-        _, e1 = refine_renoised(model, x, y0, t, eps, SCHED, 2)
+        _, e1, _ = refine_renoised(model, x, y0, t, eps, SCHED, 2)
         e0 = energy(model, x, renoise(SCHED, y0[:, None], t, eps)[:, 0], t)
     assert (e1 <= e0 + 1e-6).all() and float((e1 < e0).float().mean()) >= 0.95
 
@@ -239,18 +240,16 @@ def test_default_configuration_reproduces_the_baseline_loss_golden():
 
 
 @pytest.mark.parametrize("form", ["infonce", "pairwise"])
-def test_k1_sans_equals_the_baseline_loss(form):
-    def loss(**kw):
-        cfg = tiny(seed=7, **kw).validate()
-        data = TrainingData(cfg)
-        torch.manual_seed(0)
-        model = EnergyMLP(16, 16, 32, 16)
-        x, y = data.batch(0, "cpu")
-        gen = step_generator(7, 0)
-        t = torch.randint(0, 10, (32,), generator=gen)
-        return ired_losses(model, x, y, t, gen, SCHED, cfg, 0.5)["loss_energy"]
-
-    assert torch.allclose(loss(sans=True, sans_loss=form, alpha=3.0), loss(), atol=1e-6)
+def test_k1_sans_is_refused_because_it_equals_the_baseline_loss(form):
+    with pytest.raises(InputError, match="--sans with --k 1 .* always 1"):
+        tiny(seed=7, sans=True, sans_loss=form, alpha=3.0).validate()
+    # why: the weights of one negative are exactly 1 whatever alpha, so the weighted loss is the unweighted one
+    e_pos, e_neg = torch.randn(32), torch.randn(32, 1)
+    valid = torch.ones(32, 1, dtype=torch.bool)
+    w = sans_mod.weights(e_neg, torch.full((32,), 3.0), valid)
+    assert torch.equal(w, torch.ones(32, 1))
+    assert torch.allclose(sans_mod.loss(form, e_pos, e_neg, w), sans_mod.loss(form, e_pos, e_neg,
+                                                                                 sans_mod.uniform_weights(valid)))
 
 
 def test_one_energy_call_scores_positives_and_all_k_negatives():
@@ -276,8 +275,9 @@ def test_one_energy_call_scores_positives_and_all_k_negatives():
     (dict(anm_steps=3), "no negative source 'anm' is used"),
     (dict(negatives="anm", neg_steps=5), "ired source"),
     (dict(alpha=0.5), "needs --sans"),
-    (dict(sans=True, margin=3.0), "only used by --sans-loss logistic"),
-    (dict(sans=True, alpha_floor=0.2), "only used by --alpha-schedule linear"),
+    (dict(sans=True, k=2, margin=3.0), "only used by --sans-loss logistic"),
+    (dict(sans=True, k=2, alpha_floor=0.2), "only used by --alpha-schedule linear"),
+    (dict(negatives="anm", anm_steps=0), "--anm-steps 0 leaves ANM negatives where they start"),
     (dict(energy_weight=0.0), "energy-weight 0"),
     (dict(curriculum="0:ired", negatives="anm"), "exclude each other"),
     (dict(negatives="ired:0.5,anm:0.4"), "sum to"),
@@ -288,7 +288,7 @@ def test_unused_or_contradictory_settings_are_rejected(kw, msg):
 
 
 def test_used_settings_are_resolved_and_stored():
-    cfg = tiny(negatives="ired:0.5,hnm:0.5", sans=True, sans_loss="logistic").validate()
+    cfg = tiny(negatives="ired:0.5,hnm:0.5", sans=True, k=2, sans_loss="logistic").validate()
     assert cfg.hnm_candidates == 4 and cfg.hnm_lambda == 1.0 and cfg.anm_steps is None
     assert cfg.alpha == 1.0 and cfg.margin == 9.0 and cfg.alpha_floor is None
 

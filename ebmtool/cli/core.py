@@ -14,6 +14,7 @@ from ebmtool.cli.common import (
     checkpoint_argument, device_option, json_option, log, overwrite_option, precision_option, print_json, seed_option,
     table,
 )
+from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.errors import InputError
 from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
 
@@ -108,7 +109,16 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
               help="Named budget: cpu = 8x8, 1500 steps, batch 256, lr 1e-3 (minutes on 2 cores); paper = 20x20, "
               "100k steps, batch 2048, lr 1e-4 (a GPU job). Flags below override it.")
 @click.option("--size", type=click.IntRange(min=2), default=None, help="Matrix size (the paper uses 20).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (also on --resume).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Total optimiser steps (also on --resume); with a budget, an upper bound.")
+@click.option("--budget", "budget", default=None, metavar="FLOPS",
+              help="Train until the run's cumulative compute reaches FLOPS (e.g. 3.1e13), stopping at the first "
+              "step at or past it; a curriculum is laid out over the budget.")
+@click.option("--budget-of", "budget_of", type=click.Path(path_type=Path), default=None, metavar="RUN",
+              help="Matched compute: the budget is RUN's (a checkpoint or run directory) cumulative compute.")
+@click.option("--autoresume", is_flag=True, default=False,
+              help="With -o DIR: start, continue the run DIR holds if its configuration is the same, or exit 0 at "
+              "once if it is finished; a different configuration is an error naming the first difference.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=float, default=None, help="Adam learning rate (betas 0.9, 0.99; clip 1.0).")
 @seed_option()
@@ -120,6 +130,9 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
               help="The energy-landscape (contrastive) term; on by default (full IRED).")
 @click.option("--energy-weight", type=float, default=None, help="λ of the energy term [task's reference: 0.5].")
 @click.option("--neg-steps", type=click.IntRange(min=0), default=None, help="Descent steps of IRED negatives [2].")
+@click.option("--connectivity-negative", type=click.Choice(CONNECTIVITY_NEGATIVES), default=None,
+              help="connectivity only: the reference negative sets chosen closure entries to -1 (reference, as the "
+              "published method) or flips them both ways (flip) [reference].")
 @click.option("--clamp-mode", type=click.Choice(["per-example", "first-example"]), default=None,
               help="opt_step clamp bound: per example (correct) or the release's first-example bug [per-example].")
 @click.option("--anm", is_flag=True, default=None,
@@ -142,7 +155,7 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
               help="HNM candidates per negative, at evenly spaced start levels [4].")
 @click.option("--hnm-steps", type=click.IntRange(min=0), default=None, help="HNM refinement steps [2].")
 @click.option("--hnm-lambda", type=float, default=None,
-              help="HNM deception score -E + lambda * RMS(y- - y) [1.0].")
+              help="HNM deception score z(-E) + lambda * z(RMS(y- - y)), z-scored over each negative's candidates [1.0].")
 @click.option("--gaussian-scale", type=float, default=None, help="Gaussian control: y + scale * N(0,1) [1.0].")
 @click.option("--sans", is_flag=True, default=None,
               help="Weight the K negatives of each positive by softmax(-alpha * E-) (detached).")
@@ -189,19 +202,25 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
               help="Run directory [runs/<task>-<time>].")
 @overwrite_option
 @click.pass_context
-def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
+def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, **flags):
     """Train an energy network with IRED (denoising through the energy gradient + energy-landscape term).
 
-    Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5. Example: ebmtool train --steps 300 -o runs/quick
+    Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5.
+
+    \b
+    Examples:
+      ebmtool train --steps 300 -o runs/quick
+      ebmtool train --anm --k 4 --budget-of runs/quick -o runs/anm      (the same compute as runs/quick)
     """
     from ebmtool import distributed
     from ebmtool.artifacts import resolve_checkpoint_path
-    from ebmtool.train import CADENCE_FIELDS, MINING_FIELDS, RECIPES, TrainConfig, _flag, train as run_training
+    from ebmtool.train import MINING_FIELDS, TrainConfig, _flag, train as run_training
 
     distributed.init_from_env()  # under torchrun: join the other processes (a no-op otherwise)
     if seeds is not None:
         return _train_seeds(ctx, seeds, output)
     given = {k: v for k, v in flags.items() if v is not None}
+    given.update(_budget_flags(budget, budget_of, given))
     force = bool(given.pop("force", False))
     for name in ("offline_negatives", "offline_weights"):
         if name in given:
@@ -220,38 +239,33 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
     if given.get("supervise_energy") is False and mining:
         raise InputError(f"--{_flag(mining[0])} has no effect without energy supervision (--no-supervise-energy): "
                          "negatives are only used by the energy term")
+    if autoresume:
+        if resume is not None or output is None:
+            raise InputError("--autoresume takes the run directory from -o DIR (and excludes --resume)")
+        if overwrite:
+            raise InputError("--autoresume continues what DIR holds; --overwrite would discard it")
+        resume = _autoresume_target(ctx, recipe, init, output, given)
+        if resume == "complete":
+            click.echo(f"{output} already holds the finished run; nothing to do")
+            return
     if resume is not None:
-        if init is not None:
+        if init is not None and not autoresume:
             raise InputError("--resume and --init exclude each other: resume continues a run, init starts a new one")
-        allowed = set(CADENCE_FIELDS)
-        fixed = sorted(set(given) - allowed)
-        if ctx.get_parameter_source("recipe").name == "COMMANDLINE":
-            fixed.insert(0, "recipe")
-        if fixed:
-            raise InputError(f"--{fixed[0].replace('_', '-')} cannot change on --resume: a resumed run keeps its "
-                             "configuration (start a new run with --init to change it)")
         resume = resolve_checkpoint_path(resume)
         if output is not None and Path(output).resolve() != resume.parent.resolve():
             raise InputError("--resume continues in the checkpoint's own directory; leave out -o")
+        stored = TrainConfig.from_dict(load_checkpoint(resume).config)
+        if ctx.get_parameter_source("recipe").name == "COMMANDLINE" and recipe != stored.recipe:
+            raise InputError(f"--recipe {recipe} differs from the run's {stored.recipe}: a resumed run keeps its "
+                             "configuration (start a new run with --init to change it)")
+        from ebmtool.train import resume_overrides
+
+        given = resume_overrides(stored, {k: v for k, v in given.items() if k not in ("init", "init_sha256")})
         output = resume.parent
         cfg = TrainConfig()
     else:
-        values = {**RECIPES[recipe], **given, "recipe": recipe}
-        if values.get("task") in DISCRETE_TASK_NAMES and "size" not in given:
-            values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
-        if init is not None:
-            init = resolve_checkpoint_path(init)
-            values.update(init=str(init), init_sha256=sha256_file(init) if init.exists() else None)
-            load_checkpoint(init)  # validate early: one sentence if it is not a checkpoint
-        cfg = TrainConfig(**values)
-        if cfg.supervise_energy:
-            from ebmtool.curriculum import sources_of
-            from ebmtool.train import IRED_FIELDS
-
-            ired_given = [f for f in IRED_FIELDS if f in given]
-            if ired_given and "ired" not in sources_of(cfg.stages()):
-                raise InputError(f"--{_flag(ired_given[0])} is a setting of the ired source, which this run does "
-                                 "not use")
+        cfg = _new_config(recipe, init, given)
+        init = None if cfg.init is None else Path(cfg.init)
         if output is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             output = Path(distributed.broadcast_json(str(Path("runs") / f"{Path(cfg.task).stem}-{stamp}")))
@@ -271,6 +285,76 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, **flags):
         metric = fe["metric_name"]
         click.echo(f"validation {metric} {fe['metric_model']:.4g} (ema weights {fe['metric_ema']:.4g}) on "
                    f"{result.config['val_size']} problems")
+
+
+def _new_config(recipe: str, init, given: dict):
+    """The configuration of a new run from its recipe and the flags given (not yet resolved)."""
+    from ebmtool.artifacts import resolve_checkpoint_path
+    from ebmtool.curriculum import sources_of
+    from ebmtool.train import IRED_FIELDS, RECIPES, TrainConfig, _flag
+
+    values = {**RECIPES[recipe], **given, "recipe": recipe}
+    if values.get("task") in DISCRETE_TASK_NAMES and "size" not in given:
+        values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
+    if init is not None:
+        init = resolve_checkpoint_path(init)
+        values.update(init=str(init), init_sha256=sha256_file(init) if init.exists() else None)
+        load_checkpoint(init)  # validate early: one sentence if it is not a checkpoint
+    cfg = TrainConfig(**values)
+    if cfg.supervise_energy:
+        ired_given = [f for f in IRED_FIELDS if f in given]
+        if ired_given and "ired" not in sources_of(cfg.stages()):
+            raise InputError(f"--{_flag(ired_given[0])} is a setting of the ired source, which this run does "
+                             "not use")
+    return cfg
+
+
+def _budget_flags(budget, budget_of, given: dict) -> dict:
+    """--budget FLOPS / --budget-of RUN as config fields; a budgeted run without --steps has no step cap."""
+    from ebmtool.artifacts import resolve_checkpoint_path
+    from ebmtool.compute import parse_flops
+    from ebmtool.train import NO_STEP_CAP, checkpoint_compute
+
+    if budget is None and budget_of is None:
+        return {}
+    if budget is not None and budget_of is not None:
+        raise InputError("--budget and --budget-of exclude each other: give the number or the run to match")
+    out = {} if "steps" in given else {"steps": NO_STEP_CAP}
+    if budget is not None:
+        try:
+            return {**out, "budget_flops": parse_flops(budget)}
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--budget") from None
+    path = resolve_checkpoint_path(budget_of)
+    flops = checkpoint_compute(load_checkpoint(path))
+    if flops is None:
+        raise InputError(f"{path} records no compute (it was written before ebmtool counted compute); "
+                         "give --budget FLOPS instead")
+    return {**out, "budget_flops": flops, "budget_of": str(path)}
+
+
+def _autoresume_target(ctx, recipe: str, init, output: Path, given: dict):
+    """--autoresume: None (start a new run), "complete" (nothing to do) or the checkpoint to continue; a run of
+    another configuration in OUTPUT is refused, naming the first difference."""
+    import dataclasses
+
+    from ebmtool.train import TrainConfig, _flag, first_difference, run_is_complete
+
+    ckpt_path = Path(output) / "ckpt.safetensors"
+    if not ckpt_path.exists():
+        return None
+    ckpt = load_checkpoint(ckpt_path)
+    stored = TrainConfig.from_dict(ckpt.config)
+    new = _new_config(recipe, init, given)
+    if new.seed is None:
+        new.seed = stored.seed  # a seed drawn for the stored run is that run's seed
+    new = dataclasses.replace(new, curriculum_total=stored.curriculum_total, init_steps=stored.init_steps).validate()
+    name = first_difference(stored, new)
+    if name is not None:
+        raise InputError(f"{output} holds a run with another configuration: --{_flag(name)} is "
+                         f"{getattr(stored, name)} there and {getattr(new, name)} here (use another -o, or "
+                         "--overwrite without --autoresume to start again)")
+    return "complete" if run_is_complete(ckpt, new) else ckpt_path
 
 
 def _train_seeds(ctx, seeds: str, output):
@@ -293,7 +377,8 @@ def _train_seeds(ctx, seeds: str, output):
     for s in values:
         if distributed.is_main():
             log(f"--seeds: seed {s} -> {Path(output) / f'seed-{s}'}")
-        ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}"})
+        ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}",
+                              "autoresume": not ctx.params.get("overwrite")})  # finished seeds are skipped
 
 
 # ------------------------------------------------------------------------------------------------ eval

@@ -31,7 +31,8 @@ def _device(name):
 @click.option("--refine-steps", type=click.IntRange(min=0), default=5, show_default=True,
               help="Energy-descent steps refining each candidate at the positive's level.")
 @click.option("--lambda", "lam", type=float, default=1.0, show_default=True,
-              help="Deception score -E + lambda * RMS(y- - y): weight of the clean-space distance.")
+              help="Deception score z(-E) + lambda * z(RMS(y- - y)), both z-scored over a negative's candidates: weight "
+              "of the clean-space distance.")
 @click.option("--absolute-margin", type=float, default=None, help="Keep only E- >= E+ + M (off by default).")
 @click.option("--relative-margin", type=float, default=None,
               help="Keep only E- >= E+ + |E+| * M (sign-independent; off by default).")

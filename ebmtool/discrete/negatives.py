@@ -56,17 +56,22 @@ def sudoku_negative(y: torch.Tensor, mask: torch.Tensor | None, gen: torch.Gener
     return _redraw(y, mask, draw, free.any(1))
 
 
+CONNECTIVITY_NEGATIVES = ("reference", "flip")  # the first is the default
+
+
 def connectivity_negative(y: torch.Tensor, mask: torch.Tensor | None, gen: torch.Generator,
-                          p: float = CONNECTIVITY_P):
-    """Each entry of the closure flipped with probability p, in both directions (connected <-> not
-    connected); the release only ever set entries to -1. y: (B, N*N) +-1."""
+                          p: float = CONNECTIVITY_P, form: str = "reference"):
+    """Each entry of the closure chosen with probability p and set to -1 ("reference": only connected ->
+    not connected, as the published method does) or flipped in both directions ("flip"). y: (B, N*N) +-1."""
+    if form not in CONNECTIVITY_NEGATIVES:
+        raise ValueError(f"unknown connectivity negative {form!r}; use one of {', '.join(CONNECTIVITY_NEGATIVES)}")
     free = torch.ones_like(y, dtype=torch.bool) if mask is None else mask <= 0
 
     def draw(rows):
         flip = (torch.rand(rows.shape[0], y.shape[1], generator=gen) < p).to(y.device)
-        return torch.where(flip, -y[rows], y[rows])
+        return torch.where(flip, -y[rows] if form == "flip" else -torch.ones_like(y[rows]), y[rows])
 
-    return _redraw(y, mask, draw, free.any(1))
+    return _redraw(y, mask, draw, (free & (y > 0)).any(1) if form == "reference" else free.any(1))
 
 
 def path_negative(y: torch.Tensor, mask: torch.Tensor | None, gen: torch.Generator, steps: int = 8):

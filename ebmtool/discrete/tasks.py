@@ -82,13 +82,14 @@ class DiscreteTask:
         return Problems(x, y, mask, desc)
 
     # -------------------------------------------------------------------------------- training pieces
-    def reference_negative(self, y, mask, gen):
-        """(y_neg, n_identical_redrawn): the task's §3.2 negative in clean space, duplicates re-drawn."""
+    def reference_negative(self, y, mask, gen, connectivity_form: str = "reference"):
+        """(y_neg, n_identical_redrawn): the task's reference negative in clean space, duplicates re-drawn;
+        `connectivity_form` chooses connectivity's form (negatives.CONNECTIVITY_NEGATIVES)."""
         if self.name == "sudoku":
             return negatives.sudoku_negative(y, mask, gen)
         if self.name == "shortest-path":
             return negatives.path_negative(y, mask, gen, graphs.PATH_STEPS)
-        return negatives.connectivity_negative(y, mask, gen)
+        return negatives.connectivity_negative(y, mask, gen, form=connectivity_form)
 
     # -------------------------------------------------------------------------------- evaluation
     def metrics(self, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
