@@ -13,6 +13,8 @@ Statistics (see ebmtool/stats.py):
 - with >= 2 seeds in both groups: the across-seed test (paired t by seed when the seed sets match, else Welch);
   then the verdict rests on it, because seeds, not problems, are the replicates of a training run;
 - Holm's correction over the variants' primary p-values, once; verdict from the signed interval and corrected p.
+  Only a verdict that rests on the seeds speaks about the training method ("better", "worse"); one over problems
+  (an arm of one seed) speaks about these checkpoints ("checkpoints differ", "no difference shown").
 
 Also: the configuration diff of the runs (what differs, besides the seed), energy samples of positives and IRED
 negatives per run, and the training curves from each run's metrics.h5.
@@ -324,6 +326,20 @@ def _finite(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+CHECKPOINTS_DIFFER, NO_DIFFERENCE_SHOWN = "checkpoints differ", "no difference shown"
+ONE_SEED_NOTE = ("one seed per arm: the verdict compares these checkpoints, not the training methods; train >= 2 "
+                 "seeds per arm")
+
+
+def comparison_verdict(primary: dict, basis: str, *, direction: str, alpha: float) -> str:
+    """S.verdict, worded for what was tested: a method verdict only when it rests on the seeds (the replicates of
+    a training run); over problems alone it can only say whether these checkpoints differ."""
+    v = S.verdict(primary["ci_low"], primary["ci_high"], primary["p_holm"], direction=direction, alpha=alpha)
+    if basis == "seeds":
+        return v
+    return NO_DIFFERENCE_SHOWN if v == S.NO_DIFFERENCE else CHECKPOINTS_DIFFER
+
+
 def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction: str, *, baseline: str | None = None,
             confidence: float = 0.95, n_boot: int = 2000, n_perm: int = 10000, seed: int = 0,
             alpha: float | None = None) -> dict:
@@ -377,12 +393,10 @@ def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction
     adjusted = S.holm([c["primary"]["p"] for c in comps])
     for c, p_adj in zip(comps, adjusted):
         c["primary"]["p_holm"] = p_adj
-        c["verdict"] = S.verdict(c["primary"]["ci_low"], c["primary"]["ci_high"], p_adj, direction=direction,
-                                 alpha=alpha)
+        c["verdict"] = comparison_verdict(c["primary"], c["basis"], direction=direction, alpha=alpha)
     notes = []
-    if any(c["basis"] == "problems" for c in comps):
-        notes.append("with one seed per arm the test is over problems only: it says whether these checkpoints "
-                     "differ, not whether the training method does (train several seeds: --seeds)")
+    if any(len(by_name[c["variant"]].runs) == 1 or len(by_name[baseline].runs) == 1 for c in comps):
+        notes.append(ONE_SEED_NOTE)
     small = [g.name for g in groups if 1 < len(g.runs) < 5]
     if small:
         notes.append(f"fewer than 5 seeds in {', '.join(small)}: the across-seed test has little power")

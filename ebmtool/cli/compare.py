@@ -70,6 +70,8 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
     Holm-corrected verdicts and, for arms of several seeds, the across-seed test.
 
     The first checkpoint or group is the baseline (or --baseline). Never trains and never changes a checkpoint.
+    With one seed in an arm the verdict compares checkpoints ("checkpoints differ" or "no difference shown"),
+    not training methods: train >= 2 seeds per arm for "better" or "worse".
 
     \b
     Examples:
@@ -142,7 +144,7 @@ def format_text(report: dict) -> str:
                f"bootstrap {report['bootstrap']} resamples, seed {report['seed']}; alpha {report['alpha']:.3g}")
     out.append(f"tests: problems = {report['tests']['problems']}; seeds = paired t by seed (Welch if the seeds "
                "differ); one Holm correction; verdict 'better' only if the whole interval is on the better side "
-               "and the Holm p < alpha")
+               "and the Holm p < alpha, and only across seeds (one seed: 'checkpoints differ')")
     out.append("trivial predictors: " + ", ".join(f"{k} {_g(v)}" for k, v in report["trivial_baselines"].items()))
     for note in report["notes"]:
         out.append(f"note: {note}")
