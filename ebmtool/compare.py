@@ -16,8 +16,9 @@ Statistics (see ebmtool/stats.py):
   Only a verdict that rests on the seeds speaks about the training method ("better", "worse"); one over problems
   (an arm of one seed) speaks about these checkpoints ("checkpoints differ", "no difference shown").
 
-Also: the configuration diff of the runs (what differs, besides the seed), energy samples of positives and IRED
-negatives per run, and the training curves from each run's metrics.h5.
+Also: the configuration diff of the runs (what differs, besides the seed, that the declared settings do not
+explain), energy samples of positives and IRED negatives per run, and the training curves from each run's
+metrics.h5.
 """
 
 from __future__ import annotations
@@ -37,9 +38,22 @@ import torch
 from ebmtool import stats as S
 from ebmtool.artifacts import Checkpoint, load_checkpoint, open_h5, resolve_checkpoint_path, sha256_file
 from ebmtool.errors import InputError, RunError
+from ebmtool.train import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig
 
-# Configuration keys that change when things are logged, saved or where they run, not what is computed.
-CADENCE_KEYS = ("log_every", "ckpt_every", "eval_every", "device", "val_size")
+# The training code's cadence fields, less `steps`: a resume may extend the steps of one run, but between runs the
+# number of steps changes what is computed.
+CADENCE_KEYS = tuple(k for k in CADENCE_FIELDS if k != "steps")
+# Keys whose value follows from other keys or from the run itself: shown in the diff, never a confound.
+DERIVED_KEYS = {
+    "curriculum_total": "set to steps when a run starts (kept on resume)",
+    "trained_steps": "the checkpoint's step: follows from steps",
+    "budget_flops": "the compute budget steps were derived from; compute is checked from the runs' FLOPs",
+    "budget_of": "names the run whose compute the budget copies: provenance of budget_flops",
+    "init_sha256": "checksum of the --init file, which `init` names",
+    "offline_negatives_sha256": "checksum of the offline negatives file, which `offline_negatives` names",
+    "offline_weights_sha256": "checksum of the offline weights file, which `offline_weights` names",
+    "compute": "training compute, if a config stores it: a result of the settings, not one of them",
+}
 REPLICATE_KEY = "seed"
 ENERGY_SAMPLE_SEED = 0  # t, noise and negatives of the energy histograms: the same for every model
 CURVE_COLUMNS = ("loss_total", "loss_denoise", "loss_energy", "p_hard", "margin", "energy_pos", "energy_neg")
@@ -153,15 +167,46 @@ def _fmt_value(v) -> str:
     return "null" if v is None else str(v)
 
 
+def unset_defaults() -> dict:
+    """The value each negative-mining field takes when its source or mode is used and the user left it unset.
+
+    A run that does not use a source stores None for its fields; filling in these values makes "unused" equal to
+    "used with the default", so only a value the user set differently shows up as a difference. The values come
+    from the training code itself (NegativeSettings, and TrainConfig.validate for SANS and offline negatives).
+    """
+    from ebmtool.negatives import NegativeSettings
+
+    neg = NegativeSettings()
+    sans = TrainConfig(sans=True).validate()
+    return {**{n: getattr(neg, n) for fields in SOURCE_FIELDS.values() for n in fields},
+            "alpha": sans.alpha, "alpha_schedule": sans.alpha_schedule, "sans_loss": sans.sans_loss,
+            "alpha_floor": TrainConfig(sans=True, alpha_schedule="linear").validate().alpha_floor,
+            "margin": TrainConfig(sans=True, sans_loss="logistic").validate().margin,
+            "offline_fraction": TrainConfig(offline_negatives="-").validate().offline_fraction}
+
+
+def normalised_config(run: Run, defaults: dict) -> dict:
+    """The run's configuration with unset negative-mining fields at their defaults, plus 'trained_steps'."""
+    cfg = {**run.ckpt.config, "trained_steps": run.ckpt.step}
+    for key, value in defaults.items():
+        if cfg.get(key) is None:
+            cfg[key] = value
+    return cfg
+
+
 def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = ()) -> dict:
     """What differs between the runs' resolved configurations (checkpoint metadata), by group.
 
-    Returns {"keys": {key: {group: value-or-'varies: ...'}}, "cadence": {...}, "replicate_key": "seed",
-    "warnings": [...]}. 'trained_steps' (the checkpoint's step) joins the configuration keys, because a step
-    budget that differs from the configured one is as much a difference as the configuration itself.
+    Returns {"keys": {key: {group: value-or-'varies: ...'}}, "derived": [...], "cadence": {...},
+    "replicate_key": "seed", "warnings": [...]}. 'trained_steps' (the checkpoint's step) joins the configuration
+    keys, so a run that stopped early is visible in the table.
+
+    Only a value the user set differently is a confound: unset negative-mining fields are compared at their
+    defaults (unset_defaults), and DERIVED_KEYS are shown but never warned about.
     """
     runs = [r for g in groups for r in g.runs]
-    cfgs = {r.name: {**r.ckpt.config, "trained_steps": r.ckpt.step} for r in runs}
+    defaults = unset_defaults()
+    cfgs = {r.name: normalised_config(r, defaults) for r in runs}
     keys = sorted(set().union(*cfgs.values()))
 
     def per_group(key):
@@ -188,9 +233,11 @@ def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = 
     def is_declared(key):
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in declared)
 
+    derived = [k for k in differing if k in DERIVED_KEYS]
+    between = [k for k in differing if k not in DERIVED_KEYS]
     for g in groups:
         # replicates must differ in their seed only
-        within = [k for k in differing if differing[k][g.name].startswith("varies: ")]
+        within = [k for k in differing if k not in DERIVED_KEYS and differing[k][g.name].startswith("varies: ")]
         if within:
             warnings.append(f"the replicates of {g.name!r} differ in more than the seed: {', '.join(within)}")
         dup = sorted({s for s in g.seeds if g.seeds.count(s) > 1})
@@ -198,18 +245,18 @@ def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = 
             warnings.append(f"group {g.name!r} holds seed {dup[0]} more than once; replicates need distinct seeds")
         if g.name == baseline:
             continue
-        vs = [k for k in differing if differing[k][g.name] != differing[k][baseline]]
+        vs = [k for k in between if differing[k][g.name] != differing[k][baseline]]
         extra = [k for k in vs if not is_declared(k)] if declared else (vs if len(vs) > 1 else [])
         if extra:
-            what = f"beyond the declared {', '.join(declared)}" if declared else "more than one setting"
+            what = f"settings beyond the declared {', '.join(declared)}" if declared else "more than one setting"
             warnings.append(f"{g.name!r} differs from the baseline {baseline!r} in {what}: {', '.join(extra)}; "
                             "the comparison confounds them")
         if not vs:
             warnings.append(f"{g.name!r} and the baseline {baseline!r} have the same configuration apart from "
-                            "seeds and cadence: any difference is between seeds only")
+                            "seeds, cadence and derived keys: any difference is between seeds only")
     seeds = {g.name: g.seeds for g in groups}
-    return {"keys": differing, "cadence": cadence, "replicate_key": REPLICATE_KEY, "seeds": seeds,
-            "declared": list(declared), "warnings": warnings}
+    return {"keys": differing, "derived": derived, "cadence": cadence, "replicate_key": REPLICATE_KEY,
+            "seeds": seeds, "declared": list(declared), "warnings": warnings}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -487,7 +534,8 @@ def summary_lines(report: dict) -> dict[str, list[list[str]]]:
     pct = f"{round(report['confidence'] * 100)}%"
     cd = report["config_diff"]
     names = [g["name"] for g in report["groups"]]
-    diff_rows = [[k] + [v[n] for n in names] for k, v in cd["keys"].items()]
+    diff_rows = [[f"{k} (derived)" if k in cd["derived"] else k] + [v[n] for n in names]
+                 for k, v in cd["keys"].items()]
     diff_rows += [[f"{k} (cadence only)"] + [v[n] for n in names] for k, v in cd["cadence"].items()]
     diff_rows.append(["seed (replicates)"] + [", ".join(map(str, cd["seeds"][n])) for n in names])
     group_rows = []

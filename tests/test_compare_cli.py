@@ -87,7 +87,9 @@ def test_groups_config_diff_and_seed_test(runner, ckpts, tmp_path):
     out = res.stdout
     assert "supervise_energy" in out and "trained_steps" in out  # the differing keys are named
     assert "seed (replicates)" in out
-    assert "differ in more than the seed: steps, trained_steps" in out  # seed-0 trained 2 steps, seed-1 none
+    # seed-0 trained 2 steps, seed-1 none: steps is a difference, trained_steps follows from it
+    assert "the replicates of 'var' differ in more than the seed: steps\n" in out
+    assert "trained_steps (derived)" in out
     assert "varies: 1, 2" in out and "var - base" in out
     rep = json.loads((tmp_path / "g.json").read_text())
     assert rep["comparisons"][0]["seeds"]["test"].startswith("paired t-test")

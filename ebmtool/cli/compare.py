@@ -35,7 +35,9 @@ def _parse_group(ctx, param, values):
               "directory name) [the first].")
 @click.option("--vary", "declared", multiple=True, metavar="KEY",
               help="The configuration key(s) the comparison is about (glob patterns allowed, e.g. 'anm_*'); any "
-              "other differing key is warned about [without it: a warning when more than one key differs].")
+              "other differing key is warned about [without it: a warning when more than one key differs]. Keys "
+              "that follow from others (trained_steps, curriculum_total, checksums) and unset defaults of a used "
+              "negative source are never warned about.")
 @click.option("-n", "--n", "n", type=click.IntRange(min=2), default=1024, show_default=True,
               help="Number of held-out problems (the task's fixed, seeded test split).")
 @click.option("--harder", is_flag=True, help="The out-of-distribution test split of the task.")
