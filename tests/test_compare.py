@@ -23,7 +23,7 @@ def make_groups(spec):
         g = Group(name)
         for i, (seed, over) in enumerate(members):
             cfg = {**BASE_CFG, "seed": seed, **over}
-            ck = SimpleNamespace(seed=seed, step=cfg["steps"], config=cfg)
+            ck = SimpleNamespace(seed=seed, step=cfg["steps"], config=cfg, meta={})  # meta: no compute recorded
             g.runs.append(Run(f"{name}/seed-{seed}", name, Path(f"/x/{name}/{seed}"), ck, f"{name}{i}{seed}" * 8))
         out.append(g)
     return out
