@@ -13,9 +13,12 @@ Statistics (see ebmtool/stats.py):
 - with >= 2 seeds in both groups: the across-seed test (paired t by seed when the seed sets match, else Welch);
   then the verdict rests on it, because seeds, not problems, are the replicates of a training run;
 - Holm's correction over the variants' primary p-values, once; verdict from the signed interval and corrected p.
+  Only a verdict that rests on the seeds speaks about the training method ("better", "worse"); one over problems
+  (an arm of one seed) speaks about these checkpoints ("checkpoints differ", "no difference shown").
 
-Also: the configuration diff of the runs (what differs, besides the seed), energy samples of positives and IRED
-negatives per run, and the training curves from each run's metrics.h5.
+Also: the configuration diff of the runs (what differs, besides the seed, that the declared settings do not
+explain), each arm's training compute (checkpoint metadata `ebmtool.compute_flops`) against the baseline's, energy
+samples of positives and IRED negatives per run, and the training curves from each run's metrics.h5.
 """
 
 from __future__ import annotations
@@ -35,10 +38,26 @@ import torch
 from ebmtool import stats as S
 from ebmtool.artifacts import Checkpoint, load_checkpoint, open_h5, resolve_checkpoint_path, sha256_file
 from ebmtool.errors import InputError, RunError
+from ebmtool.train import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig
 
-# Configuration keys that change when things are logged, saved or where they run, not what is computed.
-CADENCE_KEYS = ("log_every", "ckpt_every", "eval_every", "device", "val_size")
+# The training code's cadence fields, less `steps`: a resume may extend the steps of one run, but between runs the
+# number of steps changes what is computed (unless compute is matched, see config_diff).
+CADENCE_KEYS = tuple(k for k in CADENCE_FIELDS if k != "steps")
+# Keys whose value follows from other keys or from the run itself: shown in the diff, never a confound.
+DERIVED_KEYS = {
+    "curriculum_total": "set to steps when a run starts (kept on resume)",
+    "trained_steps": "the checkpoint's step: follows from steps",
+    "budget_flops": "the compute budget steps were derived from; compute is checked from the runs' FLOPs",
+    "budget_of": "names the run whose compute the budget copies: provenance of budget_flops",
+    "init_sha256": "checksum of the --init file, which `init` names",
+    "offline_negatives_sha256": "checksum of the offline negatives file, which `offline_negatives` names",
+    "offline_weights_sha256": "checksum of the offline weights file, which `offline_weights` names",
+    "compute": "training compute, if a config stores it: checked on its own against COMPUTE_TOLERANCE",
+}
 REPLICATE_KEY = "seed"
+COMPUTE_META = "ebmtool.compute_flops"  # cumulative training FLOPs of the run (JSON number); older checkpoints lack it
+COMPUTE_KEY = "compute"  # `--vary compute`: a difference in compute is what the comparison is about
+COMPUTE_TOLERANCE = 0.10  # matched compute: every arm within 10 % of the baseline's mean FLOPs
 ENERGY_SAMPLE_SEED = 0  # t, noise and negatives of the energy histograms: the same for every model
 CURVE_COLUMNS = ("loss_total", "loss_denoise", "loss_energy", "p_hard", "margin", "energy_pos", "energy_neg")
 
@@ -54,6 +73,20 @@ class Run:
     @property
     def seed(self) -> int:
         return self.ckpt.seed
+
+    @property
+    def compute_flops(self) -> float | None:
+        """Training FLOPs from the checkpoint's metadata; None for checkpoints written before it was recorded."""
+        raw = self.ckpt.meta.get(COMPUTE_META)
+        if raw is None:
+            return None
+        try:
+            v = json.loads(raw)
+        except ValueError:
+            v = None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise InputError(f"{self.path}: metadata {COMPUTE_META} is {raw!r}, not a number of FLOPs")
+        return float(v)
 
 
 @dataclass
@@ -151,16 +184,73 @@ def _fmt_value(v) -> str:
     return "null" if v is None else str(v)
 
 
+def unset_defaults() -> dict:
+    """The value each negative-mining field takes when its source or mode is used and the user left it unset.
+
+    A run that does not use a source stores None for its fields; filling in these values makes "unused" equal to
+    "used with the default", so only a value the user set differently shows up as a difference. The values come
+    from the training code itself (NegativeSettings, and TrainConfig.validate for SANS and offline negatives).
+    """
+    from ebmtool.negatives import NegativeSettings
+
+    neg = NegativeSettings()
+    sans = TrainConfig(sans=True).validate()
+    return {**{n: getattr(neg, n) for fields in SOURCE_FIELDS.values() for n in fields},
+            "alpha": sans.alpha, "alpha_schedule": sans.alpha_schedule, "sans_loss": sans.sans_loss,
+            "alpha_floor": TrainConfig(sans=True, alpha_schedule="linear").validate().alpha_floor,
+            "margin": TrainConfig(sans=True, sans_loss="logistic").validate().margin,
+            "offline_fraction": TrainConfig(offline_negatives="-").validate().offline_fraction}
+
+
+def normalised_config(run: Run, defaults: dict) -> dict:
+    """The run's configuration with unset negative-mining fields at their defaults, plus 'trained_steps'."""
+    cfg = {**run.ckpt.config, "trained_steps": run.ckpt.step}
+    for key, value in defaults.items():
+        if cfg.get(key) is None:
+            cfg[key] = value
+    return cfg
+
+
+def compute_summary(groups: list[Group], baseline: str) -> dict:
+    """Training FLOPs per run and arm, and each arm's mean over the baseline's mean.
+
+    An arm's mean (and so its ratio) is None unless every run of the arm has compute metadata. "matched" is True
+    when every arm has a ratio within COMPUTE_TOLERANCE of 1.
+    """
+    per_run = {r.name: r.compute_flops for g in groups for r in g.runs}
+    means = {g.name: (None if any(per_run[r.name] is None for r in g.runs)
+                      else float(np.mean([per_run[r.name] for r in g.runs]))) for g in groups}
+    base = means[baseline]
+    out = {}
+    for g in groups:
+        m = means[g.name]
+        ratio = m / base if m is not None and base else None
+        out[g.name] = {"compute_flops": [per_run[r.name] for r in g.runs], "compute_flops_mean": m,
+                       "compute_ratio": ratio}
+    matched = all(v["compute_ratio"] is not None and abs(v["compute_ratio"] - 1) <= COMPUTE_TOLERANCE
+                  for v in out.values())
+    unknown = [n for n, v in per_run.items() if v is None]
+    return {"groups": out, "matched": matched, "unknown_runs": unknown}
+
+
 def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = ()) -> dict:
     """What differs between the runs' resolved configurations (checkpoint metadata), by group.
 
-    Returns {"keys": {key: {group: value-or-'varies: ...'}}, "cadence": {...}, "replicate_key": "seed",
-    "warnings": [...]}. 'trained_steps' (the checkpoint's step) joins the configuration keys, because a step
-    budget that differs from the configured one is as much a difference as the configuration itself.
+    Returns {"keys": {key: {group: value-or-'varies: ...'}}, "derived": [...], "compute_matched": bool,
+    "cadence": {...}, "replicate_key": "seed", "warnings": [...]}. 'trained_steps' (the checkpoint's step) joins
+    the configuration keys, so a run that stopped early is visible in the table.
+
+    Only a value the user set differently is a confound: unset negative-mining fields are compared at their
+    defaults (unset_defaults), and DERIVED_KEYS are shown but never warned about. When compute is matched (every
+    arm within COMPUTE_TOLERANCE of the baseline's FLOPs), arms take different numbers of steps by design, so
+    `steps` is not a confound between arms either. An arm whose compute is not matched is warned about unless
+    `compute` is declared (--vary compute).
     """
     runs = [r for g in groups for r in g.runs]
-    cfgs = {r.name: {**r.ckpt.config, "trained_steps": r.ckpt.step} for r in runs}
+    defaults = unset_defaults()
+    cfgs = {r.name: normalised_config(r, defaults) for r in runs}
     keys = sorted(set().union(*cfgs.values()))
+    compute = compute_summary(groups, baseline)
 
     def per_group(key):
         out = {}
@@ -179,16 +269,19 @@ def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = 
         elif key != REPLICATE_KEY:
             differing[key] = per_group(key)
     warnings = []
-    unknown = [k for k in declared if not fnmatch.filter(keys, k)]
+    known = keys + [COMPUTE_KEY]
+    unknown = [k for k in declared if not fnmatch.filter(known, k)]
     if unknown:
-        raise InputError(f"--vary {unknown[0]}: no such configuration key (keys: {', '.join(keys)})")
+        raise InputError(f"--vary {unknown[0]}: no such configuration key (keys: {', '.join(known)})")
 
     def is_declared(key):
         return any(fnmatch.fnmatchcase(key, pattern) for pattern in declared)
 
+    derived = [k for k in differing if k in DERIVED_KEYS]
+    between = [k for k in differing if k not in DERIVED_KEYS and not (k == "steps" and compute["matched"])]
     for g in groups:
         # replicates must differ in their seed only
-        within = [k for k in differing if differing[k][g.name].startswith("varies: ")]
+        within = [k for k in differing if k not in DERIVED_KEYS and differing[k][g.name].startswith("varies: ")]
         if within:
             warnings.append(f"the replicates of {g.name!r} differ in more than the seed: {', '.join(within)}")
         dup = sorted({s for s in g.seeds if g.seeds.count(s) > 1})
@@ -196,18 +289,24 @@ def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = 
             warnings.append(f"group {g.name!r} holds seed {dup[0]} more than once; replicates need distinct seeds")
         if g.name == baseline:
             continue
-        vs = [k for k in differing if differing[k][g.name] != differing[k][baseline]]
+        ratio = compute["groups"][g.name]["compute_ratio"]
+        if ratio is not None and abs(ratio - 1) > COMPUTE_TOLERANCE and not is_declared(COMPUTE_KEY):
+            warnings.append(f"arm {g.name} used {ratio:.2f}x the baseline's compute (matched-compute comparisons "
+                            f"need a ratio within {COMPUTE_TOLERANCE * 100:g} %; declare an intended difference with "
+                            "--vary compute)")
+        vs = [k for k in between if differing[k][g.name] != differing[k][baseline]]
         extra = [k for k in vs if not is_declared(k)] if declared else (vs if len(vs) > 1 else [])
         if extra:
-            what = f"beyond the declared {', '.join(declared)}" if declared else "more than one setting"
+            what = f"settings beyond the declared {', '.join(declared)}" if declared else "more than one setting"
             warnings.append(f"{g.name!r} differs from the baseline {baseline!r} in {what}: {', '.join(extra)}; "
                             "the comparison confounds them")
         if not vs:
             warnings.append(f"{g.name!r} and the baseline {baseline!r} have the same configuration apart from "
-                            "seeds and cadence: any difference is between seeds only")
+                            "seeds, cadence and derived keys: any difference is between seeds only")
     seeds = {g.name: g.seeds for g in groups}
-    return {"keys": differing, "cadence": cadence, "replicate_key": REPLICATE_KEY, "seeds": seeds,
-            "declared": list(declared), "warnings": warnings}
+    return {"keys": differing, "derived": derived, "compute_matched": compute["matched"],
+            "steps_follow_compute": "steps" in differing and compute["matched"], "cadence": cadence,
+            "replicate_key": REPLICATE_KEY, "seeds": seeds, "declared": list(declared), "warnings": warnings}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -324,6 +423,20 @@ def _finite(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+CHECKPOINTS_DIFFER, NO_DIFFERENCE_SHOWN = "checkpoints differ", "no difference shown"
+ONE_SEED_NOTE = ("one seed per arm: the verdict compares these checkpoints, not the training methods; train >= 2 "
+                 "seeds per arm")
+
+
+def comparison_verdict(primary: dict, basis: str, *, direction: str, alpha: float) -> str:
+    """S.verdict, worded for what was tested: a method verdict only when it rests on the seeds (the replicates of
+    a training run); over problems alone it can only say whether these checkpoints differ."""
+    v = S.verdict(primary["ci_low"], primary["ci_high"], primary["p_holm"], direction=direction, alpha=alpha)
+    if basis == "seeds":
+        return v
+    return NO_DIFFERENCE_SHOWN if v == S.NO_DIFFERENCE else CHECKPOINTS_DIFFER
+
+
 def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction: str, *, baseline: str | None = None,
             confidence: float = 0.95, n_boot: int = 2000, n_perm: int = 10000, seed: int = 0,
             alpha: float | None = None) -> dict:
@@ -334,6 +447,7 @@ def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction
     if baseline not in names:
         raise InputError(f"--baseline {baseline!r} is not one of the compared names: {', '.join(names)}")
     by_name = {g.name: g for g in groups}
+    compute = compute_summary(groups, baseline)
 
     runs_out = []
     for g in groups:
@@ -341,7 +455,8 @@ def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction
             mean, lo, hi = S.bootstrap_mean_ci(errors[r.name][metric], confidence=confidence, n_boot=n_boot,
                                                seed=seed)
             runs_out.append({"name": r.name, "group": g.name, "path": str(r.path), "sha256": r.sha256,
-                             "step": r.ckpt.step, "seed": r.seed, "mean": mean, "ci_low": lo, "ci_high": hi})
+                             "step": r.ckpt.step, "seed": r.seed, "compute_flops": r.compute_flops, "mean": mean,
+                             "ci_low": lo, "ci_high": hi})
 
     group_err = {g.name: np.mean([errors[r.name][metric] for r in g.runs], axis=0) for g in groups}
     seed_means = {g.name: {r.seed: float(errors[r.name][metric].mean()) for r in g.runs} for g in groups}
@@ -352,7 +467,7 @@ def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction
         sm, ssd = S.mean_sd(per_seed)
         groups_out.append({"name": g.name, "runs": [r.name for r in g.runs], "seeds": g.seeds,
                            "n_seeds": len(g.runs), "per_seed": per_seed, "seed_mean": sm, "seed_sd": ssd,
-                           "mean": mean, "ci_low": lo, "ci_high": hi})
+                           "mean": mean, "ci_low": lo, "ci_high": hi, **compute["groups"][g.name]})
 
     comps = []
     for g in groups:
@@ -377,15 +492,18 @@ def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction
     adjusted = S.holm([c["primary"]["p"] for c in comps])
     for c, p_adj in zip(comps, adjusted):
         c["primary"]["p_holm"] = p_adj
-        c["verdict"] = S.verdict(c["primary"]["ci_low"], c["primary"]["ci_high"], p_adj, direction=direction,
-                                 alpha=alpha)
+        c["verdict"] = comparison_verdict(c["primary"], c["basis"], direction=direction, alpha=alpha)
     notes = []
-    if any(c["basis"] == "problems" for c in comps):
-        notes.append("with one seed per arm the test is over problems only: it says whether these checkpoints "
-                     "differ, not whether the training method does (train several seeds: --seeds)")
+    if any(len(by_name[c["variant"]].runs) == 1 or len(by_name[baseline].runs) == 1 for c in comps):
+        notes.append(ONE_SEED_NOTE)
     small = [g.name for g in groups if 1 < len(g.runs) < 5]
     if small:
         notes.append(f"fewer than 5 seeds in {', '.join(small)}: the across-seed test has little power")
+    unknown = compute["unknown_runs"]
+    if unknown:
+        which = "every run" if len(unknown) == len(runs_out) else ", ".join(unknown)
+        notes.append(f"compute is unknown for {which}: no {COMPUTE_META} in the checkpoint (written before "
+                     "ebmtool recorded training FLOPs), so matched compute cannot be checked")
     return {"metric": metric, "direction": direction, "baseline": baseline, "confidence": confidence,
             "alpha": alpha, "bootstrap": n_boot, "permutations": n_perm, "seed": seed,
             "tests": {"problems": S.PRIMARY_TEST, "problems_secondary": S.SECONDARY_TEST,
@@ -468,19 +586,38 @@ def _p(p) -> str:
     return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
 
 
+def _flops(v) -> str:
+    """FLOPs in three significant digits, compactly: 31000000000000.0 -> '3.10e13'."""
+    if v is None:
+        return "n/a"
+    mantissa, exponent = f"{v:.2e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _ratio(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def summary_lines(report: dict) -> dict[str, list[list[str]]]:
     """Rows of the three tables (config diff, per group, per comparison), shared by text and markdown."""
     pct = f"{round(report['confidence'] * 100)}%"
     cd = report["config_diff"]
     names = [g["name"] for g in report["groups"]]
-    diff_rows = [[k] + [v[n] for n in names] for k, v in cd["keys"].items()]
+
+    def label(k):
+        if k in cd["derived"]:
+            return f"{k} (derived)"
+        return f"{k} (follows matched compute)" if k == "steps" and cd["steps_follow_compute"] else k
+
+    diff_rows = [[label(k)] + [v[n] for n in names] for k, v in cd["keys"].items()]
     diff_rows += [[f"{k} (cadence only)"] + [v[n] for n in names] for k, v in cd["cadence"].items()]
     diff_rows.append(["seed (replicates)"] + [", ".join(map(str, cd["seeds"][n])) for n in names])
     group_rows = []
     for g in report["groups"]:
         spread = f"{_g(g['seed_mean'])} ± {_g(g['seed_sd'], 2)}" if g["n_seeds"] > 1 else "-"
         group_rows.append([g["name"] + (" (baseline)" if g["name"] == report["baseline"] else ""),
-                           str(g["n_seeds"]), _g(g["mean"]), _ci(g["ci_low"], g["ci_high"]), spread])
+                           str(g["n_seeds"]), _flops(g["compute_flops_mean"]), _ratio(g["compute_ratio"]),
+                           _g(g["mean"]), _ci(g["ci_low"], g["ci_high"]), spread])
     comp_rows, verdict_rows = [], []
     for c in report["comparisons"]:
         pr, pm = c["problems"], c["primary"]
@@ -494,8 +631,8 @@ def summary_lines(report: dict) -> dict[str, list[list[str]]]:
                              _p(pm["p_holm"]), c["verdict"].upper()])
     return {"diff": diff_rows, "diff_header": ["config key"] + names,
             "groups": group_rows,
-            "groups_header": ["arm", "seeds", f"{report['metric']} (mean)", f"{pct} CI (problems)",
-                              "per-seed mean ± SD"],
+            "groups_header": ["arm", "seeds", "compute", "x base", f"{report['metric']} (mean)",
+                              f"{pct} CI (problems)", "per-seed mean ± SD"],
             "comps": comp_rows,
             "comps_header": ["paired over problems", "mean diff", f"{pct} CI", "relative", "p sign-flip",
                              "p Wilcoxon", "d_z", "better/worse/tied"],
@@ -526,12 +663,13 @@ def format_markdown(report: dict) -> str:
     out += [f"Differences are variant − baseline. Problem-level test: {report['tests']['problems']} (Wilcoxon "
             f"signed-rank shown as a check). Across seeds: {report['tests']['seeds_paired']}, or "
             f"{report['tests']['seeds_unpaired']}. {report['tests']['correction']}. Bootstrap: "
-            f"{report['bootstrap']} resamples, seed {report['seed']}; alpha {report['alpha']:.3g}.", "",
+            f"{report['bootstrap']} resamples, seed {report['seed']}; alpha {report['alpha']:.3g}. Compute is "
+            "training FLOPs (mean over the arm's runs); x base is its ratio to the baseline arm's.", "",
             "Trivial predictors: " + ", ".join(f"{k} {_g(v)}" for k, v in report["trivial_baselines"].items()),
             "", "## Runs", "",
-            _md_table([[r["name"], r["path"], str(r["step"]), str(r["seed"]), _g(r["mean"]),
-                        _ci(r["ci_low"], r["ci_high"]), r["sha256"][:12]] for r in report["runs"]],
-                      ["run", "checkpoint", "step", "seed", report["metric"], "CI", "sha256"])]
+            _md_table([[r["name"], r["path"], str(r["step"]), str(r["seed"]), _flops(r["compute_flops"]),
+                        _g(r["mean"]), _ci(r["ci_low"], r["ci_high"]), r["sha256"][:12]] for r in report["runs"]],
+                      ["run", "checkpoint", "step", "seed", "compute", report["metric"], "CI", "sha256"])]
     if report["energies"]:
         out += ["", "Energies of positives and IRED negatives (same t and noise for every model):", "",
                 _md_table([[k, _g(v["mean_e_pos"]), _g(v["mean_e_neg"]), _g(v["p_hard"], 3)]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ebmtool.artifacts import sha256_file
+from ebmtool.artifacts import load_checkpoint, save_checkpoint, sha256_file
 from ebmtool.cli import cli
 from ebmtool.train import RunState, TrainConfig, TrainingData, prepare, train
 
@@ -26,6 +26,13 @@ def untrained(out, seed, **over):
     out.mkdir(parents=True)
     st.save(out / "ckpt.safetensors")
     return out / "ckpt.safetensors"
+
+
+def with_compute(path, flops):
+    """Rewrite a checkpoint with training FLOPs in its metadata, as the training code records them."""
+    ck = load_checkpoint(path)
+    save_checkpoint(path, ck.tensors, {**ck.meta, "ebmtool.compute_flops": json.dumps(flops)})
+    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,7 +68,7 @@ def test_identical_models_no_difference_and_outputs(runner, ckpts, tmp_path):
     res = invoke(runner, [str(a), str(a), "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
                           "--plot", str(tmp_path / "figs")])
     assert res.exit_code == 0, res.output
-    assert "NO DETECTABLE DIFFERENCE" in res.stdout
+    assert "NO DIFFERENCE SHOWN" in res.stdout  # one seed per arm: a statement about checkpoints
     assert "compare a model with itself" in res.stdout
     rep = json.loads((tmp_path / "r.json").read_text())
     c = rep["comparisons"][0]
@@ -87,7 +94,9 @@ def test_groups_config_diff_and_seed_test(runner, ckpts, tmp_path):
     out = res.stdout
     assert "supervise_energy" in out and "trained_steps" in out  # the differing keys are named
     assert "seed (replicates)" in out
-    assert "differ in more than the seed: steps, trained_steps" in out  # seed-0 trained 2 steps, seed-1 none
+    # seed-0 trained 2 steps, seed-1 none: steps is a difference, trained_steps follows from it
+    assert "the replicates of 'var' differ in more than the seed: steps\n" in out
+    assert "trained_steps (derived)" in out
     assert "varies: 1, 2" in out and "var - base" in out
     rep = json.loads((tmp_path / "g.json").read_text())
     assert rep["comparisons"][0]["seeds"]["test"].startswith("paired t-test")
@@ -138,6 +147,44 @@ def test_train_seeds_writes_one_run_per_seed(runner, tmp_path):
 def test_help(runner):
     res = runner.invoke(cli, ["compare", "--help"])
     assert res.exit_code == 0 and "--group" in res.output and "NAME=PATHS" in res.output
+    words = " ".join(res.output.split())
+    assert "--vary compute declares an intended difference in training compute" in words
+    assert 'With one seed in an arm the verdict compares checkpoints ("checkpoints differ" or "no difference shown")' \
+        in words
+
+
+def test_compute_columns_warning_and_vary_compute(runner, tmp_path):
+    """Arms at 3.1e13 and 1.09e14 FLOPs, and an arm of older checkpoints without compute."""
+    for s in (0, 1):
+        with_compute(untrained(tmp_path / "base" / f"seed-{s}", s), 3.1e13)
+        with_compute(untrained(tmp_path / "anm4" / f"seed-{s}", s, negatives="anm", steps=2), 1.09e14)
+        untrained(tmp_path / "old" / f"seed-{s}", s, negatives="anm")
+    args = [f"--group=base={tmp_path}/base/seed-*", f"--group=anm4={tmp_path}/anm4/seed-*",
+            f"--group=old={tmp_path}/old/seed-*", "--vary", "negatives", "--vary", "steps"]
+    res = invoke(runner, [*args, "--json", str(tmp_path / "c.json"), "--markdown", str(tmp_path / "c.md")])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    top = next(i for i, ln in enumerate(lines) if ln.startswith("arm "))
+    assert lines[top].split()[:5] == ["arm", "seeds", "compute", "x", "base"]
+    arm_rows = [ln.replace("base (baseline)", "base(baseline)").split()[:4] for ln in lines[top + 2:top + 5]]
+    assert arm_rows == [["base(baseline)", "2", "3.10e13", "1.00"], ["anm4", "2", "1.09e14", "3.52"],
+                        ["old", "2", "n/a", "n/a"]]
+    assert ("WARNING: arm anm4 used 3.52x the baseline's compute (matched-compute comparisons need a ratio within "
+            "10 %; declare an intended difference with --vary compute)") in lines
+    assert ("note: compute is unknown for old/seed-0, old/seed-1: no ebmtool.compute_flops in the checkpoint "
+            "(written before ebmtool recorded training FLOPs), so matched compute cannot be checked") in lines
+    assert not any(ln.startswith("WARNING") and "anm_" in ln for ln in lines)  # anm's defaults are no confound
+    rep = json.loads((tmp_path / "c.json").read_text())
+    by = {g["name"]: g for g in rep["groups"]}
+    assert by["base"]["compute_flops"] == [3.1e13, 3.1e13] and by["base"]["compute_ratio"] == 1.0
+    assert by["anm4"]["compute_flops_mean"] == 1.09e14 and by["anm4"]["compute_ratio"] == pytest.approx(3.516129)
+    assert by["old"]["compute_flops"] == [None, None] and by["old"]["compute_ratio"] is None
+    assert [r["compute_flops"] for r in rep["runs"]][:2] == [3.1e13, 3.1e13]
+    md = (tmp_path / "c.md").read_text()
+    assert "| anm4 | 2 | 1.09e14 | 3.52 |" in md and "| old | 2 | n/a | n/a |" in md
+    res = invoke(runner, [*args, "--vary", "compute"])
+    assert res.exit_code == 0, res.output
+    assert not any(ln.startswith("WARNING") for ln in res.stdout.splitlines())
 
 
 def test_harder_split_and_user_data(runner, ckpts, tmp_path):

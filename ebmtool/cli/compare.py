@@ -35,7 +35,11 @@ def _parse_group(ctx, param, values):
               "directory name) [the first].")
 @click.option("--vary", "declared", multiple=True, metavar="KEY",
               help="The configuration key(s) the comparison is about (glob patterns allowed, e.g. 'anm_*'); any "
-              "other differing key is warned about [without it: a warning when more than one key differs].")
+              "other differing key is warned about [without it: a warning when more than one key differs]. Keys "
+              "that follow from others (trained_steps, curriculum_total, checksums) and unset defaults of a used "
+              "negative source are never warned about. --vary compute declares an intended difference in "
+              "training compute; without it an arm whose FLOPs differ from the baseline's by more than 10 % is "
+              "warned about.")
 @click.option("-n", "--n", "n", type=click.IntRange(min=2), default=1024, show_default=True,
               help="Number of held-out problems (the task's fixed, seeded test split).")
 @click.option("--harder", is_flag=True, help="The out-of-distribution test split of the task.")
@@ -70,6 +74,9 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
     Holm-corrected verdicts and, for arms of several seeds, the across-seed test.
 
     The first checkpoint or group is the baseline (or --baseline). Never trains and never changes a checkpoint.
+    Each arm's training compute (FLOPs recorded in the checkpoint) is shown with its ratio to the baseline's.
+    With one seed in an arm the verdict compares checkpoints ("checkpoints differ" or "no difference shown"),
+    not training methods: train >= 2 seeds per arm for "better" or "worse".
 
     \b
     Examples:
@@ -142,7 +149,8 @@ def format_text(report: dict) -> str:
                f"bootstrap {report['bootstrap']} resamples, seed {report['seed']}; alpha {report['alpha']:.3g}")
     out.append(f"tests: problems = {report['tests']['problems']}; seeds = paired t by seed (Welch if the seeds "
                "differ); one Holm correction; verdict 'better' only if the whole interval is on the better side "
-               "and the Holm p < alpha")
+               "and the Holm p < alpha, and only across seeds (one seed: 'checkpoints differ')")
+    out.append("compute = training FLOPs (mean over the arm's runs); x base = over the baseline arm's")
     out.append("trivial predictors: " + ", ".join(f"{k} {_g(v)}" for k, v in report["trivial_baselines"].items()))
     for note in report["notes"]:
         out.append(f"note: {note}")
