@@ -10,7 +10,7 @@ PIP_EXTRA  ?=
 BIN        := $(VENV)/bin
 DEMO_DIR   ?= runs/demo
 
-.PHONY: install demo test bench pipeline clean
+.PHONY: install demo test bench pipeline study clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: install
 
 pipeline: install
 	$(MAKE) -C examples
+
+# TASKS x ARMS x SEEDS at matched compute, compared and reported (studies/Makefile; `make -j 2 study`)
+study: install
+	$(MAKE) -f studies/Makefile study
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

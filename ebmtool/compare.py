@@ -50,6 +50,7 @@ DERIVED_KEYS = {
     "budget_flops": "the compute budget steps were derived from; compute is checked from the runs' FLOPs",
     "budget_of": "names the run whose compute the budget copies: provenance of budget_flops",
     "init_sha256": "checksum of the --init file, which `init` names",
+    "init_steps": "the steps the --init checkpoint had trained: shown so the diff gives total training",
     "offline_negatives_sha256": "checksum of the offline negatives file, which `offline_negatives` names",
     "offline_weights_sha256": "checksum of the offline weights file, which `offline_weights` names",
     "compute": "training compute, if a config stores it: checked on its own against COMPUTE_TOLERANCE",
@@ -194,11 +195,11 @@ def unset_defaults() -> dict:
     from ebmtool.negatives import NegativeSettings
 
     neg = NegativeSettings()
-    sans = TrainConfig(sans=True).validate()
+    sans = TrainConfig(sans=True, k=2).validate()
     return {**{n: getattr(neg, n) for fields in SOURCE_FIELDS.values() for n in fields},
             "alpha": sans.alpha, "alpha_schedule": sans.alpha_schedule, "sans_loss": sans.sans_loss,
-            "alpha_floor": TrainConfig(sans=True, alpha_schedule="linear").validate().alpha_floor,
-            "margin": TrainConfig(sans=True, sans_loss="logistic").validate().margin,
+            "alpha_floor": TrainConfig(sans=True, k=2, alpha_schedule="linear").validate().alpha_floor,
+            "margin": TrainConfig(sans=True, k=2, sans_loss="logistic").validate().margin,
             "offline_fraction": TrainConfig(offline_negatives="-").validate().offline_fraction}
 
 
