@@ -1,17 +1,9 @@
 """Helpers shared by the benchmarks: timing, machine description, the matmul limit of this machine, the FLOP
 rule of the energy network, training-step setup, peak memory and a linear fit.
 
-FLOP rule (stated, not measured; `flop_rule`, cross-checked against torch.profiler's matmul count in
-tests/test_bench_common.py). Only matrix products are counted. For the MLP energy, F = 2 * (weights of the Linear
-layers that run on every row: fc1..fc4) per row; the time MLP and FiLM layers run once per distinct level in a
-call (at most 10 rows, under 1% of a call at batch >= 256) and are left out. F1 = 2 * (fc1's weights). Per row:
-    forward-only call (scoring, the last descent step)           F
-    call with an input gradient (descent steps, the sampler)     2F   (forward + the input-only backward; autograd
-                                                                       computes no weight gradients for it)
-    training's scoring call (forward, then backward to weights)  3F - F1  (fc1's input needs no gradient)
-    training's denoising call (input gradient with create_graph,
-        then the parameter backward through it: double backward)  6F
-Rows of each kind come from the model's call counter (`rows`, `grad_rows`), never from a formula.
+FLOP rule: the library's (`ebmtool.compute`, which states it and which the training loop uses to count every
+run's compute), on the rows the model's counter saw; cross-checked against torch.profiler's matmul count in
+tests/test_bench_common.py.
 """
 
 from __future__ import annotations
@@ -23,6 +15,8 @@ import statistics
 import time
 
 import torch
+
+from ebmtool.compute import counted_flops as library_counted_flops, flop_rule  # noqa: F401 (re-exported)
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "aten::_convolution")
 
@@ -68,25 +62,10 @@ def matmul_flops(m: int, k: int, n: int, repeats: int = 10, device="cpu", dtype=
 
 # ------------------------------------------------------------------------------------------------ FLOP rule
 
-def forward_flops_per_row(model) -> float:
-    """2 * (weights of every Linear layer): the forward FLOPs of a network that runs all its Linears per row."""
-    return 2.0 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-
-
-def flop_rule(model) -> dict:
-    """F (forward FLOPs per row of the per-row Linears fc1..fc4) and F1 (fc1's share); see the module docstring."""
-    per_row = [model.fc1, model.fc2, model.fc3, model.fc4]
-    return {"F": 2.0 * sum(m.weight.numel() for m in per_row), "F1": 2.0 * model.fc1.weight.numel()}
-
-
 def counted_flops(rule: dict, counter, *, denoise_rows: int = 0, train_score_rows: int = 0) -> float:
-    """FLOPs of the work the counter saw, by the rule: `denoise_rows` of its input-gradient rows are training's
-    denoising call (6F) and `train_score_rows` of its forward-only rows are training's scoring call (3F - F1)."""
-    f, f1 = rule["F"], rule["F1"]
-    grad_rows = counter.grad_rows - denoise_rows
-    fwd_rows = counter.rows - counter.grad_rows - train_score_rows
-    assert grad_rows >= 0 and fwd_rows >= 0, "counter rows do not fit the stated call kinds"
-    return 6 * f * denoise_rows + 2 * f * grad_rows + f * fwd_rows + (3 * f - f1) * train_score_rows
+    """FLOPs of the work `counter` saw, by the library's rule (ebmtool.compute.counted_flops)."""
+    return library_counted_flops(rule, counter.rows, counter.grad_rows, denoise_rows=denoise_rows,
+                                 train_score_rows=train_score_rows)
 
 
 def profiled_matmul_flops(fn) -> float:

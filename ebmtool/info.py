@@ -9,8 +9,10 @@ import h5py
 import numpy as np
 
 from ebmtool.artifacts import artifact_kind, load_checkpoint, open_h5, read_provenance, sha256_file, sniff
+from ebmtool.compute import format_flops
 from ebmtool.evaluate import checkpoint_model
 from ebmtool.models import parameter_count
+from ebmtool.train import checkpoint_compute
 
 
 def describe(path: Path) -> dict:
@@ -46,6 +48,7 @@ def _describe_checkpoint(path: Path) -> dict:
         "ebmtool_version": ck.meta.get("ebmtool.version"),
         "format_version": int(ck.meta.get("ebmtool.format_version", "0")),
         "git_commit": ck.meta.get("ebmtool.git_commit"), "git_dirty_hash": ck.meta.get("ebmtool.git_dirty_hash"),
+        "compute_flops": checkpoint_compute(ck),
         "config": ck.config, "tensor_groups": groups,
     }
 
@@ -157,7 +160,14 @@ def _source_alarms(g) -> list[str]:
     dup = _finite(g, "dup_fraction")
     if len(dup) and dup.mean() > 0.5:
         alarms.append(f"{dup.mean():.0%} of its candidates were near-duplicates")
+    acc = _finite(g, "accept_fraction")
+    if len(acc) and acc.mean() < ACCEPT_ALARM:
+        alarms.append(f"only {acc.mean():.1%} of its descent steps were accepted: its negatives barely move from "
+                      "where they start (smaller step size?)")
     return alarms
+
+
+ACCEPT_ALARM = 0.05  # mean accepted fraction of a refining source's descent steps below which info raises an alarm
 
 
 def format_description(d: dict) -> str:
@@ -165,6 +175,7 @@ def format_description(d: dict) -> str:
     if d["kind"] == "checkpoint":
         m = d["model"]
         lines += [f"task      {d['task']}", f"step      {d['step']}", f"seed      {d['seed']}",
+                  f"compute   {format_flops(d['compute_flops'])} FLOPs (training, inherited included)",
                   f"model     {m['arch']} x_dim={m['x_dim']} y_dim={m['y_dim']} width={m['width']} "
                   f"({m['parameters']:,} parameters)",
                   f"data      {d['data_fingerprint']}", f"sha256    {d['sha256']}",

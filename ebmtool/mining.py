@@ -540,6 +540,11 @@ class OfflineNegatives:
         n = len(data.train)
         index = a["index"].astype(np.int64)
         in_range = (index >= 0) & (index < n)
+        differ = ~(a["positives"][in_range] == data.train.y[index[in_range]]).all(axis=1)
+        if differ.any():  # negatives are defined by their positive: no --force makes other problems' fit
+            raise InputError(f"{path}: the positives stored with {int(differ.sum())} of its {int(in_range.sum())} rows "
+                             "differ from this run's training problems at the same index, so its negatives belong "
+                             "to other problems (mine them on this run's training set)")
         file_row = np.full(n, -1, dtype=np.int64)
         file_row[index[in_range]] = np.nonzero(in_range)[0]
         return cls(torch.from_numpy(a["negatives"]), torch.from_numpy(a["valid"].astype(bool)), weights, file_row)

@@ -64,10 +64,10 @@ def _interrupt_at(out, step: int, signum) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-CASES = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+CASES = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138), (signal.SIGUSR2, 140)]
 
 
-@pytest.mark.parametrize("signum,code", CASES, ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum,code", CASES, ids=["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"])
 def test_interrupt_then_resume_equals_uninterrupted(signum, code, uninterrupted, tmp_path, runner):
     step = random.Random(int(signum)).randrange(2, 30)  # a random step, reproducible
     out = tmp_path / "run"
