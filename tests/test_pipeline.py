@@ -22,8 +22,14 @@ def test_makefile_pipeline(tmp_path):
                        env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in ("base/ckpt.safetensors", "negs.h5", "scores.h5", "weights.h5", "refined/ckpt.safetensors",
-                 "compare.txt"):
+                 "control/ckpt.safetensors", "compare.txt"):
         assert (tmp_path / name).exists(), name
-    assert "refined" in (tmp_path / "compare.txt").read_text()
+    text = (tmp_path / "compare.txt").read_text()
+    assert "control (baseline)" in text and "refined" in text  # refined is compared with its control
+    from ebmtool.artifacts import load_checkpoint
+
+    control, refined = (load_checkpoint(tmp_path / n / "ckpt.safetensors") for n in ("control", "refined"))
+    assert control.config["init_steps"] == refined.config["init_steps"] == 2 and control.step == refined.step
+    assert control.config["k"] == refined.config["k"] == 2
     q = subprocess.run(["make", "-q", "-C", str(ROOT / "examples"), *tiny], capture_output=True, text=True)
     assert q.returncode == 0  # every target is a file: nothing left to do
