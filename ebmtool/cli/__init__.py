@@ -63,6 +63,6 @@ def main():
     cli(prog_name="ebmtool")
 
 
-from ebmtool.cli import compare, core, negatives  # noqa: E402,F401  (registers the commands)
+from ebmtool.cli import compare, core, negatives, study  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["cli", "main", "sys"]

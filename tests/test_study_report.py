@@ -1,0 +1,147 @@
+"""`ebmtool report` over a tiny real study: 2 arms (ired, gaussian negatives) x 2 seeds, real compare JSONs."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ebmtool.artifacts import provenance, write_h5
+from ebmtool.cli import cli
+from ebmtool.study import arm_order, num, seed_ci, tail_means, write_report
+from ebmtool.train import TrainConfig, train
+
+TINY = dict(task="inverse", size=4, width=32, time_dim=16, steps=20, train_size=256, batch_size=32, val_size=32,
+            log_every=2, eval_every=0, ckpt_every=0, device="cpu", lr=1e-3)
+ARMS = {"ired": {}, "gaussian": {"negatives": "gaussian"}}
+SEEDS = (0, 1)
+COMPARE_FAST = ["-n", "64", "--bootstrap", "200", "--permutations", "200", "--batch-size", "64", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """STUDY/inverse: every run and all four compares (the CLI's own --json/--markdown); STUDY/pending: one run,
+    no compare yet; arms.txt naming the arms."""
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("study")
+    task = root / "inverse"
+    for arm, over in ARMS.items():
+        for s in SEEDS:
+            train(TrainConfig(**{**TINY, "seed": s, **over}), task / arm / f"s{s}", log=lambda m: None)
+    runner = CliRunner()
+    for split in ("test", "harder"):
+        for w in ("model", "ema"):
+            args = ["compare", *COMPARE_FAST, "--weights", w, "--json", str(task / f"compare-{split}-{w}.json"),
+                    "--markdown", str(task / f"compare-{split}-{w}.md"), "--baseline", "ired"]
+            args += ["--harder"] * (split == "harder")
+            for arm in ARMS:
+                args += ["--group", f"{arm}=" + ",".join(str(task / arm / f"s{s}") for s in SEEDS)]
+            res = runner.invoke(cli, args, catch_exceptions=False)
+            assert res.exit_code == 0, res.output
+    figs = task / "figures-test-model"
+    figs.mkdir()
+    (figs / "training-curves.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # only its name is linked; plotting is slow
+    shutil.copytree(task / "ired" / "s0", root / "pending" / "ired" / "s0")
+    (root / "arms.txt").write_text("gaussian: --negatives-from gaussian\nired: \n")
+    return root
+
+
+def compare_json(study, split, weights):
+    return json.loads((study / "inverse" / f"compare-{split}-{weights}.json").read_text())
+
+
+def test_rows_hold_the_compare_json_numbers(study):
+    text = write_report(study).read_text()
+    lines = text.splitlines()
+    for split in ("test", "harder"):
+        rep, ema = compare_json(study, split, "model"), compare_json(study, split, "ema")
+        ema_means = {g["name"]: g["mean"] for g in ema["groups"]}
+        comps = {c["variant"]: c for c in rep["comparisons"]}
+        for g in rep["groups"]:
+            label = g["name"] + (" (baseline)" if g["name"] == rep["baseline"] else "")
+            lo, hi = seed_ci(g["per_seed"], rep["confidence"])
+            head = f"| {label} | 2 (0, 1) | {num(g['mean'])} | [{num(lo)}, {num(hi)}] |"
+            row = [ln for ln in lines if ln.startswith(head)]
+            assert len(row) == 1, (head, text)
+            assert row[0].endswith(f"| {num(ema_means[g['name']])} |")
+            if g["name"] in comps:
+                pm = comps[g["name"]]["primary"]
+                assert f"| {num(pm['mean_diff'])} | [{num(pm['ci_low'])}, {num(pm['ci_high'])}] |" in row[0]
+                assert row[0].count(comps[g["name"]]["verdict"]) == 1
+    # the answer line: differences of both splits, each with its interval, seeds and the compute ratio
+    pm = {s: compare_json(study, s, "model")["comparisons"][0]["primary"] for s in ("test", "harder")}
+    (answer,) = [ln for ln in lines if ln.startswith("- gaussian: mean diff")]
+    t, h = pm["test"], pm["harder"]
+    assert (f"{num(t['mean_diff'])} [{num(t['ci_low'])}, {num(t['ci_high'])}] on test, "
+            f"{num(h['mean_diff'])} [{num(h['ci_low'])}, {num(h['ci_high'])}] on harder") in answer
+    assert "2 vs 2 seeds" in answer and "compute ratio n/a" in answer
+    assert "Verdicts, intervals and p-values use the **raw (model) weights**" in text
+    assert "beta 0.995 every 10 steps" in text
+    assert text == write_report(study).read_text()  # deterministic
+
+
+def test_trivial_predictors_sentence(study):
+    text = write_report(study).read_text()
+    for split in ("test", "harder"):
+        rep = compare_json(study, split, "model")
+        base = next(g["mean"] for g in rep["groups"] if g["name"] == "ired")
+        losers = sorted(k for k, v in rep["trivial_baselines"].items() if not base < v)
+        verb = "beats every trivial predictor" if not losers else f"does not beat {', '.join(losers)}"
+        assert f"Baseline ired with raw (model) weights: mse {num(base)} {verb}." in text
+        bold = f"**The comparison on inverse ({split}) is uninformative: the baseline does not beat every trivial " \
+               "predictor.**"
+        assert (bold in text) == bool(losers)
+
+
+def test_diagnostics_costs_links_and_unfinished(study):
+    text = write_report(study).read_text()
+    assert ("| arm | runs | loss_denoise | loss_energy | p_hard | margin | norm_ratio | grad_share_energy | "
+            "dup_fraction |") in text
+    assert "| arm | runs | steps (mean) | compute FLOPs (mean) | compute / ired | wall s per run (mean) |" in text
+    assert "| gaussian | 2 | 20 | n/a | n/a |" in text  # no compute recorded by this ebmtool: n/a, never 0
+    assert "- pending: not finished (no compare JSON; 1 run exists)" in text
+    assert "[compare-harder-ema.md](inverse/compare-harder-ema.md)" in text
+    assert "[training-curves.png](inverse/figures-test-model/training-curves.png)" in text
+    assert "| gaussian | `--negatives-from gaussian` |" in text
+    assert "derived from file times" in text
+    # baseline first, then arms.txt order
+    assert text.index("| ired (baseline) |") < text.index("| gaussian | 2 (0, 1) |")
+
+
+def test_tail_means_reads_source_columns(tmp_path):
+    rows = 20
+    data = {"step": np.arange(rows, dtype=np.int64), "p_hard": np.linspace(0, 1, rows),
+            "margin": np.full(rows, np.nan), "wall_time": np.arange(rows, dtype=np.float64),
+            "source/anm/accept_fraction": np.r_[np.zeros(rows - 2), 0.5, 1.0],
+            "source/anm/p_hard": np.ones(rows)}
+    path = tmp_path / "metrics.h5"
+    write_h5(path, "metrics", data, {}, provenance("train"))
+    diag, wall = tail_means(path)
+    assert diag["p_hard"] == pytest.approx(np.linspace(0, 1, rows)[-2:].mean())
+    assert diag["source/anm/accept_fraction"] == 0.75 and np.isnan(diag["margin"])
+    assert "loss_energy" not in diag and "source/anm/p_hard" not in diag and wall == rows - 1
+
+
+def test_arm_order():
+    assert arm_order({"b", "ired", "a", "c"}, "ired", ["c", "x", "a"]) == ["ired", "c", "a", "b"]
+    assert arm_order({"b", "ired", "a"}, "ired", []) == ["ired", "a", "b"]
+
+
+def test_cli(runner, study, tmp_path):
+    res = runner.invoke(cli, ["report", str(study)])
+    assert res.exit_code == 0 and res.stdout == f"wrote {study / 'REPORT.md'}\n"
+    res = runner.invoke(cli, ["report", str(study), "--verdict-weights", "ema"])
+    assert res.exit_code == 0 and "use the **EMA weights**" in (study / "REPORT.md").read_text()
+    res = runner.invoke(cli, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2
+    assert res.output.strip() == f"Error: {tmp_path / 'nope'}: no such study directory"
