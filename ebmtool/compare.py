@@ -569,7 +569,7 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
 
 # ------------------------------------------------------------------------------------------------ formatting
 
-def _g(v, digits=4) -> str:
+def fmt_number(v, digits=4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if isinstance(v, float):
@@ -578,10 +578,10 @@ def _g(v, digits=4) -> str:
 
 
 def _ci(lo, hi) -> str:
-    return f"[{_g(lo)}, {_g(hi)}]"
+    return f"[{fmt_number(lo)}, {fmt_number(hi)}]"
 
 
-def _p(p) -> str:
+def fmt_p(p) -> str:
     if p is None or not math.isfinite(p):
         return "n/a"
     return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
@@ -615,21 +615,21 @@ def summary_lines(report: dict) -> dict[str, list[list[str]]]:
     diff_rows.append(["seed (replicates)"] + [", ".join(map(str, cd["seeds"][n])) for n in names])
     group_rows = []
     for g in report["groups"]:
-        spread = f"{_g(g['seed_mean'])} ± {_g(g['seed_sd'], 2)}" if g["n_seeds"] > 1 else "-"
+        spread = f"{fmt_number(g['seed_mean'])} ± {fmt_number(g['seed_sd'], 2)}" if g["n_seeds"] > 1 else "-"
         group_rows.append([g["name"] + (" (baseline)" if g["name"] == report["baseline"] else ""),
                            str(g["n_seeds"]), _flops(g["compute_flops_mean"]), _ratio(g["compute_ratio"]),
-                           _g(g["mean"]), _ci(g["ci_low"], g["ci_high"]), spread])
+                           fmt_number(g["mean"]), _ci(g["ci_low"], g["ci_high"]), spread])
     comp_rows, verdict_rows = [], []
     for c in report["comparisons"]:
         pr, pm = c["problems"], c["primary"]
         label = f"{c['variant']} - {c['baseline']}"
-        comp_rows.append([label, _g(pr["mean_diff"]), _ci(pr["ci_low"], pr["ci_high"]), _g(pr["relative_diff"], 3),
-                          _p(pr["p"]), _p(pr["p_wilcoxon"]), _g(pr["d_z"], 3),
+        comp_rows.append([label, fmt_number(pr["mean_diff"]), _ci(pr["ci_low"], pr["ci_high"]), fmt_number(pr["relative_diff"], 3),
+                          fmt_p(pr["p"]), fmt_p(pr["p_wilcoxon"]), fmt_number(pr["d_z"], 3),
                           f"{pr['n_variant_better']}/{pr['n_variant_worse']}/{pr['n_tied']}"])
         basis = "seeds (paired t)" if pm["test"] == S.SEED_TEST_PAIRED else \
             "seeds (Welch t)" if pm["test"] == S.SEED_TEST_WELCH else "problems (sign-flip)"
-        verdict_rows.append([label, basis, _g(pm["mean_diff"]), _ci(pm["ci_low"], pm["ci_high"]), _p(pm["p"]),
-                             _p(pm["p_holm"]), c["verdict"].upper()])
+        verdict_rows.append([label, basis, fmt_number(pm["mean_diff"]), _ci(pm["ci_low"], pm["ci_high"]), fmt_p(pm["p"]),
+                             fmt_p(pm["p_holm"]), c["verdict"].upper()])
     return {"diff": diff_rows, "diff_header": ["config key"] + names,
             "groups": group_rows,
             "groups_header": ["arm", "seeds", "compute", "x base", f"{report['metric']} (mean)",
@@ -641,7 +641,7 @@ def summary_lines(report: dict) -> dict[str, list[list[str]]]:
             "verdicts_header": ["variant - baseline", "basis", "mean diff", f"{pct} CI", "p", "p Holm", "verdict"]}
 
 
-def _md_table(rows, header) -> str:
+def md_table(rows, header) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -656,24 +656,24 @@ def format_markdown(report: dict) -> str:
            f"{report['n_problems']} held-out problems ({where}, {desc.get('split', '')}"
            f"{', harder' if desc.get('harder') else ''}; fingerprint `{desc.get('fingerprint', '')[:12]}`), "
            f"{report['weights']} weights. Baseline: **{report['baseline']}**.", "",
-           "## Configuration differences", "", _md_table(rows["diff"], rows["diff_header"]), "",
-           "## Results", "", _md_table(rows["groups"], rows["groups_header"]), ""]
+           "## Configuration differences", "", md_table(rows["diff"], rows["diff_header"]), "",
+           "## Results", "", md_table(rows["groups"], rows["groups_header"]), ""]
     if rows["comps"]:
-        out += [_md_table(rows["comps"], rows["comps_header"]), "", _md_table(rows["verdicts"], rows["verdicts_header"]),
+        out += [md_table(rows["comps"], rows["comps_header"]), "", md_table(rows["verdicts"], rows["verdicts_header"]),
                 ""]
     out += [f"Differences are variant − baseline. Problem-level test: {report['tests']['problems']} (Wilcoxon "
             f"signed-rank shown as a check). Across seeds: {report['tests']['seeds_paired']}, or "
             f"{report['tests']['seeds_unpaired']}. {report['tests']['correction']}. Bootstrap: "
             f"{report['bootstrap']} resamples, seed {report['seed']}; alpha {report['alpha']:.3g}. Compute is "
             "training FLOPs (mean over the arm's runs); x base is its ratio to the baseline arm's.", "",
-            "Trivial predictors: " + ", ".join(f"{k} {_g(v)}" for k, v in report["trivial_baselines"].items()),
+            "Trivial predictors: " + ", ".join(f"{k} {fmt_number(v)}" for k, v in report["trivial_baselines"].items()),
             "", "## Runs", "",
-            _md_table([[r["name"], r["path"], str(r["step"]), str(r["seed"]), _flops(r["compute_flops"]),
-                        _g(r["mean"]), _ci(r["ci_low"], r["ci_high"]), r["sha256"][:12]] for r in report["runs"]],
+            md_table([[r["name"], r["path"], str(r["step"]), str(r["seed"]), _flops(r["compute_flops"]),
+                        fmt_number(r["mean"]), _ci(r["ci_low"], r["ci_high"]), r["sha256"][:12]] for r in report["runs"]],
                       ["run", "checkpoint", "step", "seed", "compute", report["metric"], "CI", "sha256"])]
     if report["energies"]:
         out += ["", "Energies of positives and IRED negatives (same t and noise for every model):", "",
-                _md_table([[k, _g(v["mean_e_pos"]), _g(v["mean_e_neg"]), _g(v["p_hard"], 3)]
+                md_table([[k, fmt_number(v["mean_e_pos"]), fmt_number(v["mean_e_neg"]), fmt_number(v["p_hard"], 3)]
                            for k, v in report["energies"].items()], ["run", "mean E+", "mean E-", "p_hard"])]
     if report["notes"] or report["warnings"]:
         out += [""] + [f"- note: {n}" for n in report["notes"]] + [f"- **WARNING:** {w}" for w in report["warnings"]]

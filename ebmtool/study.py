@@ -24,7 +24,7 @@ import numpy as np
 from scipy import stats as _sps
 
 from ebmtool.artifacts import atomic_path, load_checkpoint, open_h5
-from ebmtool.compare import _g, _md_table, _p
+from ebmtool.compare import fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
 
 SPLITS = ("test", "harder")
@@ -40,7 +40,7 @@ WEIGHT_WORDS = {"model": "raw (model)", "ema": "EMA"}
 
 def num(v) -> str:
     """Every number of the report: 4 significant digits; None and non-finite values read 'n/a'."""
-    return _g(float(v) if isinstance(v, (float, np.floating)) else v)
+    return fmt_number(float(v) if isinstance(v, (float, np.floating)) else v)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -246,13 +246,13 @@ def results_table(rep: dict, other: dict | None, order: list[str], other_weights
             row += [MISSING] * 5
         else:
             pm = c["primary"]
-            row += [num(pm["mean_diff"]), _ci(pm["ci_low"], pm["ci_high"]), c["basis"], _p(pm["p_holm"]),
+            row += [num(pm["mean_diff"]), _ci(pm["ci_low"], pm["ci_high"]), c["basis"], fmt_p(pm["p_holm"]),
                     c["verdict"]]
         row.append(num(o["mean"]) if o else "n/a")
         rows.append(row)
     header = ["arm", "seeds", f"{metric} mean", f"{pct} CI (seeds)", f"diff vs {rep['baseline']}", f"{pct} CI",
               "basis", "p (Holm)", "verdict", f"{metric} mean, {WEIGHT_WORDS[other_weights]} weights"]
-    return _md_table(rows, header)
+    return md_table(rows, header)
 
 
 def trivial_winners(rep: dict) -> list[str]:
@@ -297,7 +297,7 @@ def diagnostics_table(runs: list[RunInfo], order: list[str]) -> str:
             finite = [v for v in vals if math.isfinite(v)]
             row.append(MISSING if not vals else num(float(np.mean(finite))) if finite else "n/a")
         rows.append(row)
-    return _md_table(rows, ["arm", "runs", *cols])
+    return md_table(rows, ["arm", "runs", *cols])
 
 
 def cost_table(costs: dict[str, dict], baseline: str, order: list[str]) -> str:
@@ -307,7 +307,7 @@ def cost_table(costs: dict[str, dict], baseline: str, order: list[str]) -> str:
         rows.append([arm, str(c["runs"]), num(c["steps"]), num(c["compute"]),
                      num(compute_ratio(costs, arm, baseline)), num(c["wall"]),
                      num(c["per_step"])])
-    return _md_table(rows, ["arm", "runs", "steps (mean)", "compute FLOPs (mean)", f"compute / {baseline}",
+    return md_table(rows, ["arm", "runs", "steps (mean)", "compute FLOPs (mean)", f"compute / {baseline}",
                             "wall s per run (mean)", "s per step (mean)"])
 
 
@@ -438,7 +438,7 @@ def format_report(study_dir: Path, *, weights_for_verdicts: str = "model") -> st
            f"undefined or not recorded and `{MISSING}` a column no run logged.", "",
            weights_statement(tasks, weights_for_verdicts), ""]
     if listed:
-        out += ["## Arms", "", _md_table([[a, f"`{flags}`" if flags else ""] for a, flags in listed.items()],
+        out += ["## Arms", "", md_table([[a, f"`{flags}`" if flags else ""] for a, flags in listed.items()],
                                          ["arm", "train flags"]), ""]
     unfinished = [t for t in tasks if not t.reports]
     if unfinished:

@@ -10,7 +10,19 @@ import torch
 from ebmtool.artifacts import provenance, write_h5
 from ebmtool.cli import cli
 from ebmtool.study import arm_order, num, seed_ci, tail_means, write_report
-from ebmtool.train import TrainConfig, train
+from ebmtool.train import TrainConfig, checkpoint_compute, train
+
+
+def _compute(study, arm, seed) -> float:
+    from ebmtool.artifacts import load_checkpoint
+
+    return checkpoint_compute(load_checkpoint(study / "inverse" / arm / f"s{seed}" / "ckpt.safetensors"))
+
+
+def _compute_ratio(study) -> float:
+    """gaussian's mean compute over ired's, from the checkpoints (the report's own reading is under test)."""
+    return float(np.mean([_compute(study, "gaussian", s) for s in (0, 1)]) /
+                 np.mean([_compute(study, "ired", s) for s in (0, 1)]))
 
 TINY = dict(task="inverse", size=4, width=32, time_dim=16, steps=20, train_size=256, batch_size=32, val_size=32,
             log_every=2, eval_every=0, ckpt_every=0, device="cpu", lr=1e-3)
@@ -84,7 +96,7 @@ def test_rows_hold_the_compare_json_numbers(study):
     t, h = pm["test"], pm["harder"]
     assert (f"{num(t['mean_diff'])} [{num(t['ci_low'])}, {num(t['ci_high'])}] on test, "
             f"{num(h['mean_diff'])} [{num(h['ci_low'])}, {num(h['ci_high'])}] on harder") in answer
-    assert "2 vs 2 seeds" in answer and "compute ratio n/a" in answer
+    assert "2 vs 2 seeds" in answer and f"compute ratio {num(_compute_ratio(study))}" in answer
     assert "Verdicts, intervals and p-values use the **raw (model) weights**" in text
     assert "beta 0.995 every 10 steps" in text
     assert text == write_report(study).read_text()  # deterministic
@@ -108,7 +120,8 @@ def test_diagnostics_costs_links_and_unfinished(study):
     assert ("| arm | runs | loss_denoise | loss_energy | p_hard | margin | norm_ratio | grad_share_energy | "
             "dup_fraction |") in text
     assert "| arm | runs | steps (mean) | compute FLOPs (mean) | compute / ired | wall s per run (mean) |" in text
-    assert "| gaussian | 2 | 20 | n/a | n/a |" in text  # no compute recorded by this ebmtool: n/a, never 0
+    mean = np.mean([_compute(study, "gaussian", s) for s in (0, 1)])
+    assert f"| gaussian | 2 | 20 | {num(mean)} | {num(_compute_ratio(study))} |" in text
     assert "- pending: not finished (no compare JSON; 1 run exists)" in text
     assert "[compare-harder-ema.md](inverse/compare-harder-ema.md)" in text
     assert "[training-curves.png](inverse/figures-test-model/training-curves.png)" in text

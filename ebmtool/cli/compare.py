@@ -130,7 +130,7 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
 
 def format_text(report: dict) -> str:
     """The report as plain text tables for stdout."""
-    from ebmtool.compare import _g, summary_lines
+    from ebmtool.compare import fmt_number, summary_lines
 
     rows = summary_lines(report)
     desc = report["problems"]
@@ -151,7 +151,7 @@ def format_text(report: dict) -> str:
                "differ); one Holm correction; verdict 'better' only if the whole interval is on the better side "
                "and the Holm p < alpha, and only across seeds (one seed: 'checkpoints differ')")
     out.append("compute = training FLOPs (mean over the arm's runs); x base = over the baseline arm's")
-    out.append("trivial predictors: " + ", ".join(f"{k} {_g(v)}" for k, v in report["trivial_baselines"].items()))
+    out.append("trivial predictors: " + ", ".join(f"{k} {fmt_number(v)}" for k, v in report["trivial_baselines"].items()))
     for note in report["notes"]:
         out.append(f"note: {note}")
     for w in report["warnings"]:
