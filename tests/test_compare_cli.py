@@ -29,9 +29,11 @@ def untrained(out, seed, **over):
 
 
 def with_compute(path, flops):
-    """Rewrite a checkpoint with training FLOPs in its metadata, as the training code records them."""
+    """Rewrite a checkpoint with training FLOPs in its metadata, as the training code records them (None: without
+    them, as checkpoints written before compute was counted)."""
     ck = load_checkpoint(path)
-    save_checkpoint(path, ck.tensors, {**ck.meta, "ebmtool.compute_flops": json.dumps(flops)})
+    meta = {k: v for k, v in ck.meta.items() if k != "ebmtool.compute_flops"}
+    save_checkpoint(path, ck.tensors, meta if flops is None else {**meta, "ebmtool.compute_flops": json.dumps(flops)})
     return path
 
 
@@ -158,7 +160,7 @@ def test_compute_columns_warning_and_vary_compute(runner, tmp_path):
     for s in (0, 1):
         with_compute(untrained(tmp_path / "base" / f"seed-{s}", s), 3.1e13)
         with_compute(untrained(tmp_path / "anm4" / f"seed-{s}", s, negatives="anm", steps=2), 1.09e14)
-        untrained(tmp_path / "old" / f"seed-{s}", s, negatives="anm")
+        with_compute(untrained(tmp_path / "old" / f"seed-{s}", s, negatives="anm"), None)  # an older checkpoint
     args = [f"--group=base={tmp_path}/base/seed-*", f"--group=anm4={tmp_path}/anm4/seed-*",
             f"--group=old={tmp_path}/old/seed-*", "--vary", "negatives", "--vary", "steps"]
     res = invoke(runner, [*args, "--json", str(tmp_path / "c.json"), "--markdown", str(tmp_path / "c.md")])

@@ -163,8 +163,8 @@ def test_an_explicit_non_default_source_setting_is_still_a_confound():
 
 
 def test_sans_defaults_are_not_differences_but_the_sans_flag_is():
-    gs = [arm("base", [resolved()]), arm("sans", [resolved(sans=True)]),
-          arm("hot", [resolved(sans=True, alpha=2.0)])]
+    gs = [arm("base", [resolved(k=2)]), arm("sans", [resolved(sans=True, k=2)]),
+          arm("hot", [resolved(sans=True, k=2, alpha=2.0)])]
     assert gs[1].runs[0].ckpt.config["alpha"] == 1.0 and gs[0].runs[0].ckpt.config["alpha"] is None
     d = config_diff(gs, "base", ("sans",))
     assert set(d["keys"]) == {"sans", "alpha"}
@@ -176,7 +176,7 @@ def test_a_different_keep_is_cadence_and_derived_keys_are_documented():
     gs = [arm("base", [resolved()]), arm("v", [resolved(keep=3, lr=2e-3)])]
     d = config_diff(gs, "base")
     assert set(d["cadence"]) == {"keep"} and set(d["keys"]) == {"lr"} and d["warnings"] == []
-    assert set(DERIVED_KEYS) == {"curriculum_total", "trained_steps", "budget_flops", "budget_of", "init_sha256",
+    assert set(DERIVED_KEYS) == {"curriculum_total", "trained_steps", "budget_flops", "budget_of", "init_sha256", "init_steps",
                                  "offline_negatives_sha256", "offline_weights_sha256", "compute"}
     replicates = [arm("base", [resolved(), {**resolved(), "init_sha256": "ab" * 32}])]
     assert config_diff(replicates, "base")["warnings"] == []  # a derived key never splits replicates either
