@@ -1,7 +1,7 @@
 """`compare`: does a variant beat the baseline? Pure functions of frozen checkpoints, then statistics.
 
 Every checkpoint is evaluated on the identical held-out problems (the task's fixed, seeded test split, or a user
-data set) with the sampler's shared initial noise; nothing is trained and no optimiser is built (lessons.md F6).
+data set) with the sampler's shared initial noise; nothing is trained and no optimiser is built.
 Runs come in groups: a group is one arm, its members are seeds (replicates). A positional checkpoint is a group of
 one. The first group is the baseline unless one is named.
 
@@ -314,7 +314,7 @@ def config_diff(groups: list[Group], baseline: str, declared: tuple[str, ...] = 
 
 def energy_samples(model, ckpt: Checkpoint, task, problems, *, n: int = 256, seed: int = ENERGY_SAMPLE_SEED,
                    device="cpu") -> dict[str, np.ndarray]:
-    """E+ and E- of one model on the first n problems: random t, shared noise, the IRED negative (§3.2).
+    """E+ and E- of one model on the first n problems: random t, shared noise, the IRED negative.
 
     t, the noise and everything random come from `seed`, so every model sees the same t and noise.
     """

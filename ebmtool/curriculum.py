@@ -3,7 +3,7 @@
 A curriculum is a list of stages (start fraction of the run, mix {source: fraction}). `--negatives-from` is a
 one-stage curriculum. The stage of a step is a pure function of the step counter (stored in every checkpoint) and
 of `total`, the run length the curriculum was laid out for (also stored), so a resume that extends `--steps` keeps
-every stage boundary where it was (lessons.md: the fork's curriculum counter restarted on resume).
+every stage boundary where it was (a curriculum counter that restarts on resume would shift every stage).
 
 Spec forms:
     --negatives-from anm            --negatives-from ired:0.5,anm:0.5

@@ -1,6 +1,6 @@
 """Noise schedule, forward noising, the one energy-descent routine, and the annealed sampler.
 
-Everything here follows ../shared/reference/ired-algorithm.md (sections cited as §n). There is exactly one
+Everything here follows the published IRED method (docs/training.md). There is exactly one
 descent routine, `descend`: `opt_step` in training negatives, the sampler's inner loop and the mining code
 all call it, so its sign is fixed in one place and tested once.
 """
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-NUM_LEVELS = 10  # §1: K = 10 landscape levels, t in {0..9}
+NUM_LEVELS = 10  # K = 10 landscape levels, t in {0..9}
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Cosine schedule (s = 0.008), computed in float64 and stored in float32 (§1)."""
+    """Cosine schedule (s = 0.008), computed in float64 and stored in float32."""
 
     betas: torch.Tensor
     alphas_cumprod: torch.Tensor
@@ -49,12 +49,12 @@ def cosine_schedule(levels: int = NUM_LEVELS, s: float = 0.008) -> Schedule:
 
 
 def noised(sched: Schedule, y: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Forward process x_t = sqrt(ab_t) y + sqrt(1 - ab_t) eps, per example t (§1)."""
+    """Forward process x_t = sqrt(ab_t) y + sqrt(1 - ab_t) eps, per example t."""
     return sched.sqrt_ab[t][:, None] * y + sched.sqrt_1mab[t][:, None] * eps
 
 
 def impose_mask(sched, y, t, x_given, mask):
-    """Masked tasks: given entries <- sqrt(ab_t) * given value (§3.1). No-op without a mask."""
+    """Masked tasks: given entries <- sqrt(ab_t) * given value. No-op without a mask."""
     if mask is None:
         return y
     return y * (1 - mask) + mask * sched.sqrt_ab[t][:, None] * x_given
@@ -81,7 +81,7 @@ def energy(model, x, y, t) -> torch.Tensor:
 
 
 def energy_and_grad(model, x, y, t, create_graph: bool = False):
-    """(E, dE/dy) at y. The gradient is the noise prediction eps_hat (§2).
+    """(E, dE/dy) at y. The gradient is the noise prediction eps_hat.
 
     Works inside no-grad contexts (grad is enabled locally) and never mutates the caller's tensor.
     With create_graph=True the gradient stays differentiable w.r.t. the parameters (double backprop).
@@ -115,9 +115,9 @@ def descend(
     start: tuple[torch.Tensor, torch.Tensor] | None = None,
     project=None,
 ):
-    """Energy descent with the acceptance rule: `opt_step` of §4.
+    """Energy descent with the acceptance rule: `opt_step`.
 
-    Each step moves y <- y - m_i * eta_t * dE/dy with m_0 = 1 and m_i = `multiplier` after (§4.2; the release
+    Each step moves y <- y - m_i * eta_t * dE/dy with m_0 = 1 and m_i = `multiplier` after (the release
     overwrites its step-size argument, giving this 1x-then-2x pattern), re-imposes the mask, clamps to
     +-clamp * sqrt(ab_t) **per example** (the release uses the first example's t for the whole batch, a bug:
     see `bound` for the compatibility switch), and reverts examples whose energy rose (E' > E strictly).
@@ -159,7 +159,7 @@ def descend(
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Per-task switches of the sampler (§5.1)."""
+    """Per-task switches of the sampler."""
 
     inner_steps: int = 5
     x0_clamp: float = 2.0
@@ -170,7 +170,7 @@ class SamplerSettings:
 
 @torch.no_grad()
 def sample(model, x, sched: Schedule, out_dim: int, settings: SamplerSettings, generator=None, mask=None):
-    """The annealed sampler with inner-loop optimisation (§5). Returns y_hat (the clean answer).
+    """The annealed sampler with inner-loop optimisation. Returns y_hat (the clean answer).
 
     The release returns sqrt(ab_0) * y_hat and computes its MSE on that; callers that compare with reference
     numbers multiply by sched.sqrt_ab[0] (`mse_ref_scaled`). Network calls per problem: 10 x (1 + 1 + S)

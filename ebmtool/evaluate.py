@@ -49,7 +49,7 @@ def sample_answers(model, task: Task, problems: Problems, *, batch_size: int = 2
 
 
 def per_problem_errors(task: Task, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
-    """The task's metrics per problem: `mse` on y_hat and `mse_ref_scaled` on sqrt(ab_0) * y_hat (§5);
+    """The task's metrics per problem: `mse` on y_hat and `mse_ref_scaled` on sqrt(ab_0) * y_hat;
     discrete tasks return their own (`task.metrics`, primary `task.metric`, higher is better)."""
     if getattr(task, "discrete", False):
         return task.metrics(problems, y_hat)

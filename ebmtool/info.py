@@ -123,7 +123,7 @@ def _finite(f, name):
 
 
 def _negative_alarms(f) -> list[str]:
-    """Alarms on the negatives' diagnostics (lessons.md F1-F5, F9): each names what looks broken."""
+    """Alarms on the negatives' diagnostics: each names what looks broken."""
     alarms = []
     dup = _finite(f, "dup_fraction")
     if len(dup) and dup.mean() > 0.5:

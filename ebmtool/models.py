@@ -1,6 +1,6 @@
 """Energy networks. One convention: forward(x, y, t) returns a per-example scalar energy (B,), lower = better.
 
-The MLP is the release's continuous-task EBM (ired-algorithm.md §6.1): width 512, three hidden layers with
+The MLP is the release's continuous-task EBM: width 512, three hidden layers with
 swish, FiLM time conditioning on layers 2 and 3, and energy = sum of squares of a d_out-dimensional output.
 """
 
@@ -16,7 +16,7 @@ from ebmtool.diffusion import CallCounter
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """[sin(t f), cos(t f)] with f_k = exp(-ln(1e4) k / (half - 1)); t is the raw integer level 0..9 (§1)."""
+    """[sin(t f), cos(t f)] with f_k = exp(-ln(1e4) k / (half - 1)); t is the raw integer level 0..9."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
     args = t.float()[:, None] * freqs[None, :]
@@ -112,7 +112,7 @@ class _Counted(nn.Module):
 
 class SudokuResBlock(nn.Module):
     """u = swish(conv5(h)); u = conv5(u) (weights ~ N(0, 1e-5): a block starts near the identity);
-    u = swish(u (1 + gamma) + beta); h + u. No normalisation, no down-sampling (§6.2)."""
+    u = swish(u (1 + gamma) + beta); h + u. No normalisation, no down-sampling."""
 
     def __init__(self, width: int, time_hidden: int):
         super().__init__()
@@ -129,7 +129,7 @@ class SudokuResBlock(nn.Module):
 
 
 class SudokuCNN(_Counted):
-    """The release's Sudoku energy (§6.2), only the parts it uses: conv3 (18 -> width) + swish, 6 residual
+    """The release's Sudoku energy, only the parts it uses: conv3 (18 -> width) + swish, 6 residual
     blocks with time FiLM, conv1 (width -> 9), E = sum of squares. x and y are (B, 729) in (row, col, digit)
     order. 44,619,401 parameters at width 384 (the release registers 47,280,521 including unused layers)."""
 
@@ -154,7 +154,7 @@ class SudokuCNN(_Counted):
 
 
 class GraphTime(nn.Module):
-    """sinusoidal(512) -> Linear -> swish -> Linear, as the release's graph models (§6.3)."""
+    """sinusoidal(512) -> Linear -> swish -> Linear, as the release's graph models."""
 
     def __init__(self, dim: int = 512, hidden: int = 32):
         super().__init__()
@@ -217,7 +217,7 @@ class GraphEBM(_Counted):
 
 
 class PathGNN(_Counted):
-    """Shortest-path energy, the release's GNNConv1DEBMV2 layout (§6.3; 55,937 parameters at the defaults).
+    """Shortest-path energy, the release's GNNConv1DEBMV2 layout (55,937 parameters at the defaults).
 
     y: (B, 8, N, 1) +-1 one-hot node per step, plus t-emb(32) -> 33 channels. Each block concatenates the
     temporal neighbours (t-1, t, t+1; zero padded), forms pair features [h_i, h_j, cond_ij, cond_ji] with the

@@ -2,7 +2,7 @@
 
 The framework (train.py) re-noises a negative with the positive's own noise:
     x_neg = sqrt(ab_t) * y_neg + sqrt(1 - ab_t) * eps_pos
-so a positive and its negative differ only in their clean component (lessons.md F3).
+so a positive and its negative differ only in their clean component.
 
 One signature for every source: `generate(source, model, x, y, t, eps, sched, k, settings, gen)` returns a
 `NegativeBatch` with y_neg (B, K, D), a validity mask (B, K) after the near-duplicate filter, and counts. Sources
@@ -10,7 +10,8 @@ are batched over examples and over K: the B*K rows are one batch (x, y, t and ep
 `repeat_interleave`, row b*K + j is negative j of example b), so every descent step is one network call.
 Everything is generated, refined and scored at the positive's own level t.
 
-Sources (ired-algorithm.md §3.2 for the reference; lessons.md F2/F3/F5 for what the variants must avoid):
+Sources (the reference's negative, and variants that must not flip the descent sign, share noise wrongly or
+score at the wrong level):
 - ired     the reference: z = sqrt(ab_t) y + sqrt(1-ab_t) * 3 eps, 2 descent steps (1x, 2x), clamp(z/sqrt(ab_t), +-2).
 - anm      adversarial: start from the ired start mapped to clean space, then projected descent on the energy the
            loss will actually see (the re-noised point, positive's noise), inside an RMS radius around the start.
@@ -44,7 +45,7 @@ DISCRETE_CLAMP = 1.0  # discrete answers are one-hot +-1: their negatives stay i
 
 def ired_negative(model, x, y, t, eps, sched: Schedule, *, steps: int = 2, noise_scale: float = 3.0,
                   clamp_mode: str = "per-example", mask=None) -> torch.Tensor:
-    """The reference's continuous negative (ired-algorithm.md §3.2).
+    """The reference's continuous negative.
 
     Start from z = sqrt(ab_t) y + sqrt(1 - ab_t) * 3 eps (the positive's noise, tripled), run `opt_step`
     (`descend`, 2 steps, 1x then 2x), map back to clean space and clamp to +-2.

@@ -1,4 +1,4 @@
-"""SANS: weights over the K negatives of one positive and the weighted energy losses (lessons.md §3).
+"""SANS: weights over the K negatives of one positive and the weighted energy losses.
 
 Convention: lower energy = more plausible, so a hard negative has LOW energy and gets a HIGH weight:
     w_i = softmax_i(-alpha * E_i)   over the valid negatives of one positive, from detached energies.

@@ -1,6 +1,6 @@
 """Statistics of a comparison: pure numpy/scipy, seeded, with no torch and no I/O.
 
-Conventions (lessons.md F7: the statistics the research fork never produced):
+Conventions (the statistics an honest comparison of training methods needs):
 
 - Differences are always signed and always (variant - baseline), per problem (paired: same problems, same noise).
 - The primary paired test over problems is the **sign-flip permutation test** of the mean difference (two-sided;
@@ -116,7 +116,7 @@ def wilcoxon_p(d) -> float:
 
 def effect_size_dz(d) -> float:
     """Paired d_z = mean(d) / sd(d). 0 when all differences are 0; nan (undefined) for a constant non-zero shift
-    or a single difference; never +-inf (lessons.md F7: the fork reported +-10 for identical seeds)."""
+    or a single difference; never +-inf (identical seeds must not produce a spurious +-10)."""
     d = _vector(d, "differences")
     mean = float(d.mean())
     if not np.any(d):

@@ -3,7 +3,7 @@
 A task turns (split, seed, n) into Problems deterministically. Streams are keyed by purpose with NumPy's
 SeedSequence: training draws come from (seed, "train"); validation and test sets from fixed seeds of their own
 ("val", "test", and the harder variants), so they never share a stream with any training seed and are the same
-for every model. Generation follows ired-algorithm.md §7.1; the harder split is an evaluation split only.
+for every model. Generation follows the reference; the harder split is an evaluation split only.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Task:
     name: str
     size: int = 20
     metric: str = "mse"
-    energy_weight: float = 0.5  # λ of the energy-landscape term, the reference value (§3.2)
+    energy_weight: float = 0.5  # λ of the energy-landscape term, the reference value
     sampler: SamplerSettings = SamplerSettings()
     higher_is_better: bool = False  # the primary metric is an error
     discrete: bool = False

@@ -54,7 +54,7 @@ from ebmtool.tasks import DISCRETE_TASK_NAMES, Task, resolve_task, split_user_da
 RECIPES = {
     # A CPU budget that converges in a few minutes on 2 cores (8x8 inverse beats both trivial baselines).
     "cpu": {"size": 8, "steps": 1500, "batch_size": 256, "lr": 1e-3},
-    # The published recipe (ired-algorithm.md §8): a GPU job.
+    # The published recipe: a GPU job.
     "paper": {"size": 20, "steps": 100_000, "batch_size": 2048, "lr": 1e-4},
 }
 
@@ -90,7 +90,7 @@ class TrainConfig:
     neg_steps: int = 2
     neg_noise_scale: float = 3.0
     clamp_mode: str = "per-example"
-    # Negatives (issue 9). Source-specific fields are None unless their source is used; validate() fills in the
+    # Negatives. Source-specific fields are None unless their source is used; validate() fills in the
     # defaults of used sources (so the stored config is fully resolved) and rejects fields of unused ones.
     negatives: str = "ired"  # --negatives-from: SOURCE or SOURCE:FRACTION,... (one-stage curriculum)
     curriculum: str | None = None  # inline spec or preset; excludes a non-default --negatives-from
@@ -131,7 +131,7 @@ class TrainConfig:
     init_sha256: str | None = None
     init_steps: int | None = None  # optimiser steps the --init checkpoint had trained (its own inherited ones too)
     connectivity_negative: str | None = None  # connectivity's reference negative form (set for that task only)
-    # Offline negatives (issue 4): a mined file used for a fraction of each batch, optional SANS weights from a file.
+    # Offline negatives: a mined file used for a fraction of each batch, optional SANS weights from a file.
     offline_negatives: str | None = None
     offline_negatives_sha256: str | None = None
     offline_weights: str | None = None
@@ -200,7 +200,7 @@ class TrainConfig:
             raise InputError("--connectivity-negative applies to the connectivity task only")
 
     def _validate_negatives(self):
-        """Every negative-mining field is used or rejected (lessons.md F1, F8): fields of unused sources, SANS
+        """Every negative-mining field is used or rejected: fields of unused sources, SANS
         fields without --sans and any mining field without energy supervision are errors; used ones get defaults."""
         defaults = NegativeSettings()
         if not self.supervise_energy:
@@ -272,7 +272,7 @@ class TrainConfig:
         return curriculum_mod.resolve(self.negatives, self.curriculum)
 
     def negative_settings(self, discrete: bool = False) -> NegativeSettings:
-        """The sources' settings; discrete tasks keep negatives in +-1 and descend with multiplier 1 (§5.1)."""
+        """The sources' settings; discrete tasks keep negatives in +-1 and descend with multiplier 1."""
         d = NegativeSettings()
         return NegativeSettings(
             ired_steps=self.neg_steps, ired_noise=self.neg_noise_scale, clamp_mode=self.clamp_mode,
@@ -383,7 +383,7 @@ class TrainingData:
 # ------------------------------------------------------------------------------------------------ EMA
 
 class EMA:
-    """ema_pytorch's schedule with beta 0.995, update_every 10 (ired-algorithm.md §8).
+    """ema_pytorch's schedule with beta 0.995, update_every 10.
 
     Update call s (0-based): nothing unless s % every == 0; a plain copy while s <= start (100);
     then decay = min(beta, 1 - (1 + s - start - 1)^(-2/3)) and ema <- decay * ema + (1 - decay) * theta.
@@ -415,7 +415,7 @@ class EMA:
 def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: float, *, step: int = 0,
                 neg_gen: torch.Generator | None = None, mask=None, task=None, offline=None,
                 shard: Shard | None = None, progress: float | None = None) -> dict:
-    """One IRED training objective (ired-algorithm.md §3). Every part is reduced to shape (B,) before use.
+    """One IRED training objective. Every part is reduced to shape (B,) before use.
 
     Denoising: eps_hat = dE/dy at x_t (double backprop), per-example mean squared error against eps.
     Energy landscape: a fresh eps' shared by the positive and its K negatives; with the default configuration
@@ -430,13 +430,13 @@ def ired_losses(model, x, y, t, gen, sched, cfg: TrainConfig, energy_weight: flo
     """
     b = x.shape[0]
     eps = _standard_normal(y, gen, shard)
-    x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x (§3.1)
+    x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x
     _, eps_hat = energy_and_grad(model, x, x_t, t, create_graph=True)
     if mask is not None:
         eps_hat = eps_hat * (1 - mask) + eps * mask  # given entries contribute zero loss
     sq = (eps_hat - eps) ** 2
     if task is not None and task.name == "shortest-path":
-        sq = sq * torch.where(y > 0, 10.0, 0.5)  # §3.1 step 4: element weights of the path task
+        sq = sq * torch.where(y > 0, 10.0, 0.5)  # element weights of the path task (the reference's)
     parts = {"loss_denoise": sq.mean(dim=1)}
     diag: dict[str, float] = {}
     included = None
@@ -476,9 +476,9 @@ def _standard_normal(y, gen, shard: "Shard | None") -> torch.Tensor:
 
 
 def discrete_reference(task, y, mask, k, gen, connectivity_form: str | None = None) -> NegativeBatch:
-    """The discrete tasks' §3.2 negative (re-drawn cells, flipped entries, a re-drawn first step), which the
+    """The discrete tasks' reference negative (re-drawn cells, flipped entries, a re-drawn first step), which the
     `ired` source means for them; K independent draws per positive. Negatives identical to the positive are
-    re-drawn by the task and counted as near-duplicates (lessons.md F4), so every negative is valid."""
+    re-drawn by the task and counted as near-duplicates, so every negative is valid."""
     b, d = y.shape
     y_neg, redrawn = task.reference_negative(_rep(y, k), None if mask is None else _rep(mask, k), gen,
                                              connectivity_form or CONNECTIVITY_NEGATIVES[0])
@@ -1271,7 +1271,7 @@ def _nanmean(values) -> float:
 
 def grad_share(model, parts) -> float:
     """||grad lambda*L_E|| / (||grad L_mse|| + ||grad lambda*L_E||), from two extra backward passes; called on
-    logging steps only (lessons.md F9), so ordinary steps keep their cost. The graph is kept for the update."""
+    logging steps only, so ordinary steps keep their cost. The graph is kept for the update."""
     params = [p for p in model.parameters() if p.requires_grad]
 
     def norm(loss):

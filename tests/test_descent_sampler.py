@@ -64,7 +64,7 @@ def test_acceptance_reverts_only_examples_whose_energy_rises():
 
 
 def reference_opt_step(model, x, y, t, steps, c=2.0):
-    """The release's opt_step, 2 calls per step, no reuse (ired-algorithm.md §4)."""
+    """The release's opt_step, 2 calls per step, no reuse."""
     eta = SCHED.step_size[t][:, None]
     bound = c * SCHED.sqrt_ab[t][:, None]
     for i in range(steps):

@@ -112,7 +112,7 @@ def test_given_cells_contribute_no_denoising_loss():
 
 
 def test_shortest_path_weights_the_path_entries():
-    """§3.1 step 4: element weight 10 where y > 0, 0.5 elsewhere, recomputed here from the same draws."""
+    """The reference's element weight 10 where y > 0, 0.5 elsewhere, recomputed here from the same draws."""
     from ebmtool.diffusion import energy_and_grad, noised
 
     cfg = tiny("shortest-path", supervise_energy=False).validate()

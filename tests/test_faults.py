@@ -1,4 +1,4 @@
-"""Fault injection (issue 7): corrupted files, bad inputs, full disks, NaNs and signals.
+"""Fault injection: corrupted files, bad inputs, full disks, NaNs and signals.
 
 Oracles:
 - A damaged artifact read by its reader gives either an InputError whose message is one line naming the file, or a
@@ -33,7 +33,7 @@ from ebmtool.train import TrainConfig, prune_snapshots, snapshot_path, train
 
 TINY = dict(size=4, width=32, train_size=256, batch_size=32, val_size=8)
 TINY_FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-size", "32", "--val-size", "8"]
-CASES_PER_KIND = 250  # >= 200 per artifact kind (issue 7)
+CASES_PER_KIND = 250  # >= 200 per artifact kind
 COUNTS: dict[str, dict[str, int]] = {}
 
 

@@ -112,7 +112,7 @@ def test_anm_negatives_have_lower_energy_than_ired_on_a_trained_model(trained):
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_shared_noise_identity_and_detached(source):
-    """x- - sqrt(ab_t) y- == x+ - sqrt(ab_t) y for every negative of every source (lessons.md F3)."""
+    """x- - sqrt(ab_t) y- == x+ - sqrt(ab_t) y for every negative of every source."""
     model = fixed_net()
     x, y, t, eps = problem(32)
     nb = generate(source, model, x, y, t, eps, SCHED, 3, NegativeSettings(), torch.Generator().manual_seed(0))

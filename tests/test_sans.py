@@ -1,4 +1,4 @@
-"""SANS weights and loss forms (lessons.md §3): sign, normalisation, no gradient through the weights, parity with
+"""SANS weights and loss forms: sign, normalisation, no gradient through the weights, parity with
 the reference loss at K = 1, the plain mean at alpha = 0, golden values, and the alpha schedule."""
 
 import math

@@ -1,4 +1,4 @@
-"""Golden values: the schedule table of ired-algorithm.md §1 and the reference parameter counts (§6.1)."""
+"""Golden values: the reference's schedule table and parameter counts."""
 
 import torch
 

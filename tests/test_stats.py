@@ -1,4 +1,4 @@
-"""ebmtool.stats on synthetic per-problem error vectors with known effects (lessons.md F7)."""
+"""ebmtool.stats on synthetic per-problem error vectors with known effects."""
 
 import itertools
 import math

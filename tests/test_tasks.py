@@ -32,14 +32,14 @@ def test_inverse_targets_are_inverses_and_zero_baseline_matches_reference():
     m, inv = p.x[0].reshape(20, 20), p.y[0].reshape(20, 20)
     assert np.allclose(m @ inv, np.eye(20), atol=1e-3)
     base = t.baselines(p)
-    assert abs(base["zeros"].mean() - 0.0208) < 0.002  # ired-algorithm.md §7.1
+    assert abs(base["zeros"].mean() - 0.0208) < 0.002  # the reference's zeros baseline
     assert base["scaled identity"].mean() < base["zeros"].mean()
 
 
 def test_lowrank_and_addition_shapes_and_zero_baselines():
     lr = get_task("lowrank", 20).generate(2000, "test")
     assert lr.x.shape == lr.y.shape == (2000, 400)
-    assert abs((lr.y ** 2).mean() - 0.0349) < 0.004  # predict 0: 0.0349 (§7.1)
+    assert abs((lr.y ** 2).mean() - 0.0349) < 0.004  # predict 0: 0.0349
     ad = get_task("addition", 20).generate(500, "test")
     assert ad.x.shape == (500, 800) and np.allclose(ad.y, ad.x[:, :400] + ad.x[:, 400:], atol=1e-6)
 

@@ -22,7 +22,7 @@ def quiet(*a, **k):
 
 
 def test_initial_losses_match_the_reference_smoke_values():
-    # ired-algorithm.md §3.3: at initialisation L_mse ~ 1.0 and L_E just below log 2 (0.60-0.68).
+    # The reference's smoke values: at initialisation L_mse ~ 1.0 and L_E just below log 2 (0.60-0.68).
     cfg = TrainConfig(task="inverse", size=20, seed=0, train_size=512, batch_size=256)
     data = TrainingData(cfg)
     torch.manual_seed(0)
@@ -37,7 +37,7 @@ def test_initial_losses_match_the_reference_smoke_values():
 
 
 def test_energy_term_changes_the_parameter_gradient():
-    # lessons.md F1: the energy loss must actually reach the parameters when it is on.
+    # The energy loss must actually reach the parameters when it is on.
     grads = {}
     for on in (True, False):
         cfg = tiny(seed=3, supervise_energy=on)

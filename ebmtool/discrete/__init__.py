@@ -1,1 +1,1 @@
-"""Discrete reasoning tasks (ired-algorithm.md §7.2-7.4): Sudoku, graph connectivity, shortest path."""
+"""Discrete reasoning tasks: Sudoku, graph connectivity, shortest path."""

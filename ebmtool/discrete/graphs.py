@@ -1,6 +1,6 @@
 """Graph tasks: connectivity (transitive closure) and shortest path; generators and metrics, vectorised.
 
-Graphs follow the reference's DNC construction (ired-algorithm.md §7.2-7.3): N nodes uniform in the unit
+Graphs follow the reference's DNC construction: N nodes uniform in the unit
 square, node i links to its k_i nearest other nodes with k_i ~ U{1..floor(N p)} drawn per node. Connectivity
 symmetrises the edges; shortest path keeps them directed (i -> j at [i, j]). Closures and distances are batched
 boolean matrix products (at most ceil(log2 N) squarings, or N-1 BFS frontier steps), never Python loops over

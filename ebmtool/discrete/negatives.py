@@ -1,4 +1,4 @@
-"""The reference's discrete negatives (ired-algorithm.md §3.2), corrected as lessons.md F4 requires.
+"""The reference's discrete negatives, corrected so that a negative never equals its positive.
 
 Each source is a pure function `(y, mask, gen) -> (y_neg, n_identical_redrawn)` on flattened (B, D) +-1
 tensors: y_neg is a clean-space +-1 answer (detached), given entries (mask = 1) are copied from y, and a

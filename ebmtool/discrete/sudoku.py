@@ -8,7 +8,7 @@ bitmask DFS decides (does any solution differ from the known one at the removed 
 givens is drawn uniformly per puzzle (30-45 train, 17-34 harder); carving stops earlier when no further cell
 can be removed (a minimal puzzle), so the realised givens can exceed the target. They are recorded per puzzle.
 
-Encoding (ired-algorithm.md §7.4): 729 values in (row, column, digit) order; x = +-1 one-hot of the givens
+Encoding: 729 values in (row, column, digit) order; x = +-1 one-hot of the givens
 (an empty cell is all -1), y = +-1 one-hot solution, mask = given cells expanded over the 9 digit channels.
 Boards inside this module are (n, 81) int arrays with digits 1..9 and 0 for an empty cell.
 """

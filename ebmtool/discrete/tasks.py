@@ -1,4 +1,4 @@
-"""Discrete tasks behind the same interface as the continuous `Task` (ired-algorithm.md §5.1, §7.2-7.4).
+"""Discrete tasks behind the same interface as the continuous `Task`.
 
 Each task generates Problems deterministically from (split, seed, harder) with the streams of ebmtool.tasks
 (evaluation splits use the fixed EVAL_SEED), and adds what the discrete families need: a mask (Sudoku), the
