@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 LOSS_FORMS = ("infonce", "pairwise", "logistic")
 ALPHA_SCHEDULES = ("constant", "linear")
+DEFAULT_ALPHA = 1.0  # the inverse temperature of `train --sans` and `weights` when none is given
 
 
 def alpha_at(t: torch.Tensor, alpha: float, schedule: str = "constant", floor: float = 0.1,

@@ -250,7 +250,7 @@ class TrainConfig:
         if self.k == 1:
             raise InputError("--sans with --k 1 weights one negative by a softmax over one value, which is always 1: "
                              "the run would equal the unweighted one; give --k 2 or more")
-        self.alpha = 1.0 if self.alpha is None else self.alpha
+        self.alpha = sans_mod.DEFAULT_ALPHA if self.alpha is None else self.alpha
         self.alpha_schedule = self.alpha_schedule or "constant"
         self.sans_loss = self.sans_loss or "pairwise"
         if self.sans_loss not in sans_mod.LOSS_FORMS:

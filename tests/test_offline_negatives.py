@@ -113,7 +113,7 @@ def test_cli_mine_score_weights_and_no_overwrite(base, runner, tmp_path):
     assert "p_hard" in r.output and "could not find 3 valid negatives for 64 problems" in r.output
     for args in (["mine-negatives", ckpt, "-o", str(out), *MINE_FLAGS],
                  ["score", ckpt, str(base / "negs.h5"), "-o", str(out)],
-                 ["weights", str(base / "scores.h5"), "--alpha", "1", "-o", str(out)]):
+                 ["weights", str(base / "scores.h5"), "-o", str(out)]):
         before = out.read_bytes()
         r = runner.invoke(cli, args)
         assert r.exit_code == 2 and "already exists; pass --overwrite" in r.output
@@ -225,3 +225,16 @@ def test_hnm_sample_selection_is_seeded(base):
         np.testing.assert_array_equal(a["negatives"], b["negatives"])
         top = _contents(base / "negs.h5")
         assert not np.array_equal(a["start_level"], top["start_level"][:64])
+
+
+def test_weights_default_alpha_is_trains(base, runner, tmp_path):
+    """`weights` without --alpha uses the inverse temperature `train --sans` defaults to, and says so in its file."""
+    from ebmtool.sans import DEFAULT_ALPHA
+    from ebmtool.train import TrainConfig
+
+    assert TrainConfig(sans=True, k=2).validate().alpha == DEFAULT_ALPHA == 1.0
+    r = runner.invoke(cli, ["weights", str(base / "scores.h5"), "-o", str(tmp_path / "w.h5")])
+    assert r.exit_code == 0, r.output
+    explicit = tmp_path / "w1.h5"
+    assert runner.invoke(cli, ["weights", str(base / "scores.h5"), "--alpha", "1", "-o", str(explicit)]).exit_code == 0
+    assert np.array_equal(_contents(tmp_path / "w.h5")["weights"], _contents(explicit)["weights"])

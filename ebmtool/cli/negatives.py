@@ -11,6 +11,7 @@ from ebmtool.artifacts import check_output, open_h5
 from ebmtool.cli import cli
 from ebmtool.cli.common import checkpoint_argument, device_option, log, overwrite_option, table
 from ebmtool.errors import InputError
+from ebmtool.sans import DEFAULT_ALPHA
 
 
 def _device(name):
@@ -135,7 +136,8 @@ def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device
 
 @cli.command("weights")
 @click.argument("scores", type=click.Path(path_type=Path))
-@click.option("--alpha", type=float, required=True, help="SANS inverse temperature (0 = uniform).")
+@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
+              help="SANS inverse temperature (0 = uniform), the default of train --sans too.")
 @click.option("--alpha-schedule", type=click.Choice(["constant", "linear"]), default="constant", show_default=True,
               help="constant, or linear = max(floor, alpha (1 - t/9)) over each row's level.")
 @click.option("--alpha-floor", type=float, default=None, help="Floor of --alpha-schedule linear [0.1].")
@@ -144,7 +146,7 @@ def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device
 def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, overwrite):
     """SANS weights softmax(-alpha E-) per row over its K valid negatives, from a scores file.
 
-    Example: ebmtool weights scores.h5 --alpha 1.0 -o weights.h5
+    Example: ebmtool weights scores.h5 -o weights.h5
     """
     from ebmtool.mining import compute_weights, write_weights
 
