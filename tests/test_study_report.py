@@ -5,12 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from ebmtool.artifacts import provenance, write_h5
 from ebmtool.cli import cli
 from ebmtool.study import arm_order, num, seed_ci, tail_means, write_report
 from ebmtool.train import TrainConfig, checkpoint_compute, train
+from helpers import single_thread
 
 
 def _compute(study, arm, seed) -> float:
@@ -31,12 +31,7 @@ SEEDS = (0, 1)
 COMPARE_FAST = ["-n", "64", "--bootstrap", "200", "--permutations", "200", "--batch-size", "64", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")
