@@ -1,0 +1,37 @@
+"""Golden values: the loss parts, compute and a weight checksum after 20 steps of ired, anm K = 2, hnm and SANS on
+a tiny model with a fixed seed. A refactor that changes what is computed fails here.
+
+Recorded 2026-12-01. ired, anm K = 2 and SANS are bit-identical to the code before compute counting was added;
+hnm changed on purpose then (its deception score became z-scored over each negative's candidates)."""
+
+import json
+from pathlib import Path
+
+import h5py
+import pytest
+import torch
+
+from ebmtool.artifacts import load_checkpoint
+from ebmtool.train import train
+
+from helpers import single_thread, tiny
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "golden.json").read_text())
+ARMS = {"ired": {}, "anm_k2": dict(negatives="anm", k=2), "hnm": dict(negatives="hnm"),
+        "sans_anm_k2": dict(negatives="anm", k=2, sans=True)}
+one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+
+
+@pytest.mark.parametrize("arm", sorted(ARMS))
+def test_twenty_steps_reproduce_the_golden_values(arm, tmp_path):
+    train(tiny(seed=0, steps=20, log_every=20, **ARMS[arm]), tmp_path / "r", log=lambda m: None)
+    ck = load_checkpoint(tmp_path / "r" / "ckpt.safetensors")
+    with h5py.File(tmp_path / "r" / "metrics.h5", "r") as f:
+        got = {c: float(f[c][-1]) for c in ("loss_denoise", "loss_energy", "loss_total", "compute_flops")}
+    w = [v for k, v in sorted(ck.tensors.items()) if k.startswith("model/")]
+    got["weight_sum"] = float(sum(t.double().sum() for t in w))
+    got["weight_abs_sum"] = float(sum(t.double().abs().sum() for t in w))
+    assert got["compute_flops"] == GOLDEN[arm]["compute_flops"]  # counted rows: exact
+    for key, value in GOLDEN[arm].items():
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert torch.isfinite(torch.tensor(list(got.values()))).all()
