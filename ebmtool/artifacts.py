@@ -11,8 +11,12 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import importlib.metadata
 import os
+import platform
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +109,24 @@ def code_version() -> dict:
     }
 
 
+ENVIRONMENT_PACKAGES = ("numpy", "h5py", "safetensors", "scipy")
+
+
+def environment(device=None) -> dict:
+    """What a reviewer needs beside the code to trust a figure: the command line, library versions, the device
+    and the machine. `device` (a torch.device or string) is the device the work ran on, when there is one."""
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                **{name: importlib.metadata.version(name) for name in ENVIRONMENT_PACKAGES}}
+    dev = None if device is None else torch.device(device)
+    if dev is not None and dev.type == "cuda":
+        versions.update(cuda=torch.version.cuda, cudnn=str(torch.backends.cudnn.version()))
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = (platform.processor() or platform.machine()) if dev is not None else None
+    return {"argv": list(sys.argv), "versions": versions, "device": None if dev is None else str(dev),
+            "device_name": name, "host": socket.gethostname(), "threads": torch.get_num_threads()}
+
+
 def provenance(command: str, config: dict | None = None, inputs: dict[str, Path] | None = None, **extra) -> dict:
     """What every artifact records: tool and code version, command, configuration and input file hashes."""
     rec = {
@@ -114,6 +136,7 @@ def provenance(command: str, config: dict | None = None, inputs: dict[str, Path]
         **code_version(),
         "config": config or {},
         "inputs": {k: {"path": str(v), "sha256": sha256_file(Path(v))} for k, v in (inputs or {}).items()},
+        "environment": environment(extra.pop("device", None)),
     }
     rec.update(extra)
     return rec

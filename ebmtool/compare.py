@@ -212,6 +212,21 @@ def normalised_config(run: Run, defaults: dict) -> dict:
     return cfg
 
 
+def environment_warnings(groups: list[Group]) -> list[str]:
+    """Runs trained with other torch versions or on other devices: their differences are not only the method's
+    (float results differ across releases and devices). Checkpoints without a recorded environment are skipped."""
+    found: dict[str, dict[str, list[str]]] = {"torch version": {}, "device": {}}
+    for g in groups:
+        for r in g.runs:
+            env = json.loads(r.ckpt.meta.get("ebmtool.environment", "null"))
+            if env:
+                found["torch version"].setdefault(env["versions"]["torch"], []).append(r.name)
+                found["device"].setdefault(f"{env['device']} ({env['device_name']})", []).append(r.name)
+    return [f"the runs were trained with different {what}s: " + "; ".join(f"{v} ({', '.join(names)})"
+                                                                         for v, names in sorted(seen.items()))
+            for what, seen in found.items() if len(seen) > 1]
+
+
 def compute_summary(groups: list[Group], baseline: str) -> dict:
     """Training FLOPs per run and arm, and each arm's mean over the baseline's mean.
 
@@ -561,7 +576,7 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
                   task=task.label, problems=desc, n_problems=len(problems), weights=weights,
                   config_diff=diff, identical_replicates=identical, energies=energy_summary,
                   trivial_baselines=trivial, eval_seconds=eval_seconds,
-                  warnings=list(diff["warnings"]) + reused + identical)
+                  warnings=list(diff["warnings"]) + environment_warnings(gs) + reused + identical)
     curves = {r.name: read_curves(r.path) for g in gs for r in g.runs}
     extras = {"groups": gs, "errors": errors, "energies": energies, "curves": curves, "problems": problems}
     return report, extras

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import h5py
@@ -49,6 +50,7 @@ def _describe_checkpoint(path: Path) -> dict:
         "format_version": int(ck.meta.get("ebmtool.format_version", "0")),
         "git_commit": ck.meta.get("ebmtool.git_commit"), "git_dirty_hash": ck.meta.get("ebmtool.git_dirty_hash"),
         "compute_flops": checkpoint_compute(ck),
+        "environment": json.loads(ck.meta.get("ebmtool.environment", "null")),
         "config": ck.config, "tensor_groups": groups,
     }
 
@@ -170,6 +172,16 @@ def _source_alarms(g) -> list[str]:
 ACCEPT_ALARM = 0.05  # mean accepted fraction of a refining source's descent steps below which info raises an alarm
 
 
+def environment_lines(env: dict | None) -> list[str]:
+    """The command line, library versions and machine an artifact was made with (none for older files)."""
+    if not env:
+        return ["made on   (not recorded: written before ebmtool recorded its environment)"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    where = f"{env['device']} ({env['device_name']}), " if env.get("device") else ""
+    return [f"command   {shlex.join(env['argv'])}", f"versions  {versions}",
+            f"made on   {where}host {env['host']}, {env['threads']} threads"]
+
+
 def format_description(d: dict) -> str:
     lines = [f"file      {d['file']}", f"kind      {d['kind']} ({d['format']})"]
     if d["kind"] == "checkpoint":
@@ -181,6 +193,7 @@ def format_description(d: dict) -> str:
                   f"data      {d['data_fingerprint']}", f"sha256    {d['sha256']}",
                   f"version   ebmtool {d['ebmtool_version']}, format {d['format_version']}, "
                   f"git {d['git_commit'][:12]} ({d['git_dirty_hash']})",
+                  *environment_lines(d["environment"]),
                   "tensors   " + ", ".join(f"{k}: {v}" for k, v in sorted(d["tensor_groups"].items())),
                   "config"]
         lines += [f"  {k} = {json.dumps(v)}" for k, v in sorted(d["config"].items())]
@@ -191,6 +204,7 @@ def format_description(d: dict) -> str:
                      f"{prov.get('created')}, git {str(prov.get('git_commit'))[:12]}")
         for name, inp in prov.get("inputs", {}).items():
             lines.append(f"input     {name}: {inp['path']} (sha256 {inp['sha256'][:16]})")
+        lines += environment_lines(prov.get("environment"))
     for k, v in sorted(d["attributes"].items()):
         lines.append(f"  @{k} = {v}")
     lines.append("datasets")

@@ -224,7 +224,8 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     k, d, xd = opts.k, problems.y.shape[1], problems.x.shape[1]
     prov = provenance("mine-negatives", asdict(opts), inputs={"checkpoint": checkpoint},
                       checkpoint_step=ckpt.step, data_fingerprint=fingerprint,
-                      data=str(data) if data is not None else "checkpoint training set", task=task.label)
+                      data=str(data) if data is not None else "checkpoint training set", task=task.label,
+                      device=device)
     shapes = {"index": ((), np.int64), "level": ((), np.int64), "eps": ((d,), np.float32),
               "positives": ((d,), np.float32), "inputs": ((xd,), np.float32), "negatives": ((k, d), np.float32),
               "start_level": ((k,), np.int64), "energy_pos": ((), np.float32), "energy": ((k,), np.float32),
@@ -418,7 +419,7 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: 
                  "negatives_sha256": sha256_file(negatives), "data_fingerprint": attrs.get("data_fingerprint", ""),
                  "mined_checkpoint_sha256": attrs.get("checkpoint_sha256", "")}
     prov = provenance("score", {"levels": levels, "weights": weights, "batch_size": batch_size},
-                      inputs={"checkpoint": checkpoint, "negatives": negatives}, checkpoint_step=ckpt.step)
+                      inputs={"checkpoint": checkpoint, "negatives": negatives}, checkpoint_step=ckpt.step, device=device)
     return {"datasets": datasets, "attrs": out_attrs, "provenance": prov}
 
 

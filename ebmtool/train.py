@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from ebmtool import __version__
 from ebmtool.artifacts import (
-    Checkpoint, atomic_path, code_version, load_checkpoint, open_h5, provenance, save_checkpoint, sha256_file,
-    write_h5,
+    Checkpoint, atomic_path, code_version, environment, load_checkpoint, open_h5, provenance, save_checkpoint,
+    sha256_file, write_h5,
 )
 from ebmtool.diffusion import cosine_schedule, energy_and_grad, impose_mask, noised
 from ebmtool.devices import autocast, check_precision, resolve_device  # noqa: F401 (re-exported)
@@ -800,6 +800,7 @@ class RunState:
             "ebmtool.ema_updates": str(self.ema.updates),
             "ebmtool.skipped_steps": str(self.skipped),
             "ebmtool.world_size": str(dist.world_size()),  # processes that trained the last steps (torchrun)
+            "ebmtool.environment": json.dumps(environment(self.device), sort_keys=True),
             **{f"ebmtool.{k}": v for k, v in code_version().items() if k != "ebmtool_version"},
             **_rng_meta(),
         }
@@ -867,7 +868,7 @@ def write_metrics(path: Path, st: RunState):
     datasets.update({f"eval/{c}": np.asarray([r.get(c, np.nan) for r in erows], dtype=np.float64)
                      for c in EVAL_COLUMNS})
     datasets["eval/step"] = datasets["eval/step"].astype(np.int64)
-    prov = provenance("train", st.cfg.to_dict(), data_fingerprint=st.data.fingerprint)
+    prov = provenance("train", st.cfg.to_dict(), data_fingerprint=st.data.fingerprint, device=st.device)
     write_h5(path, "metrics", datasets,
              {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped,
               "metric": st.data.task.metric, "higher_is_better": bool(st.data.task.higher_is_better),
