@@ -161,3 +161,19 @@ def test_eval_data_with_wrong_shape_exits_2(runner, tiny_run, tmp_path):
 def test_debug_shows_the_traceback(runner, tmp_path):
     r = runner.invoke(cli, ["--debug", "eval", str(tmp_path / "nope.safetensors")])
     assert r.exit_code != 0 and r.exception is not None
+
+
+def test_shell_completion_names_every_subcommand():
+    """click's completion protocol, as a shell calls it: `ebmtool <TAB>` lists the subcommands."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "ebmtool"
+    env = {**os.environ, "_EBMTOOL_COMPLETE": "bash_complete", "COMP_WORDS": "ebmtool ", "COMP_CWORD": "1"}
+    out = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60).stdout
+    assert sorted(out.split()) == sorted(f"plain,{name}" for name in cli.commands)
+    env = {**os.environ, "_EBMTOOL_COMPLETE": "bash_complete", "COMP_WORDS": "ebmtool train --bud", "COMP_CWORD": "2"}
+    out = subprocess.run([str(script)], capture_output=True, text=True, env=env, timeout=60).stdout
+    assert sorted(out.split()) == ["plain,--budget", "plain,--budget-of"]
