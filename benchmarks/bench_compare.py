@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 
 from ebmtool.compare import compare
-from ebmtool.train import RunState, TrainConfig, TrainingData, prepare
+from ebmtool.training.state import RunState
+from ebmtool.config import TrainConfig
+from ebmtool.data import TrainingData
+from ebmtool.training.loop import prepare
 
 
 def _checkpoint(out: Path, size: int, seed: int) -> Path:

@@ -82,7 +82,8 @@ def profiled_matmul_flops(fn) -> float:
 def setup_training(size: int, batch: int, width: int, device="cpu", **over):
     """(cfg, data, model, optimiser) for an inverse size x size training run at `batch`, the paper's MLP."""
     from ebmtool.models import EnergyMLP
-    from ebmtool.train import TrainConfig, TrainingData
+    from ebmtool.config import TrainConfig
+    from ebmtool.data import TrainingData
 
     cfg = TrainConfig(task="inverse", size=size, seed=0, train_size=batch * 8, batch_size=batch, width=width,
                       **over)
@@ -98,7 +99,8 @@ def setup_training(size: int, batch: int, width: int, device="cpu", **over):
 def make_train_step(cfg, model, opt, data, sched, device="cpu"):
     """One full optimiser step (denoise + negatives + energy term + backward + clip + Adam) per call, cycling
     over 8 batches; generators on the CPU, tensors moved to `device` as train.py does."""
-    from ebmtool.train import ired_losses, step_generator
+    from ebmtool.training.losses import Batch, Objective, ired_losses
+    from ebmtool.rng import step_generator
 
     state = {"step": 0}
 
@@ -107,7 +109,7 @@ def make_train_step(cfg, model, opt, data, sched, device="cpu"):
         gen = step_generator(0, s)
         x, y = data.batch(s, device)
         t = torch.randint(0, 10, (cfg.batch_size,), generator=gen).to(device)
-        parts = ired_losses(model, x, y, t, gen, sched, cfg, 0.5, step=s, neg_gen=step_generator(0, s, 3))
+        parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, s, 3), step=s), Objective(cfg, sched, energy_weight=0.5))
         opt.zero_grad()
         parts["loss_total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.errors import InputError, RunError
-from ebmtool.tasks import Problems
+from ebmtool.problems import Problems
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # ebmtool's HDF5 files start with a 512-byte user block (HDF5 skips it; h5py and h5dump read such files as usual)
@@ -553,3 +553,14 @@ def resolve_checkpoint_path(path: Path) -> Path:
             raise InputError(f"{path} is a directory without a ckpt.safetensors")
         return cand
     return path
+
+
+def read_negatives(path: Path) -> dict:
+    """{"arrays", "attrs"} of a negatives file (ebmtool mine-negatives), verified by its kind."""
+    with open_h5(path, "negatives") as f:
+        arrays = {k: f[k][()] for k in ("index", "level", "eps", "positives", "inputs", "negatives", "valid",
+                                        "energy_pos", "energy")}
+        arrays["mask"] = f["mask"][()] if "mask" in f else None  # tasks with given entries (Sudoku)
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        attrs["provenance"] = read_provenance(f)
+    return {"arrays": arrays, "attrs": attrs}

@@ -38,7 +38,7 @@ import torch
 from ebmtool import stats as S
 from ebmtool.artifacts import Checkpoint, load_checkpoint, open_h5, resolve_checkpoint_path, sha256_file
 from ebmtool.errors import InputError, RunError
-from ebmtool.train import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig
+from ebmtool.config import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig
 
 # The training code's cadence fields, less `steps`: a resume may extend the steps of one run, but between runs the
 # number of steps changes what is computed (unless compute is matched, see config_diff).

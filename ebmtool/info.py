@@ -13,7 +13,7 @@ from ebmtool.artifacts import artifact_kind, load_checkpoint, open_h5, read_prov
 from ebmtool.compute import format_flops
 from ebmtool.evaluate import checkpoint_model
 from ebmtool.models import parameter_count
-from ebmtool.train import checkpoint_compute
+from ebmtool.training.state import checkpoint_compute
 
 
 def describe(path: Path) -> dict:

@@ -92,7 +92,8 @@ class NegativeBatch:
     info: dict = field(default_factory=dict)  # per-source extras (hnm: selected start level per negative)
 
 
-def _rep(v: torch.Tensor, k: int) -> torch.Tensor:
+def repeat_rows(v: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row repeated k times in place (row i -> rows i*k .. i*k+k-1): the layout of (B, K, D) negatives."""
     return v if k == 1 else v.repeat_interleave(k, dim=0)
 
 
@@ -173,9 +174,9 @@ def _keep_given(y_cand, y, mask):
 
 def _ired(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
     noise = start_noise(eps, k, gen, noise.get("start"))
-    return ired_negative(model, _rep(x, k), _rep(y, k), _rep(t, k), noise, sched, steps=s.ired_steps,
+    return ired_negative(model, repeat_rows(x, k), repeat_rows(y, k), repeat_rows(t, k), noise, sched, steps=s.ired_steps,
                          noise_scale=s.ired_noise, clamp_mode=s.clamp_mode,
-                         mask=None if mask is None else _rep(mask, k)), {}
+                         mask=None if mask is None else repeat_rows(mask, k)), {}
 
 
 def _clean_start(sched, y, t, noise, scale, box=CLEAN_CLAMP):
@@ -184,8 +185,8 @@ def _clean_start(sched, y, t, noise, scale, box=CLEAN_CLAMP):
 
 
 def _anm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
-    xr, yr, tr, er = _rep(x, k), _rep(y, k), _rep(t, k), _rep(eps, k)
-    mr = None if mask is None else _rep(mask, k)
+    xr, yr, tr, er = repeat_rows(x, k), repeat_rows(y, k), repeat_rows(t, k), repeat_rows(eps, k)
+    mr = None if mask is None else repeat_rows(mask, k)
     start = start_noise(eps, k, gen, noise.get("start"))
     y0 = _keep_given(_clean_start(sched, yr, tr, start, s.anm_noise, s.clean_clamp), yr, mr)
     y_neg, _, accepted = refine_renoised(model, xr, y0, tr, er, sched, s.anm_steps, step_scale=s.anm_step_size,
@@ -227,8 +228,8 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noi
     b, d = y.shape
     c = s.hnm_candidates
     kc = k * c
-    xr, yr, tr, er = _rep(x, kc), _rep(y, kc), _rep(t, kc), _rep(eps, kc)
-    mr = None if mask is None else _rep(mask, kc)
+    xr, yr, tr, er = repeat_rows(x, kc), repeat_rows(y, kc), repeat_rows(t, kc), repeat_rows(eps, kc)
+    mr = None if mask is None else repeat_rows(mask, kc)
     levels = hnm_levels(c, sched.levels).to(y.device)
     lv = levels.repeat(b * k)  # row (b*K + j)*C + c has level levels[c]
     delta = noise["delta"].reshape(b * kc, d).to(y.device)
@@ -254,10 +255,10 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noi
 
 
 def _gaussian(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
-    yr = _rep(y, k)
+    yr = repeat_rows(y, k)
     y_neg = (yr + s.gaussian_scale * noise["gauss"].reshape(yr.shape).to(y.device)).clamp(-s.clean_clamp,
                                                                                            s.clean_clamp)
-    return _keep_given(y_neg, yr, None if mask is None else _rep(mask, k)), {}
+    return _keep_given(y_neg, yr, None if mask is None else repeat_rows(mask, k)), {}
 
 
 SOURCE_FUNCTIONS = {"ired": _ired, "anm": _anm, "hnm": _hnm, "gaussian": _gaussian}

@@ -1,74 +1,25 @@
-"""Built-in problem families and user HDF5 data behind one interface.
-
-A task turns (split, seed, n) into Problems deterministically. Streams are keyed by purpose with NumPy's
-SeedSequence: training draws come from (seed, "train"); validation and test sets from fixed seeds of their own
-("val", "test", and the harder variants), so they never share a stream with any training seed and are the same
-for every model. Generation follows the reference; the harder split is an evaluation split only.
+"""The task registry: built-in continuous families, the discrete ones (ebmtool.discrete.tasks) and user HDF5
+data, all behind the `Task` interface (ebmtool.problems). The harder split is an evaluation split only.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ebmtool.diffusion import SamplerSettings
+from ebmtool.artifacts import read_dataset
+from ebmtool.diffusion import SamplerSettings, cosine_schedule
+from ebmtool.discrete.tasks import get_discrete_task
 from ebmtool.errors import InputError
+from ebmtool.problems import EVAL_SEED, PURPOSES, SPLITS, Problems, Task, split_seed, stream  # noqa: F401
 
-# Fixed seed of every evaluation split (the date of the reference release). Part of each set's identity.
-EVAL_SEED = 20240614
-PURPOSES = {"train": 1, "val": 2, "test": 3}
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Problems:
-    """A set of problems: inputs x (N, x_dim), targets y (N, y_dim), optional mask of given entries."""
-
-    x: np.ndarray
-    y: np.ndarray
-    mask: np.ndarray | None = None
-    description: dict = field(default_factory=dict)
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the contents; identifies a data set across files and runs."""
-        h = hashlib.sha256()
-        for a in (self.x, self.y, self.mask):
-            if a is not None:
-                a = np.ascontiguousarray(a, dtype=np.float32)
-                h.update(str(a.shape).encode())
-                h.update(a.tobytes())
-        return h.hexdigest()
-
-    def subset(self, n: int) -> "Problems":
-        return Problems(self.x[:n], self.y[:n], None if self.mask is None else self.mask[:n], dict(self.description))
-
-
-def split_seed(split: str, seed: int | None) -> int:
-    """The seed of a split: the caller's for train (required), the fixed EVAL_SEED for val and test."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if split != "train":
-        seed = EVAL_SEED if seed is None else seed
-    if seed is None:
-        raise ValueError("a training split needs a seed")
-    return seed
-
-
-def stream(seed: int, purpose: str, harder: bool = False) -> np.random.Generator:
-    code = PURPOSES[purpose] + (10 if harder else 0)
-    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(code,)))
+DISCRETE_TASK_NAMES = ("sudoku", "connectivity", "connectivity-2", "shortest-path")  # ebmtool.discrete.tasks
 
 
 @dataclass(frozen=True)
-class Task:
+class ContinuousTask(Task):
     """A built-in continuous task. Primary metric: per-problem MSE (mean over answer elements); lower = better."""
 
     name: str
@@ -91,12 +42,25 @@ class Task:
     def label(self) -> str:
         return f"{self.name} {self.size}x{self.size}"
 
-    def generate(self, n: int, split: str = "train", seed: int | None = None, harder: bool = False) -> Problems:
+    def generate(self, n: int, split: str = "train", seed: int | None = None, harder: bool = False,
+                 size: int | None = None) -> Problems:
         seed = split_seed(split, seed)
         rng = stream(seed, split, harder)
         x, y = GENERATORS[self.name](rng, n, self.size, harder)
         desc = {"task": self.name, "size": self.size, "split": split, "seed": seed, "harder": harder, "n": n}
         return Problems(x.astype(np.float32), y.astype(np.float32), None, desc)
+
+    def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
+        if blocks is not None:
+            raise InputError("--blocks applies to the discrete tasks' networks; the MLP has a fixed depth")
+        return {"arch": "mlp", "x_dim": self.x_dim, "y_dim": self.y_dim, "width": width or 512, "time_dim": time_dim}
+
+    def metrics(self, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
+        """`mse` of y_hat and `mse_ref_scaled`, the mse of sqrt(ab_0) * y_hat (the reference's reporting)."""
+        y = problems.y.astype(np.float64)
+        pred = y_hat.astype(np.float64)
+        scale = float(cosine_schedule().sqrt_ab[0])
+        return {"mse": ((pred - y) ** 2).mean(axis=1), "mse_ref_scaled": ((scale * pred - y) ** 2).mean(axis=1)}
 
     def baselines(self, problems: Problems) -> dict[str, np.ndarray]:
         """Per-problem errors of trivial predictors: the numbers a model must beat to have learnt anything."""
@@ -135,7 +99,6 @@ def _lowrank(rng, n, size, harder):
 
 
 GENERATORS = {"inverse": _inverse, "addition": _addition, "lowrank": _lowrank}
-DISCRETE_TASK_NAMES = ("sudoku", "connectivity", "connectivity-2", "shortest-path")  # ebmtool.discrete.tasks
 TASK_NAMES = tuple(GENERATORS) + DISCRETE_TASK_NAMES
 
 
@@ -143,19 +106,17 @@ def get_task(name: str, size: int | None = None):
     """A built-in task. Continuous: `size` is the matrix size (20 when None). Discrete: None = the reference
     size; graph tasks take a node count, Sudoku rejects any size but 9."""
     if name in DISCRETE_TASK_NAMES:
-        from ebmtool.discrete.tasks import get_discrete_task
-
         return get_discrete_task(name, size)
     size = 20 if size is None else size
     if name not in GENERATORS:
         raise InputError(f"unknown task {name!r}; built-in tasks are {', '.join(TASK_NAMES)}, or give an HDF5 file")
     if size < 2:
         raise InputError(f"--size must be at least 2, got {size}")
-    return Task(name, size)
+    return ContinuousTask(name, size)
 
 
 @dataclass(frozen=True)
-class FileTask(Task):
+class FileTask(ContinuousTask):
     """A user data set from HDF5 (`inputs`, `targets`, optional `mask`); first 90 % train, last 10 % validation."""
 
     path: str = ""
@@ -185,8 +146,6 @@ def is_data_file(name: str) -> bool:
 def resolve_task(name: str, size: int | None = 20):
     """A built-in task by name, or (FileTask, Problems) for an HDF5 file. Returns (task, problems-or-None)."""
     if is_data_file(name):
-        from ebmtool.artifacts import read_dataset
-
         problems = read_dataset(Path(name))
         cached = problems.description.get("task")
         if cached in DISCRETE_TASK_NAMES:  # a cache written by `ebmtool data` for a discrete task

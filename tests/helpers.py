@@ -1,6 +1,6 @@
 """Tiny configurations shared by the tests (seconds, not minutes)."""
 
-from ebmtool.train import TrainConfig
+from ebmtool.config import TrainConfig
 
 TINY = dict(task="inverse", size=4, width=32, time_dim=16, train_size=256, batch_size=32, val_size=8,
             log_every=2, eval_every=0, ckpt_every=0, device="cpu", lr=1e-3)

@@ -7,7 +7,10 @@ import torch
 
 from ebmtool.artifacts import load_checkpoint, save_checkpoint, sha256_file
 from ebmtool.cli import cli
-from ebmtool.train import RunState, TrainConfig, TrainingData, prepare, train
+from ebmtool.training.state import RunState
+from ebmtool.config import TrainConfig
+from ebmtool.data import TrainingData
+from ebmtool.training.loop import prepare, train
 
 TINY = dict(size=4, width=32, time_dim=16, batch_size=16, train_size=32, val_size=0, log_every=1, eval_every=0,
             ckpt_every=0, device="cpu", lr=1e-3)

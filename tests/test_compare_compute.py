@@ -17,7 +17,7 @@ from ebmtool.compare import (
     config_diff, summary_lines,
 )
 from ebmtool.errors import InputError
-from ebmtool.train import TrainConfig
+from ebmtool.config import TrainConfig
 
 SMALL = dict(size=4, width=32, time_dim=16, batch_size=16, train_size=32, val_size=0, device="cpu")
 

@@ -11,14 +11,16 @@ import pytest
 import torch
 
 from benchmarks.common import profiled_matmul_flops
-from ebmtool import train as train_mod
+from ebmtool.training import step as train_mod
 from ebmtool.artifacts import load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.compare import compute_summary, load_groups
 from ebmtool.compute import counted_flops, flop_rule, parse_flops
 from ebmtool.errors import InputError
 from ebmtool.models import build_model
-from ebmtool.train import NO_STEP_CAP, RunLock, checkpoint_compute, train
+from ebmtool.config import NO_STEP_CAP
+from ebmtool.training.state import RunLock, checkpoint_compute
+from ebmtool.training.loop import train
 
 from helpers import TINY_FLAGS, tiny
 

@@ -7,7 +7,8 @@ import torch
 
 from ebmtool import curriculum as cur
 from ebmtool.errors import InputError
-from ebmtool.train import TrainConfig, train
+from ebmtool.config import TrainConfig
+from ebmtool.training.loop import train
 
 from helpers import single_thread, tiny
 

@@ -12,7 +12,7 @@ from ebmtool.cli import cli
 from ebmtool.devices import autocast, check_precision, resolve_device
 from ebmtool.errors import InputError
 from ebmtool.evaluate import evaluation_problems, load_model, per_problem_errors, sample_answers
-from ebmtool.train import train
+from ebmtool.training.loop import train
 
 from helpers import TINY_FLAGS, tiny
 

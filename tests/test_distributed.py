@@ -27,7 +27,10 @@ from ebmtool.diffusion import cosine_schedule
 from ebmtool.mining import MineOptions, mine, score
 from ebmtool.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, draw_noise, generate
-from ebmtool.train import RunState, TrainConfig, TrainingData, check_world, train
+from ebmtool.training.state import RunState
+from ebmtool.config import TrainConfig
+from ebmtool.data import TrainingData
+from ebmtool.training.loop import check_world, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # a traceback line inside the ebmtool package itself (not torchrun's own, which may live under a checkout that is

@@ -29,7 +29,9 @@ from ebmtool.artifacts import (
 )
 from ebmtool.cli import cli
 from ebmtool.errors import InputError, RunError
-from ebmtool.train import TrainConfig, prune_snapshots, snapshot_path, train
+from ebmtool.config import TrainConfig
+from ebmtool.training.state import prune_snapshots, snapshot_path
+from ebmtool.training.loop import train
 
 TINY = dict(size=4, width=32, train_size=256, batch_size=32, val_size=8)
 TINY_FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-size", "32", "--val-size", "8"]
@@ -377,7 +379,7 @@ def test_full_disk_writing_hdf5_keeps_the_previous_file(artifacts, tmp_path, mon
 
 def _poison(monkeypatch, at_calls: set[int], part: str):
     """Make ired_losses return a non-finite `part` on the given (0-based) calls."""
-    import ebmtool.train as T
+    from ebmtool.training import step as T
 
     real, calls = T.ired_losses, [0]
 
@@ -428,7 +430,7 @@ def test_keep_bounds_the_number_of_snapshots(tmp_path):
     train(cfg, tmp_path / "run", log=lambda m: None)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert names == [".lock", "ckpt-step0000016.safetensors", "ckpt-step0000020.safetensors", "ckpt.safetensors",
-                     "metrics.h5"]  # .lock: the run directory's lock (kept, released when the process ends)
+                     "metrics.h5", "metrics.jsonl"]  # .lock: the run directory's lock (kept, released when the process ends)
     assert load_checkpoint(tmp_path / "run" / "ckpt-step0000016.safetensors").step == 16
     latest = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
     snap = load_checkpoint(tmp_path / "run" / "ckpt-step0000020.safetensors")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ebmtool.artifacts import load_checkpoint
-from ebmtool.train import train
+from ebmtool.training import train
 
 from helpers import single_thread, tiny
 
@@ -33,5 +33,8 @@ def test_twenty_steps_reproduce_the_golden_values(arm, tmp_path):
     got["weight_abs_sum"] = float(sum(t.double().abs().sum() for t in w))
     assert got["compute_flops"] == GOLDEN[arm]["compute_flops"]  # counted rows: exact
     for key, value in GOLDEN[arm].items():
-        assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        # weight_sum cancels (|sum| ~ 2 of sum|w| ~ 670): float kernels that differ between CPUs move it by ~1e-6
+        # absolute, so it is held to a tolerance relative to the weights' size (a real change moves it ~1e-2)
+        tol = 1e-7 * GOLDEN[arm]["weight_abs_sum"] if key == "weight_sum" else 1e-9
+        assert got[key] == pytest.approx(value, rel=1e-6, abs=tol), key
     assert torch.isfinite(torch.tensor(list(got.values()))).all()

@@ -14,7 +14,10 @@ from ebmtool import sans as sans_mod
 from ebmtool.errors import InputError
 from ebmtool.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, generate, hnm_levels, ired_negative, refine_renoised, renoise
-from ebmtool.train import TrainingData, ired_losses, step_generator, train
+from ebmtool.data import TrainingData
+from ebmtool.training.losses import Batch, Objective, ired_losses
+from ebmtool.rng import step_generator
+from ebmtool.training.loop import train
 from ebmtool.artifacts import load_checkpoint
 from ebmtool.evaluate import load_model
 
@@ -189,7 +192,7 @@ def test_examples_without_valid_negatives_leave_the_energy_term_and_are_counted(
     x, y = data.batch(0, "cpu")
     gen = step_generator(1, 0)
     t = torch.randint(0, 10, (32,), generator=gen)
-    parts = ired_losses(model, x, y, t, gen, SCHED, cfg, 0.5, neg_gen=step_generator(1, 0, 3))
+    parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(1, 0, 3)), Objective(cfg, SCHED, energy_weight=0.5))
     d = parts["diagnostics"]
     assert d["dup_fraction"] == 1.0 and d["excluded_fraction"] == 1.0
     assert parts["energy_term"].item() == 0.0  # nothing is learnt from duplicates
@@ -230,7 +233,7 @@ def test_default_configuration_reproduces_the_baseline_loss_golden():
     x, y = data.batch(0, "cpu")
     gen = step_generator(7, 0)
     t = torch.randint(0, 10, (32,), generator=gen)
-    parts = ired_losses(model, x, y, t, gen, SCHED, cfg.validate(), 0.5)
+    parts = ired_losses(model, Batch(x, y, t, gen), Objective(cfg.validate(), SCHED, energy_weight=0.5))
     parts["loss_total"].backward()
     gnorm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
     assert parts["loss_total"].item() == pytest.approx(1.407025694847107, rel=1e-6)
@@ -260,7 +263,7 @@ def test_one_energy_call_scores_positives_and_all_k_negatives():
     gen = step_generator(0, 0)
     t = torch.randint(0, 10, (32,), generator=gen)
     model.counter.reset()
-    parts = ired_losses(model, x, y, t, gen, SCHED, cfg, 0.5, neg_gen=step_generator(0, 0, 3))
+    parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, 3)), Objective(cfg, SCHED, energy_weight=0.5))
     # denoise (1) + ired descent 2 steps (3 calls of B*K rows) + one scoring call of B(1+K) rows
     assert model.counter.calls == 5
     assert model.counter.rows == 32 + 3 * 32 * 8 + 32 * 9

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ebmtool import negatives as neg_mod
-from ebmtool import train as train_mod
+from ebmtool.training import diagnostics, negatives as train_negatives
 from ebmtool.artifacts import load_checkpoint
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError
@@ -18,7 +18,11 @@ from ebmtool.evaluate import load_model
 from ebmtool.mining import MineOptions, mine
 from ebmtool.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, generate, standardise
-from ebmtool.train import TrainingData, checkpoint_compute, ired_losses, step_generator, train
+from ebmtool.data import TrainingData
+from ebmtool.training.state import checkpoint_compute
+from ebmtool.training.losses import Batch, Objective, ired_losses
+from ebmtool.rng import step_generator
+from ebmtool.training.loop import train
 
 from helpers import single_thread, tiny
 
@@ -48,19 +52,19 @@ def test_positive_and_negatives_share_the_noise_inside_the_real_step(source, k, 
     model = EnergyMLP(16, 16, 32, 16)
     seen, made = [], []
     model.register_forward_pre_hook(lambda m, args: seen.append([a.detach().clone() for a in args]))
-    real_generate = train_mod.generate
+    real_generate = train_negatives.generate
 
     def spy(*a, **kw):
         nb = real_generate(*a, **kw)
         made.append(nb.y_neg.clone())
         return nb
 
-    monkeypatch.setattr(train_mod, "generate", spy)
+    monkeypatch.setattr(train_negatives, "generate", spy)
     x, y = TrainingData(cfg).batch(0, "cpu")
     b = x.shape[0]
     gen = step_generator(3, 0)
     t = torch.randint(0, 10, (b,), generator=gen)
-    ired_losses(model, x, y, t, gen, SCHED, cfg, 0.5, neg_gen=step_generator(3, 0, 3))
+    ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(3, 0, 3)), Objective(cfg, SCHED, energy_weight=0.5))
     (scoring,) = [s for s in seen if s[1].shape[0] == b * (1 + k)]
     zs, ts = scoring[1], scoring[2]
     x_pos, x_neg = zs[:b], zs[b:].view(b, k, -1)
@@ -77,9 +81,9 @@ def test_p_hard_counts_negatives_below_their_positive():
     e_pos = torch.tensor([1.0, 1.0])
     e_neg = torch.tensor([[0.5, 2.0], [3.0, 4.0]])  # one negative of four has a lower energy than its positive
     ratio = torch.ones(2, 2)
-    s = train_mod._pair_stats(e_pos, e_neg, ratio, torch.ones(2, 2, dtype=torch.bool))
+    s = diagnostics.pair_stats(e_pos, e_neg, ratio, torch.ones(2, 2, dtype=torch.bool))
     assert s["p_hard"] == 0.25 and s["margin"] == pytest.approx((-0.5 + 1 + 2 + 3) / 4)
-    s = train_mod._pair_stats(e_pos, e_neg, ratio, torch.tensor([[False, True], [True, True]]))
+    s = diagnostics.pair_stats(e_pos, e_neg, ratio, torch.tensor([[False, True], [True, True]]))
     assert s["p_hard"] == 0.0  # the hard one is invalid: not counted
 
 

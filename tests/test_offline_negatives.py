@@ -29,7 +29,7 @@ MINE_FLAGS = ["--k", "3", "--candidates", "3", "--refine-steps", "1", "--seed", 
 def base(tmp_path_factory):
     """A tiny base run (CLI-compatible model shape), its negatives, scores and weights."""
     from ebmtool.mining import write_weights
-    from ebmtool.train import train
+    from ebmtool.training.loop import train
 
     d = tmp_path_factory.mktemp("offline")
     train(tiny(steps=2, seed=1, time_dim=128), d / "base", log=lambda m: None)
@@ -146,9 +146,10 @@ def test_train_uses_offline_negatives_and_weights(base, runner, tmp_path):
 def test_offline_rows_take_the_files_negatives(base):
     """energy_term puts the file's clean negatives and weights on the rows it covers (unit level)."""
     from ebmtool.diffusion import cosine_schedule
-    from ebmtool.mining import OfflineNegatives
+    from ebmtool.offline import OfflineNegatives
     from ebmtool.models import EnergyMLP
-    from ebmtool.train import TrainingData, energy_term
+    from ebmtool.data import TrainingData
+    from ebmtool.training.losses import Batch, Objective, energy_term
 
     cfg = tiny(seed=1, time_dim=128, k=3, offline_negatives=str(base / "negs.h5"),
                offline_weights=str(base / "weights.h5"), offline_fraction=1.0).validate()
@@ -161,8 +162,8 @@ def test_offline_rows_take_the_files_negatives(base):
     x, y = (torch.from_numpy(a[idx]) for a in (data.train.x, data.train.y))
     t = torch.tensor([1, 2, 3, 4])
     eps = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
-    parts, diag, _ = energy_term(model, x, y, t, eps, cosine_schedule(), cfg, 0, torch.Generator().manual_seed(1),
-                                 offline=(store, idx))
+    batch = Batch(x, y, t, torch.Generator(), torch.Generator().manual_seed(1), offline_rows=idx)
+    parts, diag, _ = energy_term(model, batch, Objective(cfg, cosine_schedule(), offline=store), eps)
     assert diag["offline_fraction"] == 0.75
     w = _contents(base / "weights.h5")["weights"]
     e_neg = parts["energy_neg"]  # weighted mean of E- with the file's weights on offline rows
@@ -230,7 +231,7 @@ def test_hnm_sample_selection_is_seeded(base):
 def test_weights_default_alpha_is_trains(base, runner, tmp_path):
     """`weights` without --alpha uses the inverse temperature `train --sans` defaults to, and says so in its file."""
     from ebmtool.sans import DEFAULT_ALPHA
-    from ebmtool.train import TrainConfig
+    from ebmtool.config import TrainConfig
 
     assert TrainConfig(sans=True, k=2).validate().alpha == DEFAULT_ALPHA == 1.0
     r = runner.invoke(cli, ["weights", str(base / "scores.h5"), "-o", str(tmp_path / "w.h5")])

@@ -10,7 +10,7 @@ import torch
 from ebmtool.artifacts import load_checkpoint, save_checkpoint
 from ebmtool.cli import cli
 from ebmtool.compare import environment_warnings, load_groups
-from ebmtool.train import train
+from ebmtool.training.loop import train
 
 from helpers import single_thread, tiny
 

@@ -21,7 +21,8 @@ import torch
 
 from ebmtool.artifacts import InputError, _safetensors_metadata, load_checkpoint
 from ebmtool.cli import cli
-from ebmtool.train import TrainConfig, train
+from ebmtool.config import TrainConfig
+from ebmtool.training.loop import train
 
 STEPS = 60
 FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-size", "32", "--val-size", "8",

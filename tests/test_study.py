@@ -65,7 +65,7 @@ def test_every_training_ran_under_the_launcher_prefix(study):
 
 def test_anm_runs_match_the_baseline_compute_of_their_seed(study):
     from ebmtool.artifacts import load_checkpoint
-    from ebmtool.train import checkpoint_compute
+    from ebmtool.training.state import checkpoint_compute
 
     for s in (0, 1):
         base, anm = (load_checkpoint(study / "out" / f"inverse/{a}/s{s}/ckpt.safetensors") for a in ("ired", "anm1"))

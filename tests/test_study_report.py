@@ -9,7 +9,9 @@ import pytest
 from ebmtool.artifacts import provenance, write_h5
 from ebmtool.cli import cli
 from ebmtool.study import arm_order, num, seed_ci, tail_means, write_report
-from ebmtool.train import TrainConfig, checkpoint_compute, train
+from ebmtool.config import TrainConfig
+from ebmtool.training.state import checkpoint_compute
+from ebmtool.training.loop import train
 from helpers import single_thread
 
 

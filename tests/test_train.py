@@ -12,7 +12,12 @@ from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError
 from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
 from ebmtool.models import EnergyMLP
-from ebmtool.train import EMA, TrainConfig, TrainingData, ired_losses, step_generator, train
+from ebmtool.training.state import EMA
+from ebmtool.config import TrainConfig
+from ebmtool.data import TrainingData
+from ebmtool.training.losses import Batch, Objective, ired_losses
+from ebmtool.rng import step_generator
+from ebmtool.training.loop import train
 
 from helpers import tiny
 
@@ -30,7 +35,7 @@ def test_initial_losses_match_the_reference_smoke_values():
     x, y = data.batch(0, "cpu")
     gen = step_generator(0, 0)
     t = torch.randint(0, 10, (256,), generator=gen)
-    parts = ired_losses(model, x, y, t, gen, cosine_schedule(), cfg, 0.5)
+    parts = ired_losses(model, Batch(x, y, t, gen), Objective(cfg, cosine_schedule(), energy_weight=0.5))
     assert 0.9 < parts["loss_denoise"].mean().item() < 1.1
     assert 0.55 < float(parts["loss_energy"].mean()) < 0.70
     assert parts["loss_denoise"].shape == parts["loss_energy"].shape == (256,)
@@ -47,7 +52,7 @@ def test_energy_term_changes_the_parameter_gradient():
         x, y = data.batch(0, "cpu")
         gen = step_generator(3, 0)
         t = torch.randint(0, 10, (32,), generator=gen)
-        parts = ired_losses(model, x, y, t, gen, cosine_schedule(), cfg, 0.5)
+        parts = ired_losses(model, Batch(x, y, t, gen), Objective(cfg, cosine_schedule(), energy_weight=0.5))
         parts["loss_total"].backward()
         grads[on] = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert not torch.allclose(grads[True], grads[False])
@@ -139,7 +144,7 @@ def test_seed_is_drawn_and_recorded_when_absent(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import ebmtool.train as tr
+    from ebmtool.training import step as tr
 
     train(tiny(seed=1, steps=2), tmp_path / "r", log=quiet)
     before = sha256_file(tmp_path / "r" / "ckpt.safetensors")
@@ -169,6 +174,6 @@ def test_training_step_costs_five_network_calls():
     gen = step_generator(0, 0)
     t = torch.randint(0, 10, (32,), generator=gen)
     model.counter.reset()
-    ired_losses(model, x, y, t, gen, cosine_schedule(), cfg, 0.5)
+    ired_losses(model, Batch(x, y, t, gen), Objective(cfg, cosine_schedule(), energy_weight=0.5))
     assert model.counter.calls == 5
     assert model.counter.rows == 32 * 6  # the last call scores positives and negatives together (2B rows)

@@ -116,6 +116,9 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
               "step at or past it; a curriculum is laid out over the budget.")
 @click.option("--budget-of", "budget_of", type=click.Path(path_type=Path), default=None, metavar="RUN",
               help="Matched compute: the budget is RUN's (a checkpoint or run directory) cumulative compute.")
+@click.option("--tensorboard", is_flag=True, default=False,
+              help="Also write every metrics column as TensorBoard scalars into OUTPUT/tensorboard "
+                   "(needs pip install 'ebmtool[tensorboard]').")
 @click.option("--autoresume", is_flag=True, default=False,
               help="With -o DIR: start, continue the run DIR holds if its configuration is the same, or exit 0 at "
               "once if it is finished; a different configuration is an error naming the first difference.")
@@ -202,10 +205,11 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
               help="Run directory [runs/<task>-<time>].")
 @overwrite_option
 @click.pass_context
-def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, **flags):
+def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, tensorboard, **flags):
     """Train an energy network with IRED (denoising through the energy gradient + energy-landscape term).
 
-    Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5.
+    Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5 (sealed at checkpoints), and the live log
+    OUTPUT/metrics.jsonl (a row as it is logged).
 
     \b
     Examples:
@@ -214,7 +218,8 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
     """
     from ebmtool import distributed
     from ebmtool.artifacts import resolve_checkpoint_path
-    from ebmtool.train import MINING_FIELDS, TrainConfig, _flag, train as run_training
+    from ebmtool.config import MINING_FIELDS, TrainConfig, flag_name
+    from ebmtool.training.loop import train as run_training
 
     distributed.init_from_env()  # under torchrun: join the other processes (a no-op otherwise)
     if seeds is not None:
@@ -237,7 +242,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
         given["negatives"] = "anm"
     mining = sorted(set(given) & set(MINING_FIELDS))
     if given.get("supervise_energy") is False and mining:
-        raise InputError(f"--{_flag(mining[0])} has no effect without energy supervision (--no-supervise-energy): "
+        raise InputError(f"--{flag_name(mining[0])} has no effect without energy supervision (--no-supervise-energy): "
                          "negatives are only used by the energy term")
     if autoresume:
         if resume is not None or output is None:
@@ -258,7 +263,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
         if ctx.get_parameter_source("recipe").name == "COMMANDLINE" and recipe != stored.recipe:
             raise InputError(f"--recipe {recipe} differs from the run's {stored.recipe}: a resumed run keeps its "
                              "configuration (start a new run with --init to change it)")
-        from ebmtool.train import resume_overrides
+        from ebmtool.config import resume_overrides
 
         given = resume_overrides(stored, {k: v for k, v in given.items() if k not in ("init", "init_sha256")})
         output = resume.parent
@@ -276,7 +281,8 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
         if (output / "ckpt.safetensors").exists() and not overwrite:
             raise InputError(f"{output} already holds a run; use --resume to continue it or --overwrite to "
                              "start again")
-    result = run_training(cfg, output, resume=resume, overrides=given if resume else None, log=log, force=force)
+    result = run_training(cfg, output, resume=resume, overrides=given if resume else None, log=log, force=force,
+                          tensorboard=tensorboard)
     if not distributed.is_main():
         return  # process 0 reports for the job
     fe = result.final_eval
@@ -291,7 +297,7 @@ def _new_config(recipe: str, init, given: dict):
     """The configuration of a new run from its recipe and the flags given (not yet resolved)."""
     from ebmtool.artifacts import resolve_checkpoint_path
     from ebmtool.curriculum import sources_of
-    from ebmtool.train import IRED_FIELDS, RECIPES, TrainConfig, _flag
+    from ebmtool.config import IRED_FIELDS, RECIPES, TrainConfig, flag_name
 
     values = {**RECIPES[recipe], **given, "recipe": recipe}
     if values.get("task") in DISCRETE_TASK_NAMES and "size" not in given:
@@ -304,7 +310,7 @@ def _new_config(recipe: str, init, given: dict):
     if cfg.supervise_energy:
         ired_given = [f for f in IRED_FIELDS if f in given]
         if ired_given and "ired" not in sources_of(cfg.stages()):
-            raise InputError(f"--{_flag(ired_given[0])} is a setting of the ired source, which this run does "
+            raise InputError(f"--{flag_name(ired_given[0])} is a setting of the ired source, which this run does "
                              "not use")
     return cfg
 
@@ -313,7 +319,8 @@ def _budget_flags(budget, budget_of, given: dict) -> dict:
     """--budget FLOPS / --budget-of RUN as config fields; a budgeted run without --steps has no step cap."""
     from ebmtool.artifacts import resolve_checkpoint_path
     from ebmtool.compute import parse_flops
-    from ebmtool.train import NO_STEP_CAP, checkpoint_compute
+    from ebmtool.config import NO_STEP_CAP
+    from ebmtool.training.state import checkpoint_compute
 
     if budget is None and budget_of is None:
         return {}
@@ -338,7 +345,9 @@ def _autoresume_target(ctx, recipe: str, init, output: Path, given: dict):
     another configuration in OUTPUT is refused, naming the first difference."""
     import dataclasses
 
-    from ebmtool.train import TrainConfig, _flag, first_difference, run_is_complete
+    from ebmtool.config import TrainConfig, flag_name, first_difference
+
+    from ebmtool.training.state import run_is_complete
 
     ckpt_path = Path(output) / "ckpt.safetensors"
     if not ckpt_path.exists():
@@ -351,7 +360,7 @@ def _autoresume_target(ctx, recipe: str, init, output: Path, given: dict):
     new = dataclasses.replace(new, curriculum_total=stored.curriculum_total, init_steps=stored.init_steps).validate()
     name = first_difference(stored, new)
     if name is not None:
-        raise InputError(f"{output} holds a run with another configuration: --{_flag(name)} is "
+        raise InputError(f"{output} holds a run with another configuration: --{flag_name(name)} is "
                          f"{getattr(stored, name)} there and {getattr(new, name)} here (use another -o, or "
                          "--overwrite without --autoresume to start again)")
     return "complete" if run_is_complete(ckpt, new) else ckpt_path

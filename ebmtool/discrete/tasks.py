@@ -11,18 +11,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ebmtool.diffusion import SamplerSettings
-from ebmtool.errors import InputError
-from ebmtool.tasks import Problems, split_seed, stream
+import torch
 
+from ebmtool.diffusion import SamplerSettings
 from ebmtool.discrete import graphs, negatives, sudoku
+from ebmtool.errors import InputError
+from ebmtool.negatives import DISCRETE_CLAMP
+from ebmtool.problems import Problems, Task, split_seed, stream
 
 DISCRETE = SamplerSettings(inner_steps=5, x0_clamp=1.0, opt_clamp=1.0, opt_multiplier=1.0, post_clamp=1.0)
 
 
 @dataclass(frozen=True)
-class DiscreteTask:
-    """A built-in discrete task. `size` is the node count of graph tasks (9 for Sudoku)."""
+class DiscreteTask(Task):
+    """A built-in discrete task. `size` is the node count of graph tasks (9 for Sudoku). Answers are one-hot +-1,
+    so negatives stay in [-1, 1]; the `ired` source is the task's own corruption of the answer."""
+
+    needs_fixed_training_set = True  # puzzles are generated once, not per step
+    clean_box = DISCRETE_CLAMP
+    reference_negative_source = True
 
     name: str
     size: int
@@ -46,7 +53,11 @@ class DiscreteTask:
     def label(self) -> str:
         return "sudoku 9x9" if self.name == "sudoku" else f"{self.name} ({self.size} nodes)"
 
-    def model_dims(self, width: int | None = None, blocks: int | None = None) -> dict:
+    @property
+    def has_mask(self) -> bool:
+        return self.name == "sudoku"  # the clues are given
+
+    def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
         """dims for ebmtool.models.build_model (the reference architecture of this task). `width` and `blocks`
         (None = the reference's) scale it: Sudoku CNN channels / residual blocks, connectivity hidden size /
         layers, shortest-path hidden size (its two temporal blocks are fixed)."""
@@ -90,6 +101,10 @@ class DiscreteTask:
         if self.name == "shortest-path":
             return negatives.path_negative(y, mask, gen, graphs.PATH_STEPS)
         return negatives.connectivity_negative(y, mask, gen, form=connectivity_form)
+
+    def denoise_weights(self, y):
+        """Shortest-path weights the path's entries 10 and the rest 0.5 (the reference's element weights)."""
+        return torch.where(y > 0, 10.0, 0.5) if self.name == "shortest-path" else None
 
     # -------------------------------------------------------------------------------- evaluation
     def metrics(self, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:

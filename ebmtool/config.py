@@ -1,0 +1,321 @@
+"""The training configuration: every field, its validation (the only place it happens), the recipes, and the
+declared field groups that resume and compare both read.
+
+A resolved `TrainConfig` is stored in every checkpoint; its checksum (over the fields that change what is
+computed) guards a resume against an altered or different configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from ebmtool import curriculum as curriculum_mod
+from ebmtool import sans as sans_mod
+from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
+from ebmtool.errors import InputError
+from ebmtool.negatives import CLAMP_MODES, NegativeSettings
+from ebmtool.tasks import DISCRETE_TASK_NAMES
+
+ON_NAN = ("stop", "skip")  # --on-nan: stop with the last good checkpoint kept, or drop the batch and go on
+
+RECIPES = {
+    # A CPU budget that converges in a few minutes on 2 cores (8x8 inverse beats both trivial baselines).
+    "cpu": {"size": 8, "steps": 1500, "batch_size": 256, "lr": 1e-3},
+    # The published recipe: a GPU job.
+    "paper": {"size": 20, "steps": 100_000, "batch_size": 2048, "lr": 1e-4},
+}
+
+# Fields that do not change what is computed, only when things are saved or shown; a resume may change them.
+# (budget_of names the run a budget was read from; the budget itself, budget_flops, is part of the computation.)
+CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size", "budget_of")
+# Fields added after checkpoints existed: left out of the checksum at their default, so older checkpoints verify.
+LATER_FIELDS = {"blocks": None, "precision": "fp32", "budget_flops": None, "budget_of": None, "init_steps": None,
+                "connectivity_negative": None}
+# Fields that follow from others (set by prepare), never compared as a user's choice.
+DERIVED_FIELDS = ("curriculum_total", "init_sha256", "init_steps", "offline_negatives_sha256",
+                  "offline_weights_sha256", "offline_mismatch")
+NO_STEP_CAP = 10**9  # --steps of a budgeted run when none is given: the budget alone ends it
+
+
+
+@dataclass
+class TrainConfig:
+    """Every field is read by the loop; the resolved config is stored in every checkpoint."""
+
+    task: str = "inverse"
+    size: int = 8
+    recipe: str = "cpu"
+    steps: int = 1500
+    batch_size: int = 256
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    seed: int | None = None
+    train_size: int = 12800  # fixed training problems generated from the seed; 0 = fresh draws every step
+    supervise_energy: bool = True  # the energy-landscape term (full IRED); off only for ablations
+    energy_weight: float | None = None  # None = the task's reference λ
+    neg_steps: int = 2
+    neg_noise_scale: float = 3.0
+    clamp_mode: str = "per-example"
+    # Negatives. Source-specific fields are None unless their source is used; validate() fills in the
+    # defaults of used sources (so the stored config is fully resolved) and rejects fields of unused ones.
+    negatives: str = "ired"  # --negatives-from: SOURCE or SOURCE:FRACTION,... (one-stage curriculum)
+    curriculum: str | None = None  # inline spec or preset; excludes a non-default --negatives-from
+    curriculum_total: int | None = None  # run length the curriculum is laid out for (set at start; kept on resume)
+    budget_flops: float | None = None  # train until the run's cumulative compute reaches this (--budget/--budget-of)
+    budget_of: str | None = None  # the run whose compute became budget_flops (recorded, not recomputed)
+    k: int = 1  # negatives per positive
+    dup_threshold: float = 1e-3  # clean-space RMS(y_neg - y) at or below which a negative is a near-duplicate
+    anm_steps: int | None = None
+    anm_step_size: float | None = None
+    anm_radius: float | None = None
+    anm_noise: float | None = None
+    hnm_candidates: int | None = None
+    hnm_steps: int | None = None
+    hnm_lambda: float | None = None
+    gaussian_scale: float | None = None
+    sans: bool = False
+    alpha: float | None = None
+    alpha_schedule: str | None = None
+    alpha_floor: float | None = None
+    sans_loss: str | None = None
+    margin: float | None = None
+    width: int | None = None  # None = the task's reference width (512 for the MLP)
+    blocks: int | None = None  # discrete tasks: Sudoku residual blocks / connectivity layers (None = reference)
+    time_dim: int = 128
+    ema_beta: float = 0.995
+    ema_every: int = 10
+    ema_start: int = 100
+    on_nan: str = "stop"
+    log_every: int = 10
+    eval_every: int = 500
+    ckpt_every: int = 500
+    keep: int = 0  # step-numbered snapshots kept beside ckpt.safetensors (the newest N; 0 = only the latest)
+    val_size: int = 256
+    device: str = "auto"
+    precision: str = "fp32"  # bf16: autocast on CUDA (ebmtool.devices)
+    init: str | None = None
+    init_sha256: str | None = None
+    init_steps: int | None = None  # optimiser steps the --init checkpoint had trained (its own inherited ones too)
+    connectivity_negative: str | None = None  # connectivity's reference negative form (set for that task only)
+    # Offline negatives: a mined file used for a fraction of each batch, optional SANS weights from a file.
+    offline_negatives: str | None = None
+    offline_negatives_sha256: str | None = None
+    offline_weights: str | None = None
+    offline_weights_sha256: str | None = None
+    offline_fraction: float | None = None  # default 0.5 with --negatives
+    offline_mismatch: list | None = None  # provenance mismatches accepted with --force (recorded, never silent)
+
+    def validate(self):
+        for name in ("steps", "batch_size", "log_every", "ema_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "ckpt_every", "keep", "train_size", "neg_steps", "ema_start", "val_size"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.clamp_mode not in CLAMP_MODES:
+            raise InputError(f"--clamp-mode must be one of {', '.join(CLAMP_MODES)}")
+        if self.on_nan not in ON_NAN:
+            raise InputError("--on-nan must be 'stop' or 'skip'")
+        if self.blocks is not None and self.blocks < 1:
+            raise InputError(f"--blocks must be at least 1, got {self.blocks}")
+        if self.energy_weight is not None and self.energy_weight < 0:
+            raise InputError(f"--energy-weight must be non-negative, got {self.energy_weight}")
+        if self.train_size and 0 < self.train_size < self.batch_size:
+            raise InputError(f"--train-size ({self.train_size}) must be at least the batch size ({self.batch_size})")
+        if self.budget_flops is not None and not (self.budget_flops > 0 and math.isfinite(self.budget_flops)):
+            raise InputError(f"--budget must be a positive number of FLOPs, got {self.budget_flops}")
+        self._validate_discrete()
+        self._validate_negatives()
+        self._validate_offline()
+        return self
+
+    def _validate_offline(self):
+        if self.offline_negatives is None:
+            for name in ("offline_weights", "offline_fraction"):
+                if getattr(self, name) is not None:
+                    raise InputError(f"--{'weights' if name == 'offline_weights' else 'negatives-fraction'} needs "
+                                     "--negatives FILE")
+            return
+        if not self.supervise_energy:
+            raise InputError("--negatives has no effect without energy supervision (--no-supervise-energy)")
+        self.offline_fraction = 0.5 if self.offline_fraction is None else self.offline_fraction
+        if not 0 < self.offline_fraction <= 1:
+            raise InputError(f"--negatives-fraction must be in (0, 1], got {self.offline_fraction}")
+        if self.offline_weights is not None and self.sans:
+            raise InputError("--weights gives the offline negatives' weights; --sans weights online negatives "
+                             "only and cannot be combined with it")
+
+    def _validate_discrete(self):
+        """The discrete tasks' ired source is the task's own negative, which takes no descent steps, noise scale or
+        clamp: those flags are refused there instead of being accepted and ignored."""
+        if self.task not in DISCRETE_TASK_NAMES:
+            if self.connectivity_negative is not None:
+                raise InputError("--connectivity-negative applies to the connectivity task only")
+            return
+        changed = [n for n in IRED_FIELDS if getattr(self, n) != MINING_FIELDS[n]]
+        if changed:
+            raise InputError(f"--{flag_name(changed[0])} has no effect on {self.task}: its ired negative is the "
+                             "task's own corruption of the answer, not an energy descent")
+        if self.task == "connectivity":
+            self.connectivity_negative = self.connectivity_negative or CONNECTIVITY_NEGATIVES[0]
+            if self.connectivity_negative not in CONNECTIVITY_NEGATIVES:
+                raise InputError(f"--connectivity-negative must be one of {', '.join(CONNECTIVITY_NEGATIVES)}")
+        elif self.connectivity_negative is not None:
+            raise InputError("--connectivity-negative applies to the connectivity task only")
+
+    def _validate_negatives(self):
+        """Every negative-mining field is used or rejected: fields of unused sources, SANS
+        fields without --sans and any mining field without energy supervision are errors; used ones get defaults."""
+        defaults = NegativeSettings()
+        if not self.supervise_energy:
+            changed = [n for n, d in MINING_FIELDS.items() if getattr(self, n) != d]
+            if changed:
+                raise InputError(f"--{flag_name(changed[0])} has no effect without energy supervision "
+                                 "(--no-supervise-energy): negatives are only used by the energy term")
+            return
+        if self.energy_weight == 0:
+            raise InputError("--energy-weight 0 switches the energy term off while negatives are configured; "
+                             "use --no-supervise-energy for that ablation")
+        if self.curriculum and self.negatives != "ired":
+            raise InputError("--curriculum and --negatives-from exclude each other: give the mix in the curriculum")
+        stages = curriculum_mod.resolve(self.negatives, self.curriculum)
+        used = curriculum_mod.sources_of(stages)
+        if self.k < 1:
+            raise InputError(f"--k must be at least 1, got {self.k}")
+        if not (self.dup_threshold >= 0 and math.isfinite(self.dup_threshold)):
+            raise InputError(f"--dup-threshold must be a non-negative number, got {self.dup_threshold}")
+        for src, fields in SOURCE_FIELDS.items():
+            for name in fields:
+                if src in used:
+                    if getattr(self, name) is None:
+                        setattr(self, name, getattr(defaults, name))
+                elif getattr(self, name) != MINING_FIELDS.get(name):
+                    raise InputError(f"--{flag_name(name)} is set but no negative source {src!r} is used "
+                                     f"(sources: {', '.join(used)})")
+        for name in ("anm_steps", "hnm_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise InputError(f"--{flag_name(name)} must be non-negative")
+        if self.anm_steps == 0:
+            raise InputError("--anm-steps 0 leaves ANM negatives where they start (a noisier ired source): give at "
+                             "least 1 descent step")
+        for name in ("anm_step_size", "anm_radius", "hnm_candidates", "gaussian_scale"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise InputError(f"--{flag_name(name)} must be positive, got {getattr(self, name)}")
+        if "ired" not in used:
+            changed = [n for n in IRED_FIELDS if getattr(self, n) != MINING_FIELDS[n]]
+            if changed:
+                raise InputError(f"--{flag_name(changed[0])} is a setting of the ired source, which is not used "
+                                 f"(sources: {', '.join(used)})")
+        if not self.sans:
+            given = [n for n in SANS_FIELDS if getattr(self, n) is not None]
+            if given:
+                raise InputError(f"--{flag_name(given[0])} is a SANS setting and needs --sans")
+            return
+        if self.k == 1:
+            raise InputError("--sans with --k 1 weights one negative by a softmax over one value, which is always 1: "
+                             "the run would equal the unweighted one; give --k 2 or more")
+        self.alpha = sans_mod.DEFAULT_ALPHA if self.alpha is None else self.alpha
+        self.alpha_schedule = self.alpha_schedule or "constant"
+        self.sans_loss = self.sans_loss or "pairwise"
+        if self.sans_loss not in sans_mod.LOSS_FORMS:
+            raise InputError(f"--sans-loss must be one of {', '.join(sans_mod.LOSS_FORMS)}")
+        if self.alpha_schedule not in sans_mod.ALPHA_SCHEDULES:
+            raise InputError(f"--alpha-schedule must be one of {', '.join(sans_mod.ALPHA_SCHEDULES)}")
+        if self.sans_loss == "logistic":
+            self.margin = 9.0 if self.margin is None else self.margin  # PyKEEN's NSSALoss default
+        elif self.margin is not None:
+            raise InputError("--margin is only used by --sans-loss logistic")
+        if self.alpha_schedule == "linear":
+            self.alpha_floor = 0.1 if self.alpha_floor is None else self.alpha_floor
+        elif self.alpha_floor is not None:
+            raise InputError("--alpha-floor is only used by --alpha-schedule linear")
+        if self.alpha < 0 or (self.alpha_floor or 0) < 0:
+            raise InputError("--alpha and --alpha-floor must be non-negative (alpha is an inverse temperature)")
+
+    def stages(self):
+        return curriculum_mod.resolve(self.negatives, self.curriculum)
+
+    def negative_settings(self, clean_box: float | None = None) -> NegativeSettings:
+        """The sources' settings; `clean_box` is the task's (Task.clean_box: discrete answers keep their negatives
+        in +-1), None for the default clean-space clamp."""
+        d = NegativeSettings()
+        return NegativeSettings(
+            ired_steps=self.neg_steps, ired_noise=self.neg_noise_scale, clamp_mode=self.clamp_mode,
+            **{n: getattr(self, n) if getattr(self, n) is not None else getattr(d, n)
+               for fields in SOURCE_FIELDS.values() for n in fields},
+            dup_threshold=self.dup_threshold, **({"clean_clamp": clean_box} if clean_box is not None else {}))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def checksum(self) -> str:
+        """sha256 of the fields that determine the computation (PyKEEN-style resume guard)."""
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in CADENCE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"checkpoint configuration has fields this ebmtool does not know: {sorted(unknown)}")
+        return cls(**d)
+
+
+
+
+# Fields of each source (besides ired's existing neg_steps, neg_noise_scale, clamp_mode).
+SOURCE_FIELDS = {"anm": ("anm_steps", "anm_step_size", "anm_radius", "anm_noise"),
+                 "hnm": ("hnm_candidates", "hnm_steps", "hnm_lambda"),
+                 "gaussian": ("gaussian_scale",)}
+# Every negative-mining field with its default: any other value without energy supervision is an error.
+MINING_FIELDS = {"negatives": "ired", "curriculum": None, "k": 1, "dup_threshold": 1e-3, "neg_steps": 2,
+                 "neg_noise_scale": 3.0, "clamp_mode": "per-example", "sans": False, "alpha": None,
+                 "alpha_schedule": None, "alpha_floor": None, "sans_loss": None, "margin": None,
+                 **{n: None for fs in SOURCE_FIELDS.values() for n in fs}}
+IRED_FIELDS = ("neg_steps", "neg_noise_scale", "clamp_mode")
+REFINING_SOURCES = ("anm", "hnm")  # sources whose negatives are refined by accepted/rejected descent steps
+SANS_FIELDS = ("alpha", "alpha_schedule", "alpha_floor", "sans_loss", "margin")
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a config field (without the leading dashes)."""
+    return {"negatives": "negatives-from"}.get(name, name.replace("_", "-"))
+
+
+def first_difference(stored: TrainConfig, new: TrainConfig) -> str | None:
+    """The first field (in declaration order) in which two resolved configurations compute differently: cadence
+    and derived fields do not count. None when they are the same run."""
+    a, b = stored.to_dict(), new.to_dict()
+    for name in a:
+        if name in CADENCE_FIELDS or name in DERIVED_FIELDS:
+            continue
+        if a[name] != b[name]:
+            return name
+    return None
+
+
+
+def resume_overrides(stored: TrainConfig, given: dict) -> dict:
+    """The cadence fields of `given` (flags repeated on --resume) that change; a non-cadence flag is accepted when
+    it equals the run's own value and refused, by name, when it differs."""
+    out = {}
+    for name, value in given.items():
+        if getattr(stored, name) == value:
+            continue
+        if name not in CADENCE_FIELDS:
+            raise InputError(f"--{flag_name(name)} cannot change on --resume (the run has {getattr(stored, name)}, "
+                             f"given {value}): a resumed run keeps its configuration (start a new run with --init "
+                             "to change it)")
+        out[name] = value
+    return out
+

@@ -1,0 +1,146 @@
+"""The IRED objective of one batch: the denoising term and the energy-landscape term.
+
+Denoising: eps_hat = dE/dy at x_t (trained through the gradient: double backprop), per-example mean squared
+error against eps. Energy landscape: a fresh eps' shared by the positive and its K negatives, scored in ONE
+network call of B(1+K) rows, weighted (uniform, or SANS) and turned into a per-example loss. With the default
+configuration (ired, K = 1, no SANS) the energy loss is exactly softplus(E+ - E-) (golden-tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ebmtool import distributed as dist
+from ebmtool import sans as sans_mod
+from ebmtool.config import TrainConfig
+from ebmtool.diffusion import Schedule, energy_and_grad, impose_mask, noised
+from ebmtool.negatives import NegativeSettings, renoise, repeat_rows
+from ebmtool.problems import Task
+from ebmtool.training import diagnostics
+from ebmtool.training.negatives import Shard, assemble
+
+
+@dataclass
+class Objective:
+    """What the loss needs besides the batch, fixed for a run."""
+
+    cfg: TrainConfig
+    sched: Schedule
+    task: Task | None = None  # None: a continuous task without element weights (tests, benchmarks)
+    energy_weight: float = 0.5  # λ of the energy term
+    offline: object | None = None  # ebmtool.offline.OfflineNegatives of --negatives FILE
+    settings: NegativeSettings = field(init=False)
+
+    def __post_init__(self):
+        self.settings = self.cfg.negative_settings(None if self.task is None else self.task.clean_box)
+
+
+@dataclass
+class Batch:
+    """One step's inputs: this process's rows of the global batch, the levels, and the step's random streams."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    t: torch.Tensor
+    gen: torch.Generator  # the step's stream: eps, then the energy term's shared eps'
+    neg_gen: torch.Generator | None = None  # the negatives' stream (None: derived from gen, for tests)
+    mask: torch.Tensor | None = None
+    step: int = 0  # selects the curriculum stage (or `progress`, the fraction of a compute budget spent)
+    progress: float | None = None
+    offline_rows: object | None = None  # training-set indices of the batch's rows (offline negatives)
+    shard: Shard | None = None
+
+    def __post_init__(self):
+        if self.neg_gen is None:
+            self.neg_gen = torch.Generator().manual_seed(self.gen.initial_seed() ^ 0x9E3779B97F4A7C15)
+
+
+def standard_normal(y, gen, shard: Shard | None) -> torch.Tensor:
+    """N(0, 1) noise of y's shape, drawn on the CPU from `gen` and moved to y's device. Under a shard it is drawn
+    for the whole batch, as one process draws it, and this process keeps its rows."""
+    if shard is None:
+        return torch.randn(y.shape, generator=gen).to(y.device)
+    return shard.rows(torch.randn((shard.total, y.shape[1]), generator=gen)).to(y.device)
+
+
+def ired_losses(model, batch: Batch, obj: Objective) -> dict:
+    """The parts of the objective, each reduced to shape (B,) before use, plus loss_total (a scalar) and
+    parts["diagnostics"] (logged floats).
+
+    Under a shard (distributed training) the parts are this process's rows, and loss_total is scaled so that the
+    mean of the processes' loss_total (and of their gradients) is the one-process loss of the whole batch."""
+    cfg, sched, x, y, t, mask = obj.cfg, obj.sched, batch.x, batch.y, batch.t, batch.mask
+    b = x.shape[0]
+    eps = standard_normal(y, batch.gen, batch.shard)
+    x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x
+    _, eps_hat = energy_and_grad(model, x, x_t, t, create_graph=True)
+    if mask is not None:
+        eps_hat = eps_hat * (1 - mask) + eps * mask  # given entries contribute zero loss
+    sq = (eps_hat - eps) ** 2
+    weights = None if obj.task is None else obj.task.denoise_weights(y)
+    if weights is not None:
+        sq = sq * weights
+    parts = {"loss_denoise": sq.mean(dim=1)}
+    diag: dict[str, float] = {}
+    if cfg.supervise_energy:
+        eps_shared = standard_normal(y, batch.gen, batch.shard)
+        energy_parts, diag, included = energy_term(model, batch, obj, eps_shared)
+        parts.update(energy_parts)
+    for k, v in parts.items():
+        assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts
+    total = parts["loss_denoise"].mean()
+    if cfg.supervise_energy:
+        parts["energy_term"] = obj.energy_weight * included_mean(parts["loss_energy"], included, batch.shard)
+        total = total + parts["energy_term"]
+    parts["loss_total"] = total
+    parts["diagnostics"] = diag
+    return parts
+
+
+def included_mean(le: torch.Tensor, included: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+    """The energy loss's mean over examples with at least one valid negative (the others are excluded, and
+    counted); under a shard, the global mean times N, so the processes' mean is the one-process term."""
+    if shard is None or not dist.active():
+        return le.mean() if bool(included.all()) else (le * included).sum() / included.sum().clamp_min(1)
+    n_inc = dist.all_reduce_sum(included.sum().double().reshape(1).cpu())[0].item()
+    return le.mean() if n_inc == shard.total else (le * included).sum() * (dist.world_size() / max(n_inc, 1.0))
+
+
+def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor):
+    """The energy-landscape loss per example: the batch's negatives (training.negatives.assemble), re-noised with
+    the positive's eps so that the pair differs only in y, scored with the positives in one call, weighted and
+    compared. Returns (parts, diagnostics, included)."""
+    cfg, sched, x, y, t, mask = obj.cfg, obj.sched, batch.x, batch.y, batch.t, batch.mask
+    b, d, k = y.shape[0], y.shape[1], cfg.k
+    neg = assemble(model, batch, obj, eps)
+    x_pos = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)
+    x_neg = renoise(sched, neg.y_neg, t, eps)  # the positive's own noise: they differ only in y
+    if mask is not None:
+        x_neg = impose_mask(sched, x_neg.reshape(b * k, d), repeat_rows(t, k), repeat_rows(x, k),
+                            repeat_rows(mask, k)).view(b, k, d)
+    e = model(torch.cat([x, repeat_rows(x, k)]), torch.cat([x_pos, x_neg.reshape(b * k, d)]),
+              torch.cat([t, repeat_rows(t, k)]))
+    e_pos, e_neg = e[:b], e[b:].view(b, k)
+    included = neg.valid.any(dim=1)
+    if cfg.sans:
+        alpha = sans_mod.alpha_at(t, cfg.alpha, cfg.alpha_schedule, cfg.alpha_floor or 0.0, sched.levels)
+        w = sans_mod.weights(e_neg, alpha, neg.valid)
+        form = cfg.sans_loss
+        neg.diag["sans_alpha"] = float(alpha.mean()) if batch.shard is None or not dist.active() else \
+            float(dist.all_reduce_sum(alpha.double().sum().reshape(1).cpu())[0]) / neg.total
+    else:
+        w = sans_mod.uniform_weights(neg.valid)
+        form = "pairwise"
+    if neg.offline_pos is not None and obj.offline.weights is not None:
+        w = w.clone()
+        w[neg.offline_pos] = obj.offline.weights[neg.offline_file].to(x.device)  # the file's weights replace uniform
+    loss_e = sans_mod.loss(form, e_pos, e_neg, w, cfg.margin or 0.0)
+    norm_ratio = (x_neg.norm(dim=2) / x_pos.norm(dim=1)[:, None].clamp_min(1e-12)).detach()
+    e_neg_d = e_neg.detach()
+    parts = {"loss_energy": loss_e, "energy_pos": e_pos.detach(), "energy_neg": (w * e_neg_d).sum(dim=1),
+             "norm_ratio": (w * norm_ratio).sum(dim=1)}
+    diag = diagnostics.energy_diagnostics(neg, e_pos.detach(), e_neg_d, norm_ratio, w.detach(), k,
+                                          batch.shard is not None, cfg.hnm_candidates, sched.levels)
+    return parts, diag, included

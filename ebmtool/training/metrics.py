@@ -1,0 +1,159 @@
+"""The metrics of a run: the columns of metrics.h5, its writer and its one reader, and the live log.
+
+metrics.h5 is the sealed artifact, rewritten at checkpoints and at the end. metrics.jsonl is the live log:
+each row is appended (and flushed) as it is logged, so a running job can be watched (`ebmtool info RUN`,
+TensorBoard with --tensorboard); a torn last line after a hard kill is skipped and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ebmtool import curriculum as curriculum_mod
+from ebmtool import distributed as dist
+from ebmtool.artifacts import atomic_path, open_h5, provenance, write_h5
+from ebmtool.config import REFINING_SOURCES, TrainConfig
+from ebmtool.errors import InputError
+from ebmtool.negatives import NegativeSettings, hnm_levels
+
+LIVE_LOG = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+METRIC_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin",
+                  "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "skipped_steps", "step_seconds",
+                  "wall_time", "compute_flops")
+NEGATIVE_COLUMNS = ("stage", "k", "active_fraction", "dup_fraction", "excluded_fraction", "weight_entropy",
+                    "weight_ess", "sans_alpha", "grad_share_energy")
+SOURCE_COLUMNS = ("fraction", "configured", "energy_pos", "energy_neg", "margin", "p_hard", "active_fraction",
+                  "dup_fraction", "norm_ratio", "seconds")
+
+
+def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
+    """Columns of metrics.h5 for this run: the core ones, the negatives' diagnostics, and per source
+    `source/<name>/<metric>` for every source the run's curriculum uses."""
+    if not cfg.supervise_energy:
+        return METRIC_COLUMNS
+    cols = list(METRIC_COLUMNS) + list(NEGATIVE_COLUMNS)
+    if cfg.offline_negatives:
+        cols.append("offline_fraction")
+    for name in curriculum_mod.sources_of(cfg.stages()):
+        cols += [f"source/{name}/{c}" for c in SOURCE_COLUMNS]
+        if name in REFINING_SOURCES:
+            cols.append(f"source/{name}/accept_fraction")
+        if name == "hnm":
+            cols.append("source/hnm/selected_level")
+            levels = hnm_levels(cfg.hnm_candidates or NegativeSettings().hnm_candidates).unique().tolist()
+            cols += [f"source/hnm/selected_level_{lv}" for lv in levels]
+    return tuple(cols)
+
+
+EVAL_COLUMNS = ("step", "metric_model", "metric_ema", "mse_model", "mse_ema", "mse_ref_scaled_model",
+                "mse_ref_scaled_ema")
+
+
+
+def write_metrics(path: Path, st) -> None:
+    """metrics.h5 of a RunState: every logged row and evaluation row so far (atomic)."""
+    rows, erows = st.rows, st.eval_rows
+    datasets = {c: np.asarray([r.get(c, np.nan) for r in rows], dtype=np.float64) for c in metric_columns(st.cfg)}
+    datasets["step"] = datasets["step"].astype(np.int64)
+    datasets.update({f"eval/{c}": np.asarray([r.get(c, np.nan) for r in erows], dtype=np.float64)
+                     for c in EVAL_COLUMNS})
+    datasets["eval/step"] = datasets["eval/step"].astype(np.int64)
+    prov = provenance("train", st.cfg.to_dict(), data_fingerprint=st.data.fingerprint, device=st.device)
+    write_h5(path, "metrics", datasets,
+             {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped,
+              "metric": st.data.task.metric, "higher_is_better": bool(st.data.task.higher_is_better),
+              "world_size": dist.world_size()}, prov)
+
+
+def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tuple[list[dict], list[dict]]:
+    """Rows of an existing metrics.h5 up to a checkpoint's step (a resume continues the same curves).
+
+    The file is read through the verified reader: a damaged metrics.h5 stops the resume with one sentence
+    (never a silent restart of the curves).
+    """
+    if not path.exists():
+        return [], []
+    try:
+        f = open_h5(path, "metrics")
+    except InputError as exc:
+        raise InputError(f"{exc}; move it away to resume without the earlier metric rows") from None
+    with f:
+        cols = [c for c in columns if c in f]
+        rows = [dict(zip(cols, vals)) for vals in zip(*(f[c][()].tolist() for c in cols))]
+        ecols = [c for c in EVAL_COLUMNS if f"eval/{c}" in f]
+        erows = [dict(zip(ecols, vals)) for vals in zip(*(f[f"eval/{c}"][()].tolist() for c in ecols))]
+    return [r for r in rows if r["step"] <= upto_step], [r for r in erows if r["step"] <= upto_step]
+
+
+
+def _jsonable(row: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+class LiveLog:
+    """metrics.jsonl: one JSON object per logged row ({"kind": "train" | "eval", ...}), appended and flushed.
+
+    Opened at the start of a run (or a resume), it is rewritten (atomically) with the rows metrics.h5 holds, so
+    rows a killed run logged after its last checkpoint do not stay in the curve twice."""
+
+    def __init__(self, path: Path, rows: list[dict], eval_rows: list[dict]):
+        self.path = Path(path)
+        with atomic_path(self.path) as tmp, open(tmp, "w") as f:
+            for kind, rs in (("train", rows), ("eval", eval_rows)):
+                for r in rs:
+                    f.write(json.dumps({"kind": kind, **_jsonable(r)}, sort_keys=True) + "\n")
+        self.file = open(self.path, "a")
+
+    def append(self, row: dict, kind: str = "train") -> None:
+        self.file.write(json.dumps({"kind": kind, **_jsonable(row)}, sort_keys=True) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_live_log(path: Path) -> tuple[list[dict], list[dict], int]:
+    """(train rows, eval rows, torn lines) of a metrics.jsonl; a line that does not parse (a write cut short by a
+    hard kill) is counted and skipped. Missing values (null) read back as NaN."""
+    rows, erows, torn = [], [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                torn += 1
+                continue
+            kind = r.pop("kind", "train")
+            r = {k: (math.nan if v is None else v) for k, v in r.items()}
+            (erows if kind == "eval" else rows).append(r)
+    return rows, erows, torn
+
+
+class TensorBoardLog:
+    """Every metrics column as a TensorBoard scalar (eval columns under eval/), for `tensorboard --logdir runs/`.
+
+    tensorboard is an optional extra (pip install 'ebmtool[tensorboard]')."""
+
+    def __init__(self, log_dir: Path):
+        try:  # imported here: an optional dependency, and torch's tensorboard module is slow to load
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise InputError("--tensorboard needs the tensorboard package: pip install 'ebmtool[tensorboard]'") \
+                from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def append(self, row: dict, kind: str = "train") -> None:
+        step = int(row["step"])
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.writer.add_scalar(k if kind == "train" else f"eval/{k}", float(v), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
