@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/ebmtool eval $(DEMO_DIR)/ckpt.safetensors
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 bench: install

@@ -18,7 +18,7 @@ from ebmtool.config import TrainConfig
 from ebmtool.diffusion import Schedule, energy_and_grad, impose_mask, noised
 from ebmtool.negatives import NegativeSettings, renoise, repeat_rows
 from ebmtool.problems import Task
-from ebmtool.training import diagnostics
+from ebmtool.training.diagnostics import energy_diagnostics
 from ebmtool.training.negatives import Shard, assemble
 
 
@@ -141,6 +141,6 @@ def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor):
     e_neg_d = e_neg.detach()
     parts = {"loss_energy": loss_e, "energy_pos": e_pos.detach(), "energy_neg": (w * e_neg_d).sum(dim=1),
              "norm_ratio": (w * norm_ratio).sum(dim=1)}
-    diag = diagnostics.energy_diagnostics(neg, e_pos.detach(), e_neg_d, norm_ratio, w.detach(), k,
+    diag = energy_diagnostics(neg, e_pos.detach(), e_neg_d, norm_ratio, w.detach(), k,
                                           batch.shard is not None, cfg.hnm_candidates, sched.levels)
     return parts, diag, included
