@@ -9,9 +9,7 @@ from ebmtool import curriculum as cur
 from ebmtool.errors import InputError
 from ebmtool.train import TrainConfig, train
 
-from helpers import single_thread, tiny
-
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+from helpers import tiny
 
 
 def quiet(*a, **k):

@@ -20,10 +20,9 @@ from ebmtool.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, generate, standardise
 from ebmtool.train import TrainingData, checkpoint_compute, ired_losses, step_generator, train
 
-from helpers import single_thread, tiny
+from helpers import tiny
 
 SCHED = cosine_schedule()
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def quiet(*a, **k):
