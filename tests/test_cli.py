@@ -1,6 +1,7 @@
 """Every command through click's CliRunner: exit codes, key output lines, one-sentence errors."""
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -26,9 +27,29 @@ def test_every_command_has_help_and_an_example(runner, command):
     assert "Example" in r.output or "example" in r.output
 
 
+def readme_command_table() -> list[str]:
+    """The command names in README.md's command table: the rows under its `| command | what it does |` header,
+    each `| `ebmtool NAME ...` | ... |`, up to the first line that is not a table row."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| command | what it does |")
+    assert re.fullmatch(r"\|-+\|-+\|", lines[start + 1]), lines[start + 1]
+    names = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        row = re.fullmatch(r"\| `ebmtool ([a-z][a-z-]*)(?: [^`]*)?` \| .+ \|", line)
+        assert row, f"README.md's command table has a row that names no command: {line}"
+        names.append(row.group(1))
+    return names
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_is_documented_in_the_readme(command):
-    assert f"ebmtool {command}" in (ROOT / "README.md").read_text()
+    assert command in readme_command_table()
+
+
+def test_the_readme_command_table_names_each_real_command_once():
+    assert sorted(readme_command_table()) == COMMANDS
 
 
 def test_version(runner):
