@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from ebmtool.cli import cli
+from ebmtool.errors import InputError
 
 from helpers import TINY_FLAGS
 
@@ -180,8 +183,15 @@ def test_eval_data_with_wrong_shape_exits_2(runner, tiny_run, tmp_path):
 
 
 def test_debug_shows_the_traceback(runner, tmp_path):
-    r = runner.invoke(cli, ["--debug", "eval", str(tmp_path / "nope.safetensors")])
-    assert r.exit_code != 0 and r.exception is not None
+    missing = tmp_path / "nope.safetensors"
+    r = runner.invoke(cli, ["eval", str(missing)])  # without --debug: exit 2, one sentence
+    assert r.exit_code == 2 and r.stderr == f"Error: {missing}: no such file\n"
+    r = runner.invoke(cli, ["--debug", "eval", str(missing)])  # with it: the library's exception itself
+    assert r.exit_code == 1 and type(r.exception) is InputError and str(r.exception) == f"{missing}: no such file"
+    p = subprocess.run([sys.executable, "-m", "ebmtool", "--debug", "eval", str(missing)], capture_output=True,
+                       text=True, timeout=120)  # and, as a process, Python's traceback on stderr
+    assert p.returncode == 1 and p.stderr.startswith("Traceback (most recent call last):"), p.stderr
+    assert p.stderr.strip().splitlines()[-1] == f"ebmtool.errors.InputError: {missing}: no such file"
 
 
 def test_shell_completion_names_every_subcommand():
