@@ -28,8 +28,10 @@ test: install
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
+# results into benchmarks/out/ (ignored); make bench BENCH_ARGS=--record writes the committed benchmarks/results/
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 pipeline: install
 	$(MAKE) -C examples

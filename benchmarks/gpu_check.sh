@@ -36,7 +36,7 @@ if [ -f benchmarks/bench_stages.py ]; then
   log "stage benchmarks on $DEV"
   Q=""; [ "$SMOKE" = 1 ] && Q="--quick"
   timeout 420 $PY -m benchmarks stages --device $DEV $Q 2>&1 | tail -40
-  cp benchmarks/results/stages*-$DEV.json benchmarks/results/stages*-$DEV.md "$OUT"/ 2>/dev/null; ls benchmarks/results
+  cp benchmarks/out/stages*-$DEV.json benchmarks/out/stages*-$DEV.md "$OUT"/ 2>/dev/null; ls benchmarks/out
 fi
 
 log "sudoku: probe throughput"
@@ -71,6 +71,6 @@ if [ -f benchmarks/bench_distributed.py ]; then
   log "torchrun scaling on the CPU cores"
   NP=1,2,4,8; [ "$SMOKE" = 1 ] && NP=1,2
   EBMTOOL_BENCH_NPROCS=$NP timeout 300 $PY -m benchmarks distributed $( [ "$SMOKE" = 1 ] && echo --quick ) 2>&1 | tail -25
-  cp benchmarks/results/distributed.json benchmarks/results/distributed.md "$OUT"/ 2>/dev/null
+  cp benchmarks/out/distributed.json benchmarks/out/distributed.md "$OUT"/ 2>/dev/null
 fi
 log done

@@ -1,27 +1,42 @@
-"""Tiny configurations shared by the tests (seconds, not minutes)."""
+"""Tiny configurations shared by the tests (seconds, not minutes): one definition, which files vary by keyword.
+
+TINY_PROBLEM  the tiny inverse problem and network every tiny run shares (CLI or library).
+TINY          a tiny library run: TINY_PROBLEM plus a small time embedding, quiet (no periodic evaluation or
+              checkpoints), on the CPU. tiny(**kw) is its TrainConfig; tiny("sudoku") etc. is a discrete task's.
+TINY_FLAGS    the CLI's tiny run: TINY_PROBLEM and TINY's logging and device as flags (the CLI has no --time-dim,
+              so a CLI run keeps the default time embedding).
+SMALL         keywords for tiny(): smaller batches and no validation, for files that make many checkpoints.
+flags(**kw)   TrainConfig fields as `ebmtool train` flags, so a file's CLI and library runs cannot drift apart.
+
+The one-thread setting is an autouse fixture in conftest.py.
+"""
 
 from ebmtool.config import TrainConfig
 
-TINY = dict(task="inverse", size=4, width=32, time_dim=16, train_size=256, batch_size=32, val_size=8,
-            log_every=2, eval_every=0, ckpt_every=0, device="cpu", lr=1e-3)
+TINY_PROBLEM = dict(size=4, width=32, train_size=256, batch_size=32, val_size=8)
+TINY = dict(task="inverse", **TINY_PROBLEM, time_dim=16, log_every=2, eval_every=0, ckpt_every=0, device="cpu",
+            lr=1e-3)
+SMALL = dict(batch_size=16, train_size=32, val_size=0)
 
-TINY_FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-size", "32", "--val-size", "8",
-              "--log-every", "2", "--eval-every", "0", "--device", "cpu"]
+# discrete tasks: each task's own network scaled down (--width/--blocks), and far fewer, smaller batches
+TINY_NETS = {"sudoku": {"width": 16, "blocks": 1}, "connectivity": {"width": 8}, "shortest-path": {"width": 8}}
+TINY_DISCRETE = dict(size=None, train_size=16, batch_size=8, val_size=4, log_every=1, seed=0, steps=2)
 
 
-def tiny(**kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, **kw})
+def flags(**settings) -> list[str]:
+    """["--train-size", "256", ...] for train_size=256, ...: the `ebmtool train` flags of TrainConfig fields."""
+    return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU two spinning threads make
-    them several times slower; tests that train use one thread and restore the setting afterwards."""
-    import torch
+TINY_FLAGS = flags(**TINY_PROBLEM, **{k: TINY[k] for k in ("log_every", "eval_every", "device")})
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+def tiny(task: str = "inverse", **kw) -> TrainConfig:
+    """TINY's run (a discrete task: its TINY_NETS network on TINY_DISCRETE's problems), `kw` overriding."""
+    base = {**TINY, "task": task}
+    if task in TINY_NETS:  # time_dim: left at the default (a discrete network's own is fixed by its task)
+        base = {**{k: v for k, v in base.items() if k != "time_dim"}, **TINY_DISCRETE, **TINY_NETS[task]}
+    return TrainConfig(**{**base, **kw})
 
 
 def denoise_grads(model, fn, x, y0, t, target: float = 1.0):

@@ -1,6 +1,9 @@
 """Every command through click's CliRunner: exit codes, key output lines, one-sentence errors."""
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -8,6 +11,7 @@ import numpy as np
 import pytest
 
 from ebmtool.cli import cli
+from ebmtool.errors import InputError
 
 from helpers import TINY_FLAGS
 
@@ -26,9 +30,29 @@ def test_every_command_has_help_and_an_example(runner, command):
     assert "Example" in r.output or "example" in r.output
 
 
+def readme_command_table() -> list[str]:
+    """The command names in README.md's command table: the rows under its `| command | what it does |` header,
+    each `| `ebmtool NAME ...` | ... |`, up to the first line that is not a table row."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| command | what it does |")
+    assert re.fullmatch(r"\|-+\|-+\|", lines[start + 1]), lines[start + 1]
+    names = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        row = re.fullmatch(r"\| `ebmtool ([a-z][a-z-]*)(?: [^`]*)?` \| .+ \|", line)
+        assert row, f"README.md's command table has a row that names no command: {line}"
+        names.append(row.group(1))
+    return names
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_is_documented_in_the_readme(command):
-    assert f"ebmtool {command}" in (ROOT / "README.md").read_text()
+    assert command in readme_command_table()
+
+
+def test_the_readme_command_table_names_each_real_command_once():
+    assert sorted(readme_command_table()) == COMMANDS
 
 
 def test_version(runner):
@@ -159,8 +183,15 @@ def test_eval_data_with_wrong_shape_exits_2(runner, tiny_run, tmp_path):
 
 
 def test_debug_shows_the_traceback(runner, tmp_path):
-    r = runner.invoke(cli, ["--debug", "eval", str(tmp_path / "nope.safetensors")])
-    assert r.exit_code != 0 and r.exception is not None
+    missing = tmp_path / "nope.safetensors"
+    r = runner.invoke(cli, ["eval", str(missing)])  # without --debug: exit 2, one sentence
+    assert r.exit_code == 2 and r.stderr == f"Error: {missing}: no such file\n"
+    r = runner.invoke(cli, ["--debug", "eval", str(missing)])  # with it: the library's exception itself
+    assert r.exit_code == 1 and type(r.exception) is InputError and str(r.exception) == f"{missing}: no such file"
+    p = subprocess.run([sys.executable, "-m", "ebmtool", "--debug", "eval", str(missing)], capture_output=True,
+                       text=True, timeout=120)  # and, as a process, Python's traceback on stderr
+    assert p.returncode == 1 and p.stderr.startswith("Traceback (most recent call last):"), p.stderr
+    assert p.stderr.strip().splitlines()[-1] == f"ebmtool.errors.InputError: {missing}: no such file"
 
 
 def test_shell_completion_names_every_subcommand():

@@ -7,24 +7,24 @@ import torch
 
 from ebmtool.artifacts import load_checkpoint, save_checkpoint, sha256_file
 from ebmtool.cli import cli
-from ebmtool.training.state import RunState
-from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.training.loop import prepare, train
+from ebmtool.training.state import RunState
 
-TINY = dict(size=4, width=32, time_dim=16, batch_size=16, train_size=32, val_size=0, log_every=1, eval_every=0,
-            ckpt_every=0, device="cpu", lr=1e-3)
+from helpers import SMALL, tiny
+
+RUN = dict(**SMALL, log_every=1)  # tiny() at small batches, a metrics row every step
 FAST = ["-n", "32", "--bootstrap", "200", "--permutations", "200", "--batch-size", "32"]
 
 
 def trained(out, seed, **over):
-    train(TrainConfig(**{**TINY, "steps": 2, "seed": seed, **over}), out, log=lambda m: None)
+    train(tiny(**{**RUN, "steps": 2, "seed": seed, **over}), out, log=lambda m: None)
     return out / "ckpt.safetensors"
 
 
 def untrained(out, seed, **over):
     """A checkpoint at step 0 built through the library (no training: fast)."""
-    cfg, _ = prepare(TrainConfig(**{**TINY, "steps": 1, "seed": seed, **over}))
+    cfg, _ = prepare(tiny(**{**RUN, "steps": 1, "seed": seed, **over}))
     st = RunState(cfg, TrainingData(cfg), torch.device("cpu"))
     out.mkdir(parents=True)
     st.save(out / "ckpt.safetensors")
@@ -38,15 +38,6 @@ def with_compute(path, flops):
     meta = {k: v for k, v in ck.meta.items() if k != "ebmtool.compute_flops"}
     save_checkpoint(path, ck.tensors, meta if flops is None else {**meta, "ebmtool.compute_flops": json.dumps(flops)})
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,13 @@ from ebmtool.compare import (
     config_diff, summary_lines,
 )
 from ebmtool.errors import InputError
-from ebmtool.config import TrainConfig
 
-SMALL = dict(size=4, width=32, time_dim=16, batch_size=16, train_size=32, val_size=0, device="cpu")
+from helpers import SMALL, tiny
 
 
 def resolved(steps=100, **over) -> dict:
     """A configuration as a checkpoint stores it: validated (used sources' defaults filled in), curriculum laid out."""
-    cfg = TrainConfig(**{**SMALL, "steps": steps, **over}).validate()
+    cfg = tiny(**{**SMALL, "steps": steps, **over}).validate()
     cfg.curriculum_total = cfg.steps
     return cfg.to_dict()
 

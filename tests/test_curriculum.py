@@ -10,9 +10,7 @@ from ebmtool.errors import InputError
 from ebmtool.config import TrainConfig
 from ebmtool.training.loop import train
 
-from helpers import single_thread, tiny
-
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+from helpers import tiny
 
 
 def quiet(*a, **k):

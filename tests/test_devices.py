@@ -34,10 +34,25 @@ def test_bf16_on_cpu_is_refused_with_one_sentence(runner, tmp_path):
     assert not (tmp_path / "r" / "ckpt.safetensors").exists()
 
 
-def test_fp32_autocast_is_a_no_op():
-    x = torch.randn(4, 4)
-    with autocast("cpu", "fp32"):
-        assert (x @ x).dtype == torch.float32
+def test_fp32_autocast_turns_no_autocast_on_and_bf16_is_refused_on_the_cpu():
+    """fp32: no autocast context of any device (one for CUDA would change nothing in a CPU matmul, so the
+    context itself is checked); bf16 on the CPU: refused (a CPU autocast would really give bf16 products)."""
+    ctx = autocast("cpu", "fp32")
+    assert not isinstance(ctx, torch.autocast), ctx
+    with ctx:
+        assert not torch.is_autocast_enabled("cpu") and not torch.is_autocast_enabled("cuda")
+    with pytest.raises(InputError, match="--precision bf16 runs on CUDA only"):
+        autocast("cpu", "bf16")
+
+
+@cuda
+def test_bf16_autocast_gives_bf16_products_on_cuda_and_fp32_gives_fp32():
+    x = torch.randn(64, 64, device="cuda")
+    with autocast("cuda", "bf16"):
+        assert torch.is_autocast_enabled("cuda") and (x @ x).dtype == torch.bfloat16
+        assert (x + x).dtype == torch.float32  # autocast's policy: only the products are rounded
+    with autocast("cuda", "fp32"):
+        assert not torch.is_autocast_enabled("cuda") and (x @ x).dtype == torch.float32
 
 
 def test_eval_records_device_and_precision(runner, tmp_path):

@@ -21,14 +21,9 @@ from ebmtool.training.losses import Batch, Objective, ired_losses
 from ebmtool.rng import step_generator
 from ebmtool.training.loop import train
 
+from helpers import TINY_NETS, tiny
+
 SCHED = cosine_schedule()
-TINY = {"sudoku": {"width": 16, "blocks": 1}, "connectivity": {"width": 8}, "shortest-path": {"width": 8}}
-
-
-def tiny(task, **kw):
-    return TrainConfig(**{**dict(task=task, size=None, **TINY.get(task, {}), train_size=16, batch_size=8,
-                                 val_size=4, log_every=1, eval_every=0, ckpt_every=0, device="cpu", seed=0,
-                                 steps=2), **kw})
 
 
 @pytest.mark.parametrize("task", ["sudoku", "connectivity", "shortest-path"])
@@ -37,7 +32,7 @@ def test_each_task_trains_checkpoints_and_evaluates_its_metric(task, tmp_path):
     ck = load_checkpoint(tmp_path / task / "ckpt.safetensors")
     t = checkpoint_task(ck)
     assert ck.task == task and t.name == task and t.discrete
-    assert ck.dims == t.model_dims(**TINY[task])  # the tiny network, rebuilt from the checkpoint
+    assert ck.dims == t.model_dims(**TINY_NETS[task])  # the tiny network, rebuilt from the checkpoint
     assert res.final_eval["metric_name"] == t.metric
     with h5py.File(tmp_path / task / "metrics.h5") as f:
         assert f["step"][()].tolist() == [1, 2]

@@ -32,6 +32,8 @@ from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.training.loop import check_world, train
 
+from helpers import flags
+
 ROOT = Path(__file__).resolve().parents[1]
 # a traceback line inside the ebmtool package itself (not torchrun's own, which may live under a checkout that is
 # also called ebmtool/, e.g. CI's)
@@ -41,10 +43,9 @@ pytestmark = pytest.mark.skipif(
     reason="torch.distributed with the gloo backend is not available in this torch build")
 
 # the CLI flags and the library configuration of the same tiny run
-FLAGS = ["--task", "inverse", "--size", "4", "--steps", "6", "--batch-size", "8", "--train-size", "64",
-         "--val-size", "16", "--width", "32", "--seed", "7", "--log-every", "1", "--eval-every", "0", "--device", "cpu"]
 CFG = dict(task="inverse", size=4, steps=6, batch_size=8, train_size=64, val_size=16, width=32, seed=7, log_every=1,
-           eval_every=0, device="cpu")
+           eval_every=0, device="cpu")  # a global batch that two processes split evenly
+FLAGS = flags(**CFG)
 LOSS_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin", "p_hard",
                 "norm_ratio", "grad_norm", "skipped_steps")
 
@@ -98,15 +99,12 @@ def assert_same_metrics(a: Path, b: Path, columns=LOSS_COLUMNS, rtol: float = 1e
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """The one-process reference run (6 steps) and its initial weights."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("single") / "run"
     cfg = TrainConfig(**CFG)
     train(cfg, out, log=_quiet)
     torch.manual_seed(0)
     initial = RunState(TrainConfig(**CFG).validate(), TrainingData(TrainConfig(**CFG)), "cpu").model.state_dict()
-    yield out, initial
-    torch.set_num_threads(before)
+    return out, initial
 
 
 # ------------------------------------------------------------------------------------------------ one process

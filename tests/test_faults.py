@@ -33,19 +33,12 @@ from ebmtool.config import TrainConfig
 from ebmtool.training.state import prune_snapshots, snapshot_path
 from ebmtool.training.loop import train
 
-TINY = dict(size=4, width=32, train_size=256, batch_size=32, val_size=8)
-TINY_FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-size", "32", "--val-size", "8"]
+from helpers import TINY_PROBLEM, flags
+
+# the tiny problem at the training defaults otherwise (time embedding, cadences, device), as the CLI runs it
+PROBLEM_FLAGS = flags(**TINY_PROBLEM)
 CASES_PER_KIND = 250  # >= 200 per artifact kind
 COUNTS: dict[str, dict[str, int]] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores are shared by several test processes: more threads only oversubscribe them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def artifacts(tmp_path_factory):
     from click.testing import CliRunner
 
     root = tmp_path_factory.mktemp("artifacts")
-    cfg = TrainConfig(**TINY, steps=20, seed=1, ckpt_every=10, log_every=5)
+    cfg = TrainConfig(**TINY_PROBLEM, steps=20, seed=1, ckpt_every=10, log_every=5)
     train(cfg, root / "run", log=lambda m: None)
     runner = CliRunner()
     r = runner.invoke(cli, ["data", "inverse", "-n", "64", "--size", "4", "--seed", "3", "-o", str(root / "data.h5")])
@@ -283,7 +276,7 @@ COMMANDS = {
     "train --resume": (["train", "--resume", "{F}"],
                        ["missing", "empty", "text", "truncated checkpoint", "hdf5 for checkpoint",
                         "newer checkpoint"]),
-    "train --init": (["train", "--init", "{F}", *TINY_FLAGS, "--steps", "2", "-o", "{OUT}"],
+    "train --init": (["train", "--init", "{F}", *PROBLEM_FLAGS, "--steps", "2", "-o", "{OUT}"],
                      ["missing", "empty", "text", "truncated checkpoint", "hdf5 for checkpoint", "newer checkpoint"]),
     "train --task": (["train", "--task", "{F}", "--steps", "2", "--width", "32", "-o", "{OUT}"],
                      ["truncated hdf5", "checkpoint for hdf5", "newer hdf5", "no targets", "nan"]),
@@ -324,7 +317,7 @@ def test_outputs_are_never_silently_overwritten(artifacts, runner, tmp_path):
     before = ck.read_bytes()
     r = runner.invoke(cli, ["eval", str(ck), "-n", "4", "--overwrite", "-o", str(ck)])
     assert r.exit_code == 2 and "overwrite an input" in r.stderr
-    r = runner.invoke(cli, ["train", "--init", str(ck), *TINY_FLAGS, "--steps", "1", "--overwrite", "-o",
+    r = runner.invoke(cli, ["train", "--init", str(ck), *PROBLEM_FLAGS, "--steps", "1", "--overwrite", "-o",
                             str(ck.parent)])
     assert r.exit_code == 2 and "overwrite an input" in r.stderr
     assert ck.read_bytes() == before
@@ -399,7 +392,7 @@ def _poison(monkeypatch, at_calls: set[int], part: str):
 def test_nan_stops_with_the_step_and_part_and_keeps_the_checkpoint(part, tmp_path, monkeypatch, runner):
     _poison(monkeypatch, {12}, part)
     out = tmp_path / "run"
-    r = runner.invoke(cli, ["train", *TINY_FLAGS, "--steps", "20", "--seed", "2", "--ckpt-every", "5",
+    r = runner.invoke(cli, ["train", *PROBLEM_FLAGS, "--steps", "20", "--seed", "2", "--ckpt-every", "5",
                             "-o", str(out)])
     assert r.exit_code == 1, (r.output, r.exception)
     last = r.stderr.strip().splitlines()[-1]
@@ -414,7 +407,7 @@ def test_nan_stops_with_the_step_and_part_and_keeps_the_checkpoint(part, tmp_pat
 
 def test_on_nan_skip_counts_skipped_batches(tmp_path, monkeypatch):
     _poison(monkeypatch, {3, 7}, "loss_energy")
-    cfg = TrainConfig(**TINY, steps=12, seed=2, ckpt_every=0, log_every=4, on_nan="skip")
+    cfg = TrainConfig(**TINY_PROBLEM, steps=12, seed=2, ckpt_every=0, log_every=4, on_nan="skip")
     train(cfg, tmp_path / "run", log=lambda m: None)
     ck = load_checkpoint(tmp_path / "run" / "ckpt.safetensors")
     assert ck.step == 12 and ck.meta["ebmtool.skipped_steps"] == "2"
@@ -426,7 +419,7 @@ def test_on_nan_skip_counts_skipped_batches(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------ --keep
 
 def test_keep_bounds_the_number_of_snapshots(tmp_path):
-    cfg = TrainConfig(**TINY, steps=20, seed=4, ckpt_every=4, keep=2)
+    cfg = TrainConfig(**TINY_PROBLEM, steps=20, seed=4, ckpt_every=4, keep=2)
     train(cfg, tmp_path / "run", log=lambda m: None)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert names == [".lock", "ckpt-step0000016.safetensors", "ckpt-step0000020.safetensors", "ckpt.safetensors",

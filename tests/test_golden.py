@@ -14,12 +14,11 @@ import torch
 from ebmtool.artifacts import load_checkpoint
 from ebmtool.training import train
 
-from helpers import single_thread, tiny
+from helpers import tiny
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden.json").read_text())
 ARMS = {"ired": {}, "anm_k2": dict(negatives="anm", k=2), "hnm": dict(negatives="hnm"),
         "sans_anm_k2": dict(negatives="anm", k=2, sans=True)}
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.mark.parametrize("arm", sorted(ARMS))

@@ -21,12 +21,10 @@ from ebmtool.training.loop import train
 from ebmtool.artifacts import load_checkpoint
 from ebmtool.evaluate import load_model
 
-from helpers import single_thread, TINY_FLAGS, tiny
+from helpers import TINY_FLAGS, tiny
 
 SCHED = cosine_schedule()
 SOURCES = ("ired", "anm", "hnm", "gaussian")
-
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def quiet(*a, **k):

@@ -24,10 +24,9 @@ from ebmtool.training.losses import Batch, Objective, ired_losses
 from ebmtool.rng import step_generator
 from ebmtool.training.loop import train
 
-from helpers import single_thread, tiny
+from helpers import tiny
 
 SCHED = cosine_schedule()
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def quiet(*a, **k):

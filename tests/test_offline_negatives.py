@@ -10,14 +10,7 @@ import torch
 from ebmtool.cli import cli
 from ebmtool.errors import InputError
 from ebmtool.mining import MineOptions, compute_weights, mine, partial_path, score, write_scores
-from helpers import TINY_FLAGS, single_thread, tiny  # noqa: F401
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    yield from single_thread()
+from helpers import TINY_FLAGS, tiny
 
 
 OPTS = MineOptions(k=3, candidates=3, refine_steps=1, seed=5, batch_size=64, limit=192)

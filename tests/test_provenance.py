@@ -12,9 +12,7 @@ from ebmtool.cli import cli
 from ebmtool.compare import environment_warnings, load_groups
 from ebmtool.training.loop import train
 
-from helpers import single_thread, tiny
-
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
+from helpers import tiny
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,25 @@ def test_parameter_counts_match_reference():
     assert parameter_count(EnergyMLP(400, 400)) == 1_437_840  # inverse, lowrank
 
 
-def test_energy_is_nonnegative_scalar_per_example():
+def test_energy_is_the_squared_norm_of_the_output_layer_per_example():
+    """E(x, y, t) = ||W4 h3||^2, one scalar per example: the squared norm of what the output layer computed (read
+    by a hook, not recomputed), each row's energy unchanged when it is evaluated alone, and dE/dy (the denoiser)
+    equal to finite differences of E."""
+    torch.manual_seed(0)
     m = EnergyMLP(6, 4, width=16, time_dim=8)
-    e = m(torch.randn(5, 6), torch.randn(5, 4), torch.randint(0, 10, (5,)))
+    for layer in (m.fc1, m.fc2, m.fc3, m.fc4):  # the path through y in float64, for finite differences (the
+        layer.double()                          # time branch is float32 by construction and constant in y)
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    t = torch.tensor([3, 0, 9, 3, 7])
+    out = []
+    hook = m.fc4.register_forward_hook(lambda module, inputs, output: out.append(output.detach()))
+    e = m(x, y, t)
+    hook.remove()
     assert e.shape == (5,)
-    assert (e >= 0).all()
+    assert torch.allclose(e, out[0].pow(2).sum(dim=-1), rtol=1e-12, atol=0)
+    alone = torch.cat([m(x[i:i + 1], y[i:i + 1], t[i:i + 1]) for i in range(5)])
+    assert torch.allclose(e, alone, rtol=1e-6, atol=0)  # (float32 time branch: rounding only)
+    assert torch.autograd.gradcheck(lambda y: m(x, y, t), (y.clone().requires_grad_(True),))
 
 
 def test_time_embedding_uses_raw_integer_levels():

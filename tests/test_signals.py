@@ -24,23 +24,21 @@ from ebmtool.cli import cli
 from ebmtool.config import TrainConfig
 from ebmtool.training.loop import train
 
+from helpers import TINY_PROBLEM, flags
+
 STEPS = 60
-FLAGS = ["--size", "4", "--width", "32", "--train-size", "256", "--batch-size", "32", "--val-size", "8",
-         "--seed", "11", "--log-every", "1"]
+# the tiny problem at the training defaults otherwise; the interrupted CLI runs and the library reference share it
+SETTINGS = dict(**TINY_PROBLEM, seed=11, log_every=1)
+FLAGS = flags(**SETTINGS)
 COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "grad_norm",
            "skipped_steps")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("straight") / "run"
-    cfg = TrainConfig(size=4, width=32, train_size=256, batch_size=32, val_size=8, seed=11, log_every=1,
-                      steps=STEPS)
-    train(cfg, out, log=lambda m: None)
-    yield out
-    torch.set_num_threads(before)
+    train(TrainConfig(**SETTINGS, steps=STEPS), out, log=lambda m: None)
+    return out
 
 
 def _current_step(ckpt) -> int:

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_PROBLEM, flags
+
 ROOT = Path(__file__).resolve().parents[1]
 EBMTOOL = Path(sys.executable).parent / "ebmtool"
-TINY = ["TASKS=inverse", "ARMS=ired anm1", "SEEDS=0 1", "STEPS=30", "EVAL_N=16", "FIGURES=no", f"EBMTOOL={EBMTOOL}",
-        "RECIPE=--size 4 --width 32 --train-size 256 --batch-size 32 --val-size 8 --eval-every 0 --device cpu"]
+# the tiny study's make variables: 2 arms x 2 seeds of the tiny problem
+STUDY = ["TASKS=inverse", "ARMS=ired anm1", "SEEDS=0 1", "STEPS=30", "EVAL_N=16", "FIGURES=no", f"EBMTOOL={EBMTOOL}",
+         "RECIPE=" + " ".join(flags(**TINY_PROBLEM, eval_every=0, device="cpu"))]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 RUNS = [f"inverse/{a}/s{s}" for a in ("ired", "anm1") for s in (0, 1)]
 
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.skipif(not EBMTOOL.exists(), reason="needs the ebmtool 
 
 
 def _make(out, *extra, **kw):
-    return subprocess.run(["make", "-f", str(ROOT / "studies" / "Makefile"), "study", *TINY, f"OUT={out}", *extra],
+    return subprocess.run(["make", "-f", str(ROOT / "studies" / "Makefile"), "study", *STUDY, f"OUT={out}", *extra],
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600, **kw)
 
 
@@ -83,7 +86,7 @@ def test_a_rerun_retrains_nothing(study):
 
 def test_an_interrupted_study_finishes_with_the_same_numbers(study, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen(["make", "-f", str(ROOT / "studies" / "Makefile"), "study", *TINY, f"OUT={out}"],
+    proc = subprocess.Popen(["make", "-f", str(ROOT / "studies" / "Makefile"), "study", *STUDY, f"OUT={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
                             start_new_session=True)
     deadline = time.monotonic() + 300

@@ -9,10 +9,9 @@ import pytest
 from ebmtool.artifacts import provenance, write_h5
 from ebmtool.cli import cli
 from ebmtool.study import arm_order, num, seed_ci, tail_means, write_report
-from ebmtool.config import TrainConfig
-from ebmtool.training.state import checkpoint_compute
 from ebmtool.training.loop import train
-from helpers import single_thread
+from ebmtool.training.state import checkpoint_compute
+from helpers import tiny
 
 
 def _compute(study, arm, seed) -> float:
@@ -26,14 +25,10 @@ def _compute_ratio(study) -> float:
     return float(np.mean([_compute(study, "gaussian", s) for s in (0, 1)]) /
                  np.mean([_compute(study, "ired", s) for s in (0, 1)]))
 
-TINY = dict(task="inverse", size=4, width=32, time_dim=16, steps=20, train_size=256, batch_size=32, val_size=32,
-            log_every=2, eval_every=0, ckpt_every=0, device="cpu", lr=1e-3)
+RUN = dict(steps=20, val_size=32)  # tiny() runs of 20 steps, validated on 32 problems
 ARMS = {"ired": {}, "gaussian": {"negatives": "gaussian"}}
 SEEDS = (0, 1)
 COMPARE_FAST = ["-n", "64", "--bootstrap", "200", "--permutations", "200", "--batch-size", "64", "--device", "cpu"]
-
-
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +41,7 @@ def study(tmp_path_factory):
     task = root / "inverse"
     for arm, over in ARMS.items():
         for s in SEEDS:
-            train(TrainConfig(**{**TINY, "seed": s, **over}), task / arm / f"s{s}", log=lambda m: None)
+            train(tiny(**RUN, seed=s, **over), task / arm / f"s{s}", log=lambda m: None)
     runner = CliRunner()
     for split in ("test", "harder"):
         for w in ("model", "ema"):
