@@ -317,11 +317,13 @@ def artifact_kind(path: Path) -> str:
     fmt = sniff(path)
     if fmt == "hdf5":
         return h5_kind(path)
-    meta = _safetensors_metadata(path)
+    meta = safetensors_metadata(path)
     return meta.get("ebmtool.kind", "unknown")
 
 
-def _safetensors_metadata(path: Path) -> dict:
+def safetensors_metadata(path: Path) -> dict:
+    """The string metadata of an ebmtool safetensors file (no tensors read); InputError for a damaged file or one
+    that ebmtool did not write."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
@@ -515,7 +517,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     fmt = sniff(path)
     if fmt == "hdf5":
         raise InputError(f"{path} is an HDF5 {h5_kind(path)} file, not a checkpoint")
-    meta = _safetensors_metadata(path)
+    meta = safetensors_metadata(path)
     kind = meta.get("ebmtool.kind")
     if kind != "checkpoint" and kind in KINDS:
         raise InputError(f"{path} is a {kind} file, not a checkpoint")

@@ -73,14 +73,6 @@ def bootstrap_mean_ci(x, *, confidence: float = 0.95, n_boot: int = 2000, seed: 
     return mean, float(min(lo, mean)), float(max(hi, mean))
 
 
-def paired_bootstrap_ci(baseline, variant, **kw) -> tuple[float, float, float]:
-    """(mean difference, low, high) of (variant - baseline), resampling problems (pairs stay together)."""
-    b, v = _vector(baseline, "baseline"), _vector(variant, "variant")
-    if b.shape != v.shape:
-        raise ValueError(f"paired vectors differ in length ({b.size} vs {v.size})")
-    return bootstrap_mean_ci(v - b, **kw)
-
-
 def sign_flip_test(d, *, n_perm: int = 10000, seed: int = 0, exact_max: int = EXACT_MAX) -> dict:
     """Two-sided sign-flip permutation test of H0: the paired differences are symmetric about 0.
 

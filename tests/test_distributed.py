@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from ebmtool import distributed
-from ebmtool.artifacts import InputError, _safetensors_metadata, load_checkpoint
+from ebmtool.artifacts import InputError, safetensors_metadata, load_checkpoint
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.mining import MineOptions, mine, score
 from ebmtool.models import EnergyMLP
@@ -173,7 +173,7 @@ def test_two_processes_train_like_one_and_resume(single, tmp_path):
     model = load_checkpoint(run / "ckpt.safetensors").group("model")
     moved = max((model[k] - initial[k]).abs().max().item() for k in initial)
     assert moved > 1e-3, "training did not change the weights: the comparison would be trivial"
-    assert _safetensors_metadata(run / "ckpt.safetensors")["ebmtool.world_size"] == "2"
+    assert safetensors_metadata(run / "ckpt.safetensors")["ebmtool.world_size"] == "2"
     with h5py.File(run / "metrics.h5", "r") as f:
         assert int(f.attrs["world_size"]) == 2
     # 3 steps under torchrun, then --resume to 6 under torchrun: the uninterrupted result
@@ -267,7 +267,7 @@ def test_sigterm_to_torchrun_saves_one_resumable_checkpoint(tmp_path):
 
 def _step(path: Path) -> int:
     try:
-        return int(_safetensors_metadata(path)["ebmtool.step"])
+        return int(safetensors_metadata(path)["ebmtool.step"])
     except (InputError, FileNotFoundError):
         return -1
 

@@ -6,8 +6,6 @@ Library errors become one sentence and an exit code: InputError -> 2, RunError -
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ebmtool import __version__
@@ -65,4 +63,4 @@ def main():
 
 from ebmtool.cli import compare, core, negatives, study  # noqa: E402,F401  (registers the commands)
 
-__all__ = ["cli", "main", "sys"]
+__all__ = ["cli", "main"]

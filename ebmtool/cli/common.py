@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -75,6 +74,3 @@ def _fmt(c) -> str:
         return f"{c:.4g}" if abs(c) < 1e5 else f"{c:.3e}"
     return str(c)
 
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()
