@@ -1,10 +1,13 @@
 """The `ebmtool` command line: a click group of thin commands over the library.
 
 Library errors become one sentence and an exit code: InputError -> 2, RunError -> 1, Interrupted -> 130/143.
-`ebmtool --debug CMD` shows the traceback instead.
+`ebmtool --debug CMD` shows the traceback instead. Under torchrun a failing process's exception is also written to
+torchrun's error file, so that torchrun's end-of-job summary names it (messages and exit codes stay the same).
 """
 
 from __future__ import annotations
+
+import os
 
 import click
 
@@ -19,6 +22,7 @@ class EbmtoolGroup(click.Group):
         except EbmtoolError as exc:
             if ctx.params.get("debug"):
                 raise
+            record_for_torchrun(exc)
             from ebmtool import distributed
 
             if distributed.active():  # under torchrun
@@ -40,9 +44,10 @@ class EbmtoolGroup(click.Group):
             err = click.ClickException(str(exc))
             err.exit_code = exc.exit_code
             raise err from None
-        except MemoryError:
+        except MemoryError as exc:
             if ctx.params.get("debug"):
                 raise
+            record_for_torchrun(exc)
             raise click.ClickException("out of memory; try a smaller --batch-size") from None
 
 
@@ -57,7 +62,33 @@ def cli(debug):
     """
 
 
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (its elastic agent sets TORCHELASTIC_RUN_ID)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def record_for_torchrun(exc: BaseException) -> None:
+    """Under torchrun, write a handled error to torchrun's error file (TORCHELASTIC_ERROR_FILE), as torch's
+    `record` does for an unhandled one, so that torchrun's summary names it instead of '<N/A>'."""
+    if under_torchrun() and os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        get_error_handler().record_exception(exc)
+
+
 def main():
+    """The entry point of `ebmtool` and `python -m ebmtool`. Under torchrun the command runs inside torch's
+    `record` (torch.distributed.elastic.multiprocessing.errors), which writes an unhandled exception to torchrun's
+    error file; exit codes and messages are those of a run without torchrun."""
+    if under_torchrun():
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(_run)()
+    else:
+        _run()
+
+
+def _run():
     cli(prog_name="ebmtool")
 
 
