@@ -22,7 +22,6 @@ class EbmtoolGroup(click.Group):
         except EbmtoolError as exc:
             if ctx.params.get("debug"):
                 raise
-            record_for_torchrun(exc)
             from ebmtool import distributed
 
             if distributed.active():  # under torchrun
@@ -31,6 +30,7 @@ class EbmtoolGroup(click.Group):
                     # it has (torchrun stops the remaining processes as soon as one exits with an error)
                     if distributed.is_main():
                         click.echo(f"Error: {exc}", err=True)
+                        record_for_torchrun(exc)
                     try:
                         distributed.barrier()
                     except RunError:
@@ -38,7 +38,9 @@ class EbmtoolGroup(click.Group):
                 else:
                     click.echo(f"Error (process {distributed.rank()} of {distributed.world_size()}): {exc}",
                                err=True)
+                    record_for_torchrun(exc)
                 raise click.exceptions.Exit(exc.exit_code) from None
+            record_for_torchrun(exc)
             if exc.exit_code == 2:
                 raise click.UsageError(str(exc), ctx=None) from None
             err = click.ClickException(str(exc))
@@ -68,12 +70,25 @@ def under_torchrun() -> bool:
 
 
 def record_for_torchrun(exc: BaseException) -> None:
-    """Under torchrun, write a handled error to torchrun's error file (TORCHELASTIC_ERROR_FILE), as torch's
-    `record` does for an unhandled one, so that torchrun's summary names it instead of '<N/A>'."""
-    if under_torchrun() and os.environ.get("TORCHELASTIC_ERROR_FILE"):
-        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+    """Under torchrun, write a handled error to this process's torchrun error file (TORCHELASTIC_ERROR_FILE), so
+    that torchrun's summary names it instead of '<N/A>'. Called by the process that printed the message.
 
-        get_error_handler().record_exception(exc)
+    The entry is the error's one sentence, as a plain-string message (the form torchrun shows as it is): a handled
+    error has no traceback to show, as on the command line without --debug. torch's `record` writes the
+    traceback of an unhandled exception itself.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not (under_torchrun() and path):
+        return
+    import json
+    import time
+
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        with open(path, "w") as fh:
+            json.dump({"message": f"{name}: {exc}", "timestamp": int(time.time())}, fh)
+    except OSError:
+        pass  # the summary then says <N/A>; the error itself was printed
 
 
 def main():
