@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import json
 import importlib.metadata
+import json
+import math
 import os
 import platform
 import socket
@@ -67,6 +68,42 @@ def atomic_path(target: Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def jsonable(obj):
+    """obj with NaN and inf as None, numpy scalars and arrays as Python values and paths as strings: what every
+    JSON report ebmtool prints or writes holds (strict JSON, which has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def json_text(obj) -> str:
+    """A report as the JSON text that `--json` prints and `--json-file` writes (sorted keys, indented)."""
+    return json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False)
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write a report as JSON (json_text plus a newline) atomically."""
+    return write_text(path, json_text(obj) + "\n")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file (a Markdown table, a CSV) atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
 
 
 def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> Path:
@@ -155,6 +192,28 @@ def write_h5(path: Path, kind: str, datasets: dict[str, np.ndarray], attrs: dict
             for name, arr in datasets.items():
                 write_array(f, name, np.asarray(arr))
         finalize_h5(tmp)
+
+
+def write_dataset(path: Path, problems: Problems, attrs: dict, prov: dict) -> Path:
+    """Write a data set file that train, eval and compare read: `inputs`, `targets` and (when the problems have
+    one) `mask`, with `attrs` (task, size, split, ...) and the problems' fingerprint."""
+    arrays = {"inputs": problems.x, "targets": problems.y}
+    if problems.mask is not None:
+        arrays["mask"] = problems.mask
+    write_h5(path, "dataset", arrays, {**attrs, "fingerprint": problems.fingerprint}, prov)
+    return Path(path)
+
+
+def write_evaluation(path: Path, errors: dict[str, dict[str, np.ndarray]], baselines: dict[str, np.ndarray], *,
+                     step: int, checkpoint: Path, checkpoint_sha256: str, config: dict, problems: dict) -> Path:
+    """Write an evaluation file: the per-problem metrics of each weights set (`ema/mse`, `model/mse`, ...) and of
+    the trivial predictors (`baseline/zeros`, ...), with the checkpoint's step and sha256 (provenance: the
+    evaluation's settings `config` and the problems' description)."""
+    datasets = {f"{w}/{k}": v for w, errs in errors.items() for k, v in errs.items()}
+    datasets.update({f"baseline/{k}": v for k, v in baselines.items()})
+    write_h5(path, "evaluation", datasets, {"step": step, "checkpoint_sha256": checkpoint_sha256},
+             provenance("eval", config, inputs={"checkpoint": checkpoint}, problems=problems))
+    return Path(path)
 
 
 def finalize_h5(path: Path) -> None:
@@ -317,11 +376,13 @@ def artifact_kind(path: Path) -> str:
     fmt = sniff(path)
     if fmt == "hdf5":
         return h5_kind(path)
-    meta = _safetensors_metadata(path)
+    meta = safetensors_metadata(path)
     return meta.get("ebmtool.kind", "unknown")
 
 
-def _safetensors_metadata(path: Path) -> dict:
+def safetensors_metadata(path: Path) -> dict:
+    """The string metadata of an ebmtool safetensors file (no tensors read); InputError for a damaged file or one
+    that ebmtool did not write."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
@@ -515,7 +576,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     fmt = sniff(path)
     if fmt == "hdf5":
         raise InputError(f"{path} is an HDF5 {h5_kind(path)} file, not a checkpoint")
-    meta = _safetensors_metadata(path)
+    meta = safetensors_metadata(path)
     kind = meta.get("ebmtool.kind")
     if kind != "checkpoint" and kind in KINDS:
         raise InputError(f"{path} is a {kind} file, not a checkpoint")

@@ -56,6 +56,7 @@ DERIVED_KEYS = {
     "compute": "training compute, if a config stores it: checked on its own against COMPUTE_TOLERANCE",
 }
 REPLICATE_KEY = "seed"
+DEFAULT_SEED = 20240614  # seed of `ebmtool compare`'s bootstrap and permutation draws when none is given
 COMPUTE_META = "ebmtool.compute_flops"  # cumulative training FLOPs of the run (JSON number); older checkpoints lack it
 COMPUTE_KEY = "compute"  # `--vary compute`: a difference in compute is what the comparison is about
 COMPUTE_TOLERANCE = 0.10  # matched compute: every arm within 10 % of the baseline's mean FLOPs
@@ -129,6 +130,21 @@ def run_label(path: Path) -> str:
     if re.fullmatch(r"seed-\d+", run.name) and run.parent.name:
         return f"{run.parent.name}/{run.name}"
     return run.name
+
+
+def named_arms(checkpoints, groups) -> list[tuple[str, list[Path]]]:
+    """The arms of `ebmtool compare`: each positional checkpoint (or run directory) an arm of one, named by
+    run_label (a repeated name gets '#2', '#3'), then the (NAME, PATHS-spec) groups, expanded."""
+    arms: list[tuple[str, list[Path]]] = []
+    for p in checkpoints:
+        p = resolve_checkpoint_path(p)
+        arms.append((run_label(p), [p]))
+    arms += [(name, expand_paths(spec)) for name, spec in groups]
+    names = [a for a, _ in arms]
+    for i, name in enumerate(names):  # two positional checkpoints of the same run-directory name
+        if names.count(name) > 1 and i != names.index(name):
+            names[i] = f"{name}#{names[:i].count(name) + 1}"
+    return [(nm, paths) for nm, (_, paths) in zip(names, arms)]
 
 
 def load_groups(groups: list[tuple[str, list[Path]]]) -> list[Group]:
@@ -395,21 +411,26 @@ def evaluate_groups(groups: list[Group], *, n: int = 1024, harder: bool = False,
     errors[run.name] is the per-problem dict of `evaluate_model` ({"mse", "mse_ref_scaled"}).
     """
     from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
+    from ebmtool.progress import bar_log, progress_bar
 
     runs = [r for g in groups for r in g.runs]
     task, problems, desc = evaluation_problems(runs[0].ckpt, data=data, split="test", harder=harder, n=n)
     if getattr(task, "discrete", False):
         energy_n = 0  # the energy probe uses the continuous IRED negative; discrete tasks have their own
     errors, energies = {}, {}
-    for i, r in enumerate(runs):
-        t0 = time.perf_counter()
-        model = load_model(r.ckpt, weights, device)
-        errors[r.name] = evaluate_model(model, task, problems, batch_size=batch_size, device=device)
-        if energy_n:
-            energies[r.name] = energy_samples(model, r.ckpt, task, problems, n=energy_n, device=device)
-        if log:
-            log(f"[{i + 1}/{len(runs)}] {r.name}: {task.metric} {errors[r.name][task.metric].mean():.4g} "
-                f"({time.perf_counter() - t0:.1f} s)")
+    with progress_bar(len(runs), desc="compare", unit="checkpoint") as bar:
+        say = bar_log(bar, log)
+        for i, r in enumerate(runs):
+            t0 = time.perf_counter()
+            bar.set_postfix_str(r.name)
+            model = load_model(r.ckpt, weights, device)
+            errors[r.name] = evaluate_model(model, task, problems, batch_size=batch_size, device=device)
+            if energy_n:
+                energies[r.name] = energy_samples(model, r.ckpt, task, problems, n=energy_n, device=device)
+            if say:
+                say(f"[{i + 1}/{len(runs)}] {r.name}: {task.metric} {errors[r.name][task.metric].mean():.4g} "
+                    f"({time.perf_counter() - t0:.1f} s)")
+            bar.update()
     return task, problems, desc, errors, energies
 
 
@@ -693,20 +714,3 @@ def format_markdown(report: dict) -> str:
     if report["notes"] or report["warnings"]:
         out += [""] + [f"- note: {n}" for n in report["notes"]] + [f"- **WARNING:** {w}" for w in report["warnings"]]
     return "\n".join(out) + "\n"
-
-
-def jsonable(obj):
-    """NaN and inf become null; numpy scalars and arrays become Python values."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

@@ -138,11 +138,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def any_true(flag: bool) -> bool:
-    """Whether any process has `flag` set (all agree on the answer)."""
-    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0]))[0] > 0)
-
-
 BUCKET = 1 << 24  # elements per flattened all-reduce (64 MiB in fp32)
 
 

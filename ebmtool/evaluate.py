@@ -6,6 +6,10 @@ compute confidence intervals.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -68,7 +72,9 @@ def evaluate_model(model, task: Task, problems: Problems, **kw) -> dict[str, np.
 
 # ------------------------------------------------------------------------------------------------ checkpoints
 
-WEIGHTS = ("ema", "model")
+WEIGHTS = ("ema", "model")  # the first is what the reference evaluates
+WEIGHT_CHOICES = ("both", *WEIGHTS)  # `ebmtool eval --weights`: both sets, or one
+EVAL_SPLITS = ("test", "val")  # the fixed held-out splits of a built-in task; the first is the default
 
 
 def load_model(ckpt, weights: str = "ema", device="cpu"):
@@ -151,3 +157,48 @@ def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
     problems = task.generate(n, split, harder=harder)
     desc = {"task": task.label, "split": split, "harder": harder, "n": n, "fingerprint": problems.fingerprint}
     return task, problems, desc
+
+
+# ------------------------------------------------------------------------------------------------ a checkpoint
+
+@dataclass
+class Evaluation:
+    """What `ebmtool eval` reports: `report` (JSON-ready means, baselines, provenance of the numbers) and the
+    per-problem arrays behind it (`errors[weights][metric]`, `baselines[name]`)."""
+
+    report: dict
+    errors: dict[str, dict[str, np.ndarray]]
+    baselines: dict[str, np.ndarray]
+    task: Task
+    problems: Problems
+
+
+def evaluate_checkpoint(path: Path, *, data=None, split: str = EVAL_SPLITS[0], harder: bool = False, n: int = 1024,
+                        weights: str = WEIGHT_CHOICES[0], batch_size: int = 256, device="cpu",
+                        precision: str = "fp32") -> Evaluation:
+    """Sample a checkpoint's EMA and/or raw weights on its held-out problems (a progress bar on a terminal's
+    stderr); never changes the checkpoint."""
+    from ebmtool.artifacts import load_checkpoint, sha256_file
+    from ebmtool.devices import check_precision
+    from ebmtool.progress import progress_bar
+
+    if weights not in WEIGHT_CHOICES:
+        raise InputError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}")
+    ckpt = load_checkpoint(path)
+    check_precision(precision, device)
+    task, problems, desc = evaluation_problems(ckpt, data=data, split=split, harder=harder, n=n)
+    which = list(WEIGHTS) if weights == "both" else [weights]
+    errors = {}
+    t0 = time.perf_counter()
+    with progress_bar(len(problems) * len(which), desc="eval", unit="problem") as bar:
+        for w in which:
+            errors[w] = evaluate_model(load_model(ckpt, w, device), task, problems, batch_size=batch_size,
+                                       device=device, precision=precision, progress=bar.update)
+    seconds = time.perf_counter() - t0
+    baselines = task.baselines(problems)
+    report = {"checkpoint": str(path), "sha256": sha256_file(path), "step": ckpt.step, "problems": desc,
+              "metric": task.metric,
+              "results": {w: {k: float(v.mean()) for k, v in e.items()} for w, e in errors.items()},
+              "baselines": {k: float(v.mean()) for k, v in baselines.items()}, "seconds": seconds,
+              "device": str(device), "precision": precision}
+    return Evaluation(report, errors, baselines, task, problems)

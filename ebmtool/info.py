@@ -107,7 +107,7 @@ def metrics_summary(f) -> dict:
         out["sources"] = {name: {m: _finite_mean(f["source"][name][m][()]) for m in f["source"][name]}
                           for name in f["source"]}
         for name, grp in f["source"].items():
-            out["alarms"] += [f"source {name}: {a}" for a in _source_alarms(grp)]
+            out["alarms"] += [f"source {name}: {a}" for a in source_alarms(grp)]
     return out
 
 
@@ -146,7 +146,10 @@ def _negative_alarms(f) -> list[str]:
     return alarms
 
 
-def _source_alarms(g) -> list[str]:
+def source_alarms(g) -> list[str]:
+    """Alarms about one negative source's columns of a metrics file (`g`: its HDF5 group or a dict of arrays):
+    all-easy negatives, norm-separable ones, a realised fraction off the configured one, near-duplicates, and
+    descent steps that were almost never accepted."""
     alarms = []
     p = _finite(g, "p_hard")
     if len(p) > 1 and np.all(p == 0):

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 LOSS_FORMS = ("infonce", "pairwise", "logistic")
 ALPHA_SCHEDULES = ("constant", "linear")
 DEFAULT_ALPHA = 1.0  # the inverse temperature of `train --sans` and `weights` when none is given
+DEFAULT_ALPHA_FLOOR = 0.1  # the floor of the linear alpha schedule when none is given
 
 
 def alpha_at(t: torch.Tensor, alpha: float, schedule: str = "constant", floor: float = 0.1,

@@ -25,7 +25,13 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as _sps
+
+
+def _sps():
+    """scipy.stats, imported on first use (it costs half a second; the command line imports this module)."""
+    from scipy import stats
+
+    return stats
 
 EXACT_MAX = 16  # up to 2^16 = 65,536 sign patterns: enumerate them all
 DIRECTIONS = ("lower", "higher")
@@ -73,14 +79,6 @@ def bootstrap_mean_ci(x, *, confidence: float = 0.95, n_boot: int = 2000, seed: 
     return mean, float(min(lo, mean)), float(max(hi, mean))
 
 
-def paired_bootstrap_ci(baseline, variant, **kw) -> tuple[float, float, float]:
-    """(mean difference, low, high) of (variant - baseline), resampling problems (pairs stay together)."""
-    b, v = _vector(baseline, "baseline"), _vector(variant, "variant")
-    if b.shape != v.shape:
-        raise ValueError(f"paired vectors differ in length ({b.size} vs {v.size})")
-    return bootstrap_mean_ci(v - b, **kw)
-
-
 def sign_flip_test(d, *, n_perm: int = 10000, seed: int = 0, exact_max: int = EXACT_MAX) -> dict:
     """Two-sided sign-flip permutation test of H0: the paired differences are symmetric about 0.
 
@@ -111,7 +109,7 @@ def wilcoxon_p(d) -> float:
     d = _vector(d, "differences")
     if not np.any(d):
         return 1.0
-    return float(_sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    return float(_sps().wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
 def effect_size_dz(d) -> float:
@@ -225,8 +223,8 @@ def across_seed_test(baseline: dict[int, float], variant: dict[int, float], *, c
         else:
             se = sd / math.sqrt(n)
             t = mean / se
-            p = float(2 * _sps.t.sf(abs(t), n - 1))
-            half = float(_sps.t.ppf(0.5 + confidence / 2, n - 1) * se)
+            p = float(2 * _sps().t.sf(abs(t), n - 1))
+            half = float(_sps().t.ppf(0.5 + confidence / 2, n - 1) * se)
         return {"test": SEED_TEST_PAIRED, "seeds": bs, "n_seeds": n, "mean_diff": mean, "ci_low": mean - half,
                 "ci_high": mean + half, "t": t, "p": p, "df": n - 1, "sd_diff": sd}
     a = np.array([baseline[s] for s in bs], dtype=np.float64)
@@ -239,8 +237,8 @@ def across_seed_test(baseline: dict[int, float], variant: dict[int, float], *, c
     else:
         df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
         t = mean / se
-        p = float(2 * _sps.t.sf(abs(t), df))
-        half = float(_sps.t.ppf(0.5 + confidence / 2, df) * se)
+        p = float(2 * _sps().t.sf(abs(t), df))
+        half = float(_sps().t.ppf(0.5 + confidence / 2, df) * se)
     return {"test": SEED_TEST_WELCH, "seeds_baseline": bs, "seeds_variant": vs, "mean_diff": mean,
             "ci_low": mean - half, "ci_high": mean + half, "t": t, "p": p, "df": df}
 

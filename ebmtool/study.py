@@ -1,6 +1,6 @@
 """`report`: one Markdown page over a whole study, built only from the files the study left behind.
 
-A study trains TASKS x ARMS x SEEDS and compares the arms of each task with `ebmtool compare --json`:
+A study trains TASKS x ARMS x SEEDS and compares the arms of each task with `ebmtool compare --json-file`:
 
     STUDY/<task>/<arm>/s<seed>/ckpt.safetensors, metrics.h5
     STUDY/<task>/compare-<split>-<weights>.json, .md       split in SPLITS, weights in WEIGHTS
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import stats as _sps
 
 from ebmtool.artifacts import atomic_path, load_checkpoint, open_h5
 from ebmtool.compare import fmt_number, fmt_p, md_table
@@ -149,7 +148,7 @@ def load_compare(path: Path, split: str, weights: str) -> dict:
         raise InputError(f"{path} is not valid JSON ({exc})") from None
     keys = ("baseline", "groups", "comparisons", "trivial_baselines", "metric", "direction", "weights", "problems")
     if not isinstance(rep, dict) or any(k not in rep for k in keys):
-        raise InputError(f"{path} is not an `ebmtool compare --json` report (missing {', '.join(keys)})")
+        raise InputError(f"{path} is not an `ebmtool compare --json-file` report (missing {', '.join(keys)})")
     harder = bool(rep["problems"].get("harder"))
     if rep["weights"] != weights or harder != (split == "harder"):
         raise InputError(f"{path} holds a comparison of {rep['weights']} weights on the "
@@ -193,7 +192,9 @@ def seed_ci(per_seed, confidence: float) -> tuple[float | None, float | None]:
     a = np.asarray(per_seed, dtype=np.float64)
     if a.size < 2:
         return None, None
-    half = float(_sps.t.ppf(0.5 + confidence / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
+    from scipy import stats  # imported here: the command line imports this module, scipy costs half a second
+
+    half = float(stats.t.ppf(0.5 + confidence / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
     return float(a.mean()) - half, float(a.mean()) + half
 
 

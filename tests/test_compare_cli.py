@@ -61,7 +61,8 @@ def invoke(runner, args):
 def test_identical_models_no_difference_and_outputs(runner, ckpts, tmp_path):
     a = ckpts["base0"]
     sha = sha256_file(a)
-    res = invoke(runner, [str(a), str(a), "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
+    res = invoke(runner, [str(a), str(a), "--json-file", str(tmp_path / "r.json"),
+                          "--markdown-file", str(tmp_path / "r.md"),
                           "--plot", str(tmp_path / "figs")])
     assert res.exit_code == 0, res.output
     assert "NO DIFFERENCE SHOWN" in res.stdout  # one seed per arm: a statement about checkpoints
@@ -78,14 +79,14 @@ def test_identical_models_no_difference_and_outputs(runner, ckpts, tmp_path):
     assert all((tmp_path / "figs" / f).stat().st_size > 10_000 for f in figs)
     assert sha256_file(a) == sha  # compare never changes a checkpoint
     # outputs are not overwritten without --overwrite
-    res = invoke(runner, [str(a), str(a), "--json", str(tmp_path / "r.json")])
+    res = invoke(runner, [str(a), str(a), "--json-file", str(tmp_path / "r.json")])
     assert res.exit_code == 2 and "--overwrite" in res.output
 
 
 def test_groups_config_diff_and_seed_test(runner, ckpts, tmp_path):
     root = ckpts["root"]
     res = invoke(runner, ["--group", f"base={root}/base/seed-*", "--group", f"var={root}/var/seed-0,{root}/var/seed-1",
-                          "--json", str(tmp_path / "g.json")])
+                          "--json-file", str(tmp_path / "g.json")])
     assert res.exit_code == 0, res.output
     out = res.stdout
     assert "supervise_energy" in out and "trained_steps" in out  # the differing keys are named
@@ -157,7 +158,7 @@ def test_compute_columns_warning_and_vary_compute(runner, tmp_path):
         with_compute(untrained(tmp_path / "old" / f"seed-{s}", s, negatives="anm"), None)  # an older checkpoint
     args = [f"--group=base={tmp_path}/base/seed-*", f"--group=anm4={tmp_path}/anm4/seed-*",
             f"--group=old={tmp_path}/old/seed-*", "--vary", "negatives", "--vary", "steps"]
-    res = invoke(runner, [*args, "--json", str(tmp_path / "c.json"), "--markdown", str(tmp_path / "c.md")])
+    res = invoke(runner, [*args, "--json-file", str(tmp_path / "c.json"), "--markdown-file", str(tmp_path / "c.md")])
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     top = next(i for i, ln in enumerate(lines) if ln.startswith("arm "))
@@ -185,7 +186,7 @@ def test_compute_columns_warning_and_vary_compute(runner, tmp_path):
 
 def test_harder_split_and_user_data(runner, ckpts, tmp_path):
     a, b = str(ckpts["base0"]), str(ckpts["var0"])
-    res = invoke(runner, [a, b, "--harder", "--json", str(tmp_path / "h.json")])
+    res = invoke(runner, [a, b, "--harder", "--json-file", str(tmp_path / "h.json")])
     assert res.exit_code == 0, res.output
     assert "test harder" in res.stdout
     assert json.loads((tmp_path / "h.json").read_text())["problems"]["harder"] is True

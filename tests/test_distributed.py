@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from ebmtool import distributed
-from ebmtool.artifacts import InputError, _safetensors_metadata, load_checkpoint
+from ebmtool.artifacts import InputError, safetensors_metadata, load_checkpoint
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.mining import MineOptions, mine, score
 from ebmtool.models import EnergyMLP
@@ -174,7 +174,7 @@ def test_two_processes_train_like_one_and_resume(single, tmp_path):
     model = load_checkpoint(run / "ckpt.safetensors").group("model")
     moved = max((model[k] - initial[k]).abs().max().item() for k in initial)
     assert moved > 1e-3, "training did not change the weights: the comparison would be trivial"
-    assert _safetensors_metadata(run / "ckpt.safetensors")["ebmtool.world_size"] == "2"
+    assert safetensors_metadata(run / "ckpt.safetensors")["ebmtool.world_size"] == "2"
     with h5py.File(run / "metrics.h5", "r") as f:
         assert int(f.attrs["world_size"]) == 2
     # 3 steps under torchrun, then --resume to 6 under torchrun: the uninterrupted result
@@ -195,7 +195,10 @@ def test_batch_not_divisible_by_the_process_count_is_refused(tmp_path):
     assert done.returncode != 0
     msg = ("--batch-size 9 cannot be split across 2 processes: the global batch is divided evenly among them, so "
            "give a multiple of 2 (e.g. 8 or 10)")
-    assert done.stderr.count(msg) == 1, done.stderr[-3000:]  # said once, by process 0
+    lines = done.stderr.splitlines()
+    assert lines.count(f"Error: {msg}") == 1, done.stderr[-3000:]  # said once, by process 0
+    # and named once in torchrun's summary, from the error file process 0 wrote (the other process's is empty)
+    assert sum(ln.strip() == f"traceback : ebmtool.errors.InputError: {msg}" for ln in lines) == 1, done.stderr[-3000:]
     assert "exitcode  : 2" in done.stderr  # each worker exits 2 (torchrun itself exits 1 when a worker fails)
     assert not re.search(OWN_TRACEBACK, done.stderr), "a worker showed a traceback"  # (torchrun shows its own)
     assert not (tmp_path / "bad" / "ckpt.safetensors").exists()
@@ -268,7 +271,7 @@ def test_sigterm_to_torchrun_saves_one_resumable_checkpoint(tmp_path):
 
 def _step(path: Path) -> int:
     try:
-        return int(_safetensors_metadata(path)["ebmtool.step"])
+        return int(safetensors_metadata(path)["ebmtool.step"])
     except (InputError, FileNotFoundError):
         return -1
 
@@ -292,7 +295,10 @@ def test_non_finite_loss_stops_every_process_at_the_same_step(tmp_path):
     assert done.returncode != 0
     msg = (f"non-finite loss_denoise at step 1; training stopped and the last good checkpoint "
            f"{out / 'ckpt.safetensors'} is kept")
-    assert done.stderr.count(msg) == 1, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert sum(ln.startswith(f"Error: {msg}") for ln in lines) == 1, done.stderr[-3000:]  # said once
+    # and named once in torchrun's summary, from process 0's error file
+    assert sum(ln.strip().startswith(f"traceback : ebmtool.errors.RunError: {msg}") for ln in lines) == 1
     assert "exitcode  : 1" in done.stderr and not re.search(OWN_TRACEBACK, done.stderr)
     assert load_checkpoint(out / "ckpt.safetensors").step == 1
     with h5py.File(out / "metrics.h5", "r") as f:

@@ -147,12 +147,12 @@ def test_refining_sources_log_their_accepted_fraction_and_hnm_its_level_histogra
 
 
 def test_accept_alarm_names_a_source_whose_steps_are_rejected():
-    from ebmtool.info import _source_alarms
+    from ebmtool.info import source_alarms
 
-    assert _source_alarms({"accept_fraction": np.array([0.0, 0.02])}) == [
+    assert source_alarms({"accept_fraction": np.array([0.0, 0.02])}) == [
         "only 1.0% of its descent steps were accepted: its negatives barely move from where they start "
         "(smaller step size?)"]
-    assert _source_alarms({"accept_fraction": np.array([0.4, 0.6])}) == []
+    assert source_alarms({"accept_fraction": np.array([0.4, 0.6])}) == []
 
 
 def test_offline_negatives_for_other_problems_are_refused_even_with_force(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.artifacts import InputError, _safetensors_metadata, load_checkpoint
+from ebmtool.artifacts import InputError, safetensors_metadata, load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.config import TrainConfig
 from ebmtool.training.loop import train
@@ -43,7 +43,7 @@ def uninterrupted(tmp_path_factory):
 
 def _current_step(ckpt) -> int:
     try:
-        return int(_safetensors_metadata(ckpt)["ebmtool.step"])
+        return int(safetensors_metadata(ckpt)["ebmtool.step"])
     except (InputError, FileNotFoundError):
         return -1
 

@@ -33,8 +33,8 @@ COMPARE_FAST = ["-n", "64", "--bootstrap", "200", "--permutations", "200", "--ba
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """STUDY/inverse: every run and all four compares (the CLI's own --json/--markdown); STUDY/pending: one run,
-    no compare yet; arms.txt naming the arms."""
+    """STUDY/inverse: every run and all four compares (the CLI's own --json-file/--markdown-file); STUDY/pending:
+    one run, no compare yet; arms.txt naming the arms."""
     from click.testing import CliRunner
 
     root = tmp_path_factory.mktemp("study")
@@ -45,8 +45,8 @@ def study(tmp_path_factory):
     runner = CliRunner()
     for split in ("test", "harder"):
         for w in ("model", "ema"):
-            args = ["compare", *COMPARE_FAST, "--weights", w, "--json", str(task / f"compare-{split}-{w}.json"),
-                    "--markdown", str(task / f"compare-{split}-{w}.md"), "--baseline", "ired"]
+            args = ["compare", *COMPARE_FAST, "--weights", w, "--json-file", str(task / f"compare-{split}-{w}.json"),
+                    "--markdown-file", str(task / f"compare-{split}-{w}.md"), "--baseline", "ired"]
             args += ["--harder"] * (split == "harder")
             for arm in ARMS:
                 args += ["--group", f"{arm}=" + ",".join(str(task / arm / f"s{s}") for s in SEEDS)]

@@ -1,12 +1,13 @@
 """The `ebmtool` command line: a click group of thin commands over the library.
 
 Library errors become one sentence and an exit code: InputError -> 2, RunError -> 1, Interrupted -> 130/143.
-`ebmtool --debug CMD` shows the traceback instead.
+`ebmtool --debug CMD` shows the traceback instead. Under torchrun a failing process's exception is also written to
+torchrun's error file, so that torchrun's end-of-job summary names it (messages and exit codes stay the same).
 """
 
 from __future__ import annotations
 
-import sys
+import os
 
 import click
 
@@ -29,6 +30,7 @@ class EbmtoolGroup(click.Group):
                     # it has (torchrun stops the remaining processes as soon as one exits with an error)
                     if distributed.is_main():
                         click.echo(f"Error: {exc}", err=True)
+                        record_for_torchrun(exc)
                     try:
                         distributed.barrier()
                     except RunError:
@@ -36,15 +38,18 @@ class EbmtoolGroup(click.Group):
                 else:
                     click.echo(f"Error (process {distributed.rank()} of {distributed.world_size()}): {exc}",
                                err=True)
+                    record_for_torchrun(exc)
                 raise click.exceptions.Exit(exc.exit_code) from None
+            record_for_torchrun(exc)
             if exc.exit_code == 2:
                 raise click.UsageError(str(exc), ctx=None) from None
             err = click.ClickException(str(exc))
             err.exit_code = exc.exit_code
             raise err from None
-        except MemoryError:
+        except MemoryError as exc:
             if ctx.params.get("debug"):
                 raise
+            record_for_torchrun(exc)
             raise click.ClickException("out of memory; try a smaller --batch-size") from None
 
 
@@ -59,10 +64,49 @@ def cli(debug):
     """
 
 
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (its elastic agent sets TORCHELASTIC_RUN_ID)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def record_for_torchrun(exc: BaseException) -> None:
+    """Under torchrun, write a handled error to this process's torchrun error file (TORCHELASTIC_ERROR_FILE), so
+    that torchrun's summary names it instead of '<N/A>'. Called by the process that printed the message.
+
+    The entry is the error's one sentence, as a plain-string message (the form torchrun shows as it is): a handled
+    error has no traceback to show, as on the command line without --debug. torch's `record` writes the
+    traceback of an unhandled exception itself.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not (under_torchrun() and path):
+        return
+    import json
+    import time
+
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        with open(path, "w") as fh:
+            json.dump({"message": f"{name}: {exc}", "timestamp": int(time.time())}, fh)
+    except OSError:
+        pass  # the summary then says <N/A>; the error itself was printed
+
+
 def main():
+    """The entry point of `ebmtool` and `python -m ebmtool`. Under torchrun the command runs inside torch's
+    `record` (torch.distributed.elastic.multiprocessing.errors), which writes an unhandled exception to torchrun's
+    error file; exit codes and messages are those of a run without torchrun."""
+    if under_torchrun():
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(_run)()
+    else:
+        _run()
+
+
+def _run():
     cli(prog_name="ebmtool")
 
 
 from ebmtool.cli import compare, core, negatives, study  # noqa: E402,F401  (registers the commands)
 
-__all__ = ["cli", "main", "sys"]
+__all__ = ["cli", "main"]

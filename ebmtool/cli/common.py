@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import resolve_checkpoint_path
+from ebmtool.artifacts import json_text, resolve_checkpoint_path
+from ebmtool.devices import PRECISIONS
 
 
 def log(msg: str):
@@ -34,8 +33,8 @@ def device_option(f):
 
 
 def precision_option(f):
-    return click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
-                        help="bf16: autocast the network's matrix products on CUDA (CUDA only) [fp32].")(f)
+    return click.option("--precision", type=click.Choice(PRECISIONS), default=None, show_default=PRECISIONS[0],
+                        help="bf16: autocast the network's matrix products on CUDA (CUDA only).")(f)
 
 
 def seed_option(help_text="Seed; drawn at random and recorded when not given."):
@@ -43,19 +42,20 @@ def seed_option(help_text="Seed; drawn at random and recorded when not given."):
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+    """--json: the command's report as JSON on stdout, and nothing else there (docs/cli.md)."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the report as JSON on stdout instead of text (nothing else goes to stdout; "
+                        "notes go to stderr).")(f)
 
 
 def print_json(obj):
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable))
+    """The --json report: the only thing a command writes to stdout under --json."""
+    click.echo(json_text(obj))
 
 
-def _jsonable(v):
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v)}")
+def say(msg: str, as_json: bool = False):
+    """A line of the human report: stdout, or stderr under --json (stdout then carries the JSON alone)."""
+    click.echo(msg, err=as_json)
 
 
 def table(rows: list[list], header: list[str] | None = None) -> str:
@@ -75,6 +75,3 @@ def _fmt(c) -> str:
         return f"{c:.4g}" if abs(c) < 1e5 else f"{c:.3e}"
     return str(c)
 
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

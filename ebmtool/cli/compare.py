@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import atomic_path, check_output
+from ebmtool.artifacts import check_output
 from ebmtool.cli import cli
-from ebmtool.cli.common import device_option, log, overwrite_option, table
-from ebmtool.errors import InputError, RunError
-
-DEFAULT_BOOTSTRAP_SEED = 20240614
+from ebmtool.cli.common import device_option, json_option, log, overwrite_option, print_json, say, table
+from ebmtool.compare import DEFAULT_SEED
+from ebmtool.errors import RunError
+from ebmtool.evaluate import WEIGHTS
+from ebmtool.plots import FIGURE_FORMATS
 
 
 def _parse_group(ctx, param, values):
@@ -32,10 +32,10 @@ def _parse_group(ctx, param, values):
               help="An arm of several seeds (replicates): NAME=comma-separated checkpoints, run directories or "
               "quoted glob patterns, e.g. --group base='runs/base/seed-*'. Repeat for each arm.")
 @click.option("--baseline", default=None, help="Name of the baseline arm (a group name, or a checkpoint's run "
-              "directory name) [the first].")
+              "directory name); without it, the first arm.")
 @click.option("--vary", "declared", multiple=True, metavar="KEY",
               help="The configuration key(s) the comparison is about (glob patterns allowed, e.g. 'anm_*'); any "
-              "other differing key is warned about [without it: a warning when more than one key differs]. Keys "
+              "other differing key is warned about (without --vary: a warning when more than one key differs). Keys "
               "that follow from others (trained_steps, curriculum_total, checksums) and unset defaults of a used "
               "negative source are never warned about. --vary compute declares an intended difference in "
               "training compute; without it an arm whose FLOPs differ from the baseline's by more than 10 % is "
@@ -45,7 +45,7 @@ def _parse_group(ctx, param, values):
 @click.option("--harder", is_flag=True, help="The out-of-distribution test split of the task.")
 @click.option("--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Evaluate on this HDF5 data set instead of the task's test split.")
-@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
+@click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True,
               help="EMA weights (what the reference evaluates) or the raw weights.")
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
               help="Level of every interval; the tests use alpha = 1 - confidence.")
@@ -53,22 +53,25 @@ def _parse_group(ctx, param, values):
               help="Bootstrap resamples.")
 @click.option("--permutations", "n_perm", type=click.IntRange(min=100), default=10000, show_default=True,
               help="Monte Carlo sign flips (the test is exact up to 16 problems).")
-@click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_BOOTSTRAP_SEED, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True,
               help="Seed of the bootstrap and permutation draws (recorded in the outputs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
 @click.option("--allow-identical", is_flag=True,
               help="Exit 0 even when replicates give identical results (otherwise exit 1 after the report).")
-@click.option("--json", "json_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@json_option
+@click.option("--json-file", "json_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the full report (every number, config diff, checkpoint sha256s) to this JSON file.")
-@click.option("--markdown", "md_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--markdown-file", "md_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the tables as Markdown to this file.")
 @click.option("--plot", "plot_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Write PNG figures into this directory (scatter vs baseline, error distributions, energy "
-              "histograms, training curves, per-seed means).")
+              help="Write figures into this directory (scatter vs baseline, error distributions, energy "
+              "histograms, training curves, per-seed means), each with a CSV of its data (same name, .csv).")
+@click.option("--plot-format", type=click.Choice(FIGURE_FORMATS), default=FIGURE_FORMATS[0], show_default=True,
+              help="File type of the --plot figures.")
 @overwrite_option
 def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, confidence, n_boot, n_perm, seed,
-            batch_size, device, allow_identical, json_file, md_file, plot_dir, overwrite):
+            batch_size, device, allow_identical, as_json, json_file, md_file, plot_dir, plot_format, overwrite):
     """Does a variant beat the baseline? Evaluates every checkpoint on the identical held-out problems and reports
     the task's declared metric with bootstrap intervals, paired differences with a sign-flip permutation test,
     Holm-corrected verdicts and, for arms of several seeds, the across-seed test.
@@ -82,47 +85,41 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
     Examples:
       ebmtool compare runs/base runs/variant
       ebmtool compare --group base='runs/base/seed-*' --group noenergy='runs/noenergy/seed-*' \\
-          --plot figs --markdown cmp.md --json cmp.json
+          --plot figs --markdown-file cmp.md --json-file cmp.json
     """
-    from ebmtool.artifacts import resolve_checkpoint_path
-    from ebmtool.compare import compare as run_compare, expand_paths, format_markdown, jsonable, run_label
+    from ebmtool.artifacts import write_json, write_text
+    from ebmtool.compare import compare as run_compare, format_markdown, named_arms
     from ebmtool.devices import resolve_device
 
-    arms: list[tuple[str, list[Path]]] = []
-    for p in checkpoints:
-        p = resolve_checkpoint_path(p)
-        arms.append((run_label(p), [p]))
-    arms += [(name, expand_paths(spec)) for name, spec in groups]
-    if not arms:
+    if not checkpoints and not groups:
         raise click.UsageError("give checkpoints (or run directories) to compare, or --group NAME=PATHS")
-    names = [a for a, _ in arms]
-    for i, name in enumerate(names):  # two positional checkpoints of the same run-directory name
-        if names.count(name) > 1 and i != names.index(name):
-            names[i] = f"{name}#{names[:i].count(name) + 1}"
-    arms = [(nm, paths) for nm, (_, paths) in zip(names, arms)]
+    arms = named_arms(checkpoints, groups)
     inputs = tuple(p for _, ps in arms for p in ps)
     for out in (json_file, md_file):
         if out is not None:
             check_output(out, overwrite, inputs=inputs)
-    if plot_dir is not None and plot_dir.exists() and any(plot_dir.glob("*.png")) and not overwrite:
-        raise InputError(f"{plot_dir} already holds figures; pass --overwrite to replace them")
+    if plot_dir is not None:
+        from ebmtool.plots import check_plot_dir
+
+        check_plot_dir(plot_dir, overwrite)
     report, extras = run_compare(arms, baseline=baseline, n=n, harder=harder, data=data, weights=weights,
                                  confidence=confidence, n_boot=n_boot, n_perm=n_perm, seed=seed,
                                  batch_size=batch_size, device=resolve_device(device), declared=declared, log=log)
-    click.echo(format_text(report))
+    if as_json:
+        print_json(report)
+        for w in report["warnings"]:
+            log(f"WARNING: {w}")
+    else:
+        click.echo(format_text(report))
     if json_file is not None:
-        with atomic_path(json_file) as tmp:
-            tmp.write_text(json.dumps(jsonable(report), indent=2, sort_keys=True) + "\n")
-        click.echo(f"wrote {json_file}")
+        say(f"wrote {write_json(json_file, report)}", as_json)
     if md_file is not None:
-        with atomic_path(md_file) as tmp:
-            tmp.write_text(format_markdown(report))
-        click.echo(f"wrote {md_file}")
+        say(f"wrote {write_text(md_file, format_markdown(report))}", as_json)
     if plot_dir is not None:
         from ebmtool.plots import write_all
 
-        for p in write_all(report, extras, plot_dir):
-            click.echo(f"wrote {p}")
+        for p in write_all(report, extras, plot_dir, fmt=plot_format):
+            say(f"wrote {p}", as_json)
     if report["identical_replicates"] and not allow_identical:
         raise RunError(f"{len(report['identical_replicates'])} pair(s) of replicates gave identical results "
                        "(see the warnings above); fix the runs or pass --allow-identical")

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import datetime as _dt
-import time
 from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import check_output, load_checkpoint, provenance, sha256_file, write_h5
+from ebmtool.artifacts import (
+    check_output, load_checkpoint, provenance, sha256_file, write_dataset, write_evaluation,
+)
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
     checkpoint_argument, device_option, json_option, log, overwrite_option, precision_option, print_json, seed_option,
     table,
 )
+from ebmtool.cli.defaults import TRAIN_DEFAULTS, per_task, task_blocks, task_width, train_default
 from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.errors import InputError
+from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES
+from ebmtool.negatives import CLAMP_MODES
+from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
 from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
+from ebmtool.train import RECIPES
+
+CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -26,8 +34,9 @@ from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
 @click.option("-n", "n", type=click.IntRange(min=1), default=1024, show_default=True, help="Number of problems.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="HDF5 file to write.")
 @click.option("--size", type=click.IntRange(min=2), default=None,
-              help="Matrix size of continuous tasks [8; 20 in the paper]; node count of graph tasks [12 "
-              "connectivity, 20 shortest-path]; Sudoku is 9x9.")
+              show_default=f"{CONTINUOUS_SIZE} for continuous tasks; graph nodes "
+              + per_task(lambda t: t.size if t.discrete and t.name != "sudoku" else None),
+              help="Matrix size of continuous tasks (the paper uses 20); node count of graph tasks; Sudoku is 9x9.")
 @click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True,
               help="train draws from --seed; val and test are the fixed evaluation sets every model shares.")
 @click.option("--harder", is_flag=True, help="The out-of-distribution variant of the task.")
@@ -52,7 +61,7 @@ def data(ctx, task, n, output, size, split, harder, seed, source, labels, overwr
         import secrets
 
         seed = secrets.randbelow(2**31)
-    t = get_task(task, size if size is not None or task in DISCRETE_TASK_NAMES else 8)
+    t = get_task(task, size if size is not None or task in DISCRETE_TASK_NAMES else CONTINUOUS_SIZE)
     if t.discrete:
         problems = t.generate(n, split, seed=seed, harder=harder, size=size if harder else None)
     else:
@@ -60,12 +69,8 @@ def data(ctx, task, n, output, size, split, harder, seed, source, labels, overwr
     size = problems.description["size"]
     prov = provenance("data", {"task": task, "size": size, "split": split, "harder": harder, "n": n,
                                "seed": problems.description["seed"]}, data=problems.description)
-    arrays = {"inputs": problems.x, "targets": problems.y}
-    if problems.mask is not None:
-        arrays["mask"] = problems.mask
-    write_h5(output, "dataset", arrays,
-             {"task": task, "size": size, "split": split, "harder": harder, "n": n,
-              "seed": problems.description["seed"], "fingerprint": problems.fingerprint}, prov)
+    write_dataset(output, problems, {"task": task, "size": size, "split": split, "harder": harder, "n": n,
+                                     "seed": problems.description["seed"]}, prov)
     label = f"{task} ({size} nodes)" if t.discrete and task != "sudoku" else t.label
     click.echo(f"wrote {n} {label} problems ({split}{', harder' if harder else ''}, seed "
                f"{problems.description['seed']}) to {output}")
@@ -91,9 +96,8 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
     prov = provenance("data", {"task": task, "size": 9, "split": split, "from": str(source),
                                "labels": str(labels) if labels else None, "n": len(x)},
                       inputs={"source": source, **({"labels": labels} if labels else {})}, data=desc)
-    write_h5(output, "dataset", {"inputs": x, "targets": y, "mask": mask},
-             {"task": task, "size": 9, "split": split, "harder": False, "n": len(x), "seed": -1,
-              "source": str(source), "fingerprint": problems.fingerprint}, prov)
+    write_dataset(output, problems, {"task": task, "size": 9, "split": split, "harder": False, "n": len(x), "seed": -1,
+                                     "source": str(source)}, prov)
     click.echo(f"wrote {len(x)} sudoku 9x9 problems from {source} (givens {desc['givens_min']}-{desc['givens_max']}) "
                f"to {output}")
 
@@ -103,9 +107,9 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
 
 
 @cli.command()
-@click.option("--task", default=None, help=f"Built-in task ({', '.join(TASK_NAMES)}; default inverse) or an HDF5 "
-              "data file with `inputs` and `targets`.")
-@click.option("--recipe", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
+@click.option("--task", default=None, show_default=train_default("task"),
+              help=f"Built-in task ({', '.join(TASK_NAMES)}) or an HDF5 data file with `inputs` and `targets`.")
+@click.option("--recipe", type=click.Choice(tuple(RECIPES)), default=TRAIN_DEFAULTS["recipe"], show_default=True,
               help="Named budget: cpu = 8x8, 1500 steps, batch 256, lr 1e-3 (minutes on 2 cores); paper = 20x20, "
               "100k steps, batch 2048, lr 1e-4 (a GPU job). Flags below override it.")
 @click.option("--size", type=click.IntRange(min=2), default=None, help="Matrix size (the paper uses 20).")
@@ -123,86 +127,114 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
               help="With -o DIR: start, continue the run DIR holds if its configuration is the same, or exit 0 at "
               "once if it is finished; a different configuration is an error naming the first difference.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--lr", type=float, default=None, help="Adam learning rate (betas 0.9, 0.99; clip 1.0).")
+@click.option("--lr", type=float, default=None,
+              help=f"Adam learning rate (betas {TRAIN_DEFAULTS['beta1']}, {TRAIN_DEFAULTS['beta2']}; clip "
+              f"{TRAIN_DEFAULTS['grad_clip']}).")
 @seed_option()
 @click.option("--seeds", "seeds", default=None, metavar="S1,S2,...",
               help="Replicates: train one run per seed into OUTPUT/seed-<s>/ (for `ebmtool compare --group`).")
 @click.option("--train-size", type=click.IntRange(min=0), default=None,
-              help="Fixed training problems drawn from the seed [12800]; 0 = fresh problems every step.")
+              show_default=train_default("train_size"),
+              help="Fixed training problems drawn from the seed; 0 = fresh problems every step.")
 @click.option("--supervise-energy/--no-supervise-energy", default=None,
               help="The energy-landscape (contrastive) term; on by default (full IRED).")
-@click.option("--energy-weight", type=float, default=None, help="λ of the energy term [task's reference: 0.5].")
-@click.option("--neg-steps", type=click.IntRange(min=0), default=None, help="Descent steps of IRED negatives [2].")
+@click.option("--energy-weight", type=float, default=None, show_default=per_task(lambda t: t.energy_weight),
+              help="λ of the energy term (the task's reference).")
+@click.option("--neg-steps", type=click.IntRange(min=0), default=None, show_default=train_default("neg_steps"),
+              help="Descent steps of IRED negatives.")
 @click.option("--connectivity-negative", type=click.Choice(CONNECTIVITY_NEGATIVES), default=None,
               help="connectivity only: the reference negative sets chosen closure entries to -1 (reference, as the "
-              "published method) or flips them both ways (flip) [reference].")
-@click.option("--clamp-mode", type=click.Choice(["per-example", "first-example"]), default=None,
-              help="opt_step clamp bound: per example (correct) or the release's first-example bug [per-example].")
+              "published method) or flips them both ways (flip).", show_default=CONNECTIVITY_NEGATIVES[0])
+@click.option("--clamp-mode", type=click.Choice(CLAMP_MODES), default=None, show_default=train_default("clamp_mode"),
+              help="opt_step clamp bound: per example (correct) or the release's first-example bug.")
 @click.option("--anm", is_flag=True, default=None,
               help="Adversarial negatives: shorthand for --negatives-from anm (e.g. ebmtool train --anm --k 16).")
 @click.option("--negatives-from", "negatives", default=None, metavar="SOURCE[:FRACTION],...",
-              help="Negative sources and their mix: ired (reference), anm, hnm, gaussian; e.g. ired:0.5,anm:0.5 "
-              "[ired].")
-@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Negatives per positive [1].")
+              help="Negative sources and their mix: ired (reference), anm, hnm, gaussian; e.g. ired:0.5,anm:0.5.",
+              show_default=train_default("negatives"))
+@click.option("--k", "k", type=click.IntRange(min=1), default=None, show_default=train_default("k"),
+              help="Negatives per positive.")
 @click.option("--curriculum", default=None, metavar="SPEC|PRESET",
               help="Stages over the run, e.g. 0:ired,0.3:ired=0.5+anm=0.5,0.7:anm, or a preset (ired-to-anm, "
               "ired-to-hnm, ired-anm-hnm). Each stage's mix must sum to 1.")
 @click.option("--dup-threshold", type=float, default=None,
-              help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted "
-              "[1e-3].")
-@click.option("--anm-steps", type=click.IntRange(min=0), default=None, help="ANM descent steps [5].")
-@click.option("--anm-step-size", type=float, default=None, help="ANM step, as a multiple of eta_t [1.0].")
-@click.option("--anm-radius", type=float, default=None, help="ANM radius around the start (clean RMS) [1.0].")
-@click.option("--anm-noise", type=float, default=None, help="ANM start noise scale (ired uses 3) [1.0].")
+              help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted.",
+              show_default=train_default("dup_threshold"))
+@click.option("--anm-steps", type=click.IntRange(min=0), default=None, show_default=train_default("anm_steps"),
+              help="ANM descent steps.")
+@click.option("--anm-step-size", type=float, default=None, show_default=train_default("anm_step_size"),
+              help="ANM step, as a multiple of eta_t.")
+@click.option("--anm-radius", type=float, default=None, show_default=train_default("anm_radius"),
+              help="ANM radius around the start (clean RMS).")
+@click.option("--anm-noise", type=float, default=None, show_default=train_default("anm_noise"),
+              help="ANM start noise scale (ired uses 3).")
 @click.option("--hnm-candidates", type=click.IntRange(min=1), default=None,
-              help="HNM candidates per negative, at evenly spaced start levels [4].")
-@click.option("--hnm-steps", type=click.IntRange(min=0), default=None, help="HNM refinement steps [2].")
+              show_default=train_default("hnm_candidates"),
+              help="HNM candidates per negative, at evenly spaced start levels.")
+@click.option("--hnm-steps", type=click.IntRange(min=0), default=None, show_default=train_default("hnm_steps"),
+              help="HNM refinement steps.")
 @click.option("--hnm-lambda", type=float, default=None,
-              help="HNM deception score z(-E) + lambda * z(RMS(y- - y)), z-scored over each negative's candidates [1.0].")
-@click.option("--gaussian-scale", type=float, default=None, help="Gaussian control: y + scale * N(0,1) [1.0].")
+              show_default=train_default("hnm_lambda"),
+              help="HNM deception score z(-E) + lambda * z(RMS(y- - y)), z-scored over each negative's candidates.")
+@click.option("--gaussian-scale", type=float, default=None, show_default=train_default("gaussian_scale"),
+              help="Gaussian control: y + scale * N(0,1).")
 @click.option("--sans", is_flag=True, default=None,
               help="Weight the K negatives of each positive by softmax(-alpha * E-) (detached).")
-@click.option("--alpha", type=float, default=None, help="SANS inverse temperature (0 = uniform) [1.0].")
-@click.option("--alpha-schedule", type=click.Choice(["constant", "linear"]), default=None,
-              help="SANS alpha over levels: constant, or linear = max(floor, alpha (1 - t/9)) [constant].")
-@click.option("--alpha-floor", type=float, default=None, help="Floor of --alpha-schedule linear [0.1].")
-@click.option("--sans-loss", type=click.Choice(["infonce", "pairwise", "logistic"]), default=None,
-              help="Weighted loss form [pairwise].")
-@click.option("--margin", type=float, default=None, help="Margin gamma of --sans-loss logistic [9.0].")
+@click.option("--alpha", type=float, default=None, show_default=train_default("alpha"),
+              help="SANS inverse temperature (0 = uniform).")
+@click.option("--alpha-schedule", type=click.Choice(ALPHA_SCHEDULES), default=None,
+              show_default=train_default("alpha_schedule"),
+              help="SANS alpha over levels: constant, or linear = max(floor, alpha (1 - t/9)).")
+@click.option("--alpha-floor", type=float, default=None, show_default=train_default("alpha_floor"),
+              help="Floor of --alpha-schedule linear.")
+@click.option("--sans-loss", type=click.Choice(LOSS_FORMS), default=None, show_default=train_default("sans_loss"),
+              help="Weighted loss form.")
+@click.option("--margin", type=float, default=None, show_default=train_default("margin"),
+              help="Margin gamma of --sans-loss logistic.")
 @click.option("--negatives", "offline_negatives", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Offline negatives (from mine-negatives, on this run's training data) for a fraction of each "
               "batch; --k defaults to the file's K.")
 @click.option("--weights", "offline_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="SANS weights for the offline negatives (from `ebmtool weights`), replacing uniform weights.")
 @click.option("--negatives-fraction", "offline_fraction", type=float, default=None,
-              help="Fraction of each batch's examples that use the offline negatives [0.5].")
+              show_default=train_default("offline_fraction"),
+              help="Fraction of each batch's examples that use the offline negatives.")
 @click.option("--force", is_flag=True, default=None,
               help="Use --negatives/--weights files whose provenance does not match this run (recorded).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
-              help="Network width: MLP [512]; Sudoku CNN channels [384]; graph hidden size [32 connectivity, "
-              "64 shortest-path].")
+              show_default=per_task(task_width),
+              help="Network width: MLP width; Sudoku CNN channels; graph hidden size.")
 @click.option("--blocks", type=click.IntRange(min=1), default=None,
-              help="Depth of discrete tasks' networks: Sudoku residual blocks [6], connectivity layers [2].")
-@click.option("--ema-beta", type=click.FloatRange(0, 1), default=None, help="EMA decay ceiling [0.995].")
-@click.option("--ema-every", type=click.IntRange(min=1), default=None, help="EMA update period in steps [10].")
-@click.option("--log-every", type=click.IntRange(min=1), default=None, help="Steps per metrics row [10].")
+              show_default=per_task(task_blocks),
+              help="Depth of discrete tasks' networks: Sudoku residual blocks, connectivity layers.")
+@click.option("--ema-beta", type=click.FloatRange(0, 1), default=None, show_default=train_default("ema_beta"),
+              help="EMA decay ceiling.")
+@click.option("--ema-every", type=click.IntRange(min=1), default=None, show_default=train_default("ema_every"),
+              help="EMA update period in steps.")
+@click.option("--log-every", type=click.IntRange(min=1), default=None, show_default=train_default("log_every"),
+              help="Steps per metrics row.")
 @click.option("--eval-every", type=click.IntRange(min=0), default=None,
-              help="Steps between validation sampling (0 = only at the end) [500].")
-@click.option("--ckpt-every", type=click.IntRange(min=0), default=None, help="Steps between checkpoints [500].")
+              show_default=train_default("eval_every"),
+              help="Steps between validation sampling (0 = only at the end).")
+@click.option("--ckpt-every", type=click.IntRange(min=0), default=None, show_default=train_default("ckpt_every"),
+              help="Steps between checkpoints.")
 @click.option("--keep", type=click.IntRange(min=0), default=None,
               help="Also keep the newest N periodic checkpoints as OUTPUT/ckpt-stepNNNNNNN.safetensors "
-              "(0 = only the latest, OUTPUT/ckpt.safetensors) [0].")
-@click.option("--val-size", type=click.IntRange(min=0), default=None, help="Validation problems [256].")
+              "(0 = only the latest, OUTPUT/ckpt.safetensors).", show_default=train_default("keep"))
+@click.option("--val-size", type=click.IntRange(min=0), default=None, show_default=train_default("val_size"),
+              help="Validation problems.")
 @click.option("--on-nan", type=click.Choice(["stop", "skip"]), default=None,
-              help="A non-finite loss stops the run (default) or skips the batch (counted in metrics).")
-@click.option("--device", default=None, help="auto (CUDA when available), cpu, or cuda[:N] [auto].")
+              show_default=train_default("on_nan"),
+              help="A non-finite loss stops the run or skips the batch (counted in metrics).")
+@click.option("--device", default=None, show_default=train_default("device"),
+              help="auto (CUDA when available), cpu, or cuda[:N].")
 @precision_option
 @click.option("--init", "init", type=click.Path(path_type=Path), default=None,
               help="Start from this checkpoint's weights (fresh optimiser, step 0).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue this checkpoint (or run directory) exactly where it stopped, in its directory.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Run directory [runs/<task>-<time>].")
+              help="Run directory; without it, runs/<task>-<time>.")
 @overwrite_option
 @click.pass_context
 def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, tensorboard, **flags):
@@ -395,11 +427,11 @@ def _train_seeds(ctx, seeds: str, output):
 @cli.command("eval")
 @checkpoint_argument
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Evaluate on this HDF5 data file.")
-@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(EVAL_SPLITS), default=EVAL_SPLITS[0], show_default=True)
 @click.option("--harder", is_flag=True, help="The out-of-distribution split of the task.")
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Number of held-out problems.")
-@click.option("--weights", type=click.Choice(["both", "ema", "model"]), default="both", show_default=True,
+@click.option("--weights", type=click.Choice(WEIGHT_CHOICES), default=WEIGHT_CHOICES[0], show_default=True,
               help="EMA weights (the reference evaluates these), the raw weights, or both.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
@@ -414,53 +446,44 @@ def eval_cmd(checkpoint, data, split, harder, n, weights, batch_size, device, pr
 
     Never changes the checkpoint. Example: ebmtool eval runs/demo/ckpt.safetensors --harder
     """
-    from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
-    from ebmtool.devices import check_precision, resolve_device
+    from ebmtool.devices import PRECISIONS, resolve_device
+    from ebmtool.evaluate import evaluate_checkpoint
 
     if output is not None:
         check_output(output, overwrite, inputs=(checkpoint, data))
-    ckpt = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    precision = precision or "fp32"
-    check_precision(precision, dev)
-    task, problems, desc = evaluation_problems(ckpt, data=data, split=split, harder=harder, n=n)
-    which = ["ema", "model"] if weights == "both" else [weights]
-    results, per_problem = {}, {}
-    t0 = time.perf_counter()
-    for w in which:
-        errs = evaluate_model(load_model(ckpt, w, dev), task, problems, batch_size=batch_size, device=dev,
-                              precision=precision)
-        results[w] = {k: float(v.mean()) for k, v in errs.items()}
-        per_problem[w] = errs
-    seconds = time.perf_counter() - t0
-    baselines = {k: float(v.mean()) for k, v in task.baselines(problems).items()}
-    sha = sha256_file(checkpoint)
-    report = {"checkpoint": str(checkpoint), "sha256": sha, "step": ckpt.step, "problems": desc,
-              "metric": task.metric, "results": results, "baselines": baselines, "seconds": seconds,
-              "device": str(dev), "precision": precision}
+    ev = evaluate_checkpoint(checkpoint, data=data, split=split, harder=harder, n=n, weights=weights,
+                             batch_size=batch_size, device=resolve_device(device),
+                             precision=precision or PRECISIONS[0])
+    rep = ev.report
     if output is not None:
-        datasets = {f"{w}/{k}": v for w, errs in per_problem.items() for k, v in errs.items()}
-        datasets.update({f"baseline/{k}": v for k, v in task.baselines(problems).items()})
-        write_h5(output, "evaluation", datasets, {"step": ckpt.step, "checkpoint_sha256": sha},
-                 provenance("eval", {"split": split, "harder": harder, "n": n, "weights": weights},
-                            inputs={"checkpoint": checkpoint}, problems=desc))
+        write_evaluation(output, ev.errors, ev.baselines, step=rep["step"], checkpoint=checkpoint,
+                         checkpoint_sha256=rep["sha256"],
+                         config={"split": split, "harder": harder, "n": n, "weights": weights},
+                         problems=rep["problems"])
     if as_json:
-        print_json(report)
-        return
-    click.echo(f"checkpoint  {checkpoint} (step {ckpt.step}, sha256 {sha[:12]})")
+        print_json(rep)
+    else:
+        click.echo(format_evaluation(ev, harder))
+
+
+def format_evaluation(ev, harder: bool) -> str:
+    """`ebmtool eval`'s text report: the checkpoint, the problems, one row per weights set and per baseline."""
+    rep, task = ev.report, ev.task
+    desc, results, baselines, seconds = rep["problems"], rep["results"], rep["baselines"], rep["seconds"]
     where = desc.get("task", desc.get("data"))
-    click.echo(f"problems    {where}, {desc.get('split', '')}{' harder' if harder else ''}, {len(problems)} problems")
+    out = [f"checkpoint  {rep['checkpoint']} (step {rep['step']}, sha256 {rep['sha256'][:12]})",
+           f"problems    {where}, {desc.get('split', '')}{' harder' if harder else ''}, {len(ev.problems)} problems"]
     if getattr(task, "discrete", False):
         cols = [task.metric] + sorted(k for k in next(iter(results.values())) if k != task.metric)
         rows = [[f"model ({w} weights)", *(r[c] for c in cols)] for w, r in results.items()]
         rows += [[f"baseline: {k}", v, *([""] * (len(cols) - 1))] for k, v in baselines.items()]
-        click.echo(table(rows, ["", *cols]))
-        click.echo(f"({seconds:.1f} s; {task.metric} is the primary metric, higher is better)")
-        return
+        out += [table(rows, ["", *cols]), f"({seconds:.1f} s; {task.metric} is the primary metric, higher is better)"]
+        return "\n".join(out)
     rows = [[f"model ({w} weights)", r["mse"], r["mse_ref_scaled"]] for w, r in results.items()]
     rows += [[f"baseline: {k}", v, ""] for k, v in baselines.items()]
-    click.echo(table(rows, ["", "mse", "mse_ref_scaled"]))
-    click.echo(f"({seconds:.1f} s; mse_ref_scaled = mse of 0.986*y_hat, the reference's reporting)")
+    out += [table(rows, ["", "mse", "mse_ref_scaled"]),
+            f"({seconds:.1f} s; mse_ref_scaled = mse of 0.986*y_hat, the reference's reporting)"]
+    return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------------------ info

@@ -9,15 +9,24 @@ import numpy as np
 
 from ebmtool.artifacts import check_output, open_h5
 from ebmtool.cli import cli
-from ebmtool.cli.common import checkpoint_argument, device_option, log, overwrite_option, table
+from ebmtool.cli.common import (
+    checkpoint_argument, device_option, json_option, log, overwrite_option, print_json, table,
+)
 from ebmtool.errors import InputError
-from ebmtool.sans import DEFAULT_ALPHA
+from ebmtool.evaluate import WEIGHTS
+from ebmtool.mining import SELECT
+from ebmtool.sans import ALPHA_SCHEDULES, DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 
 
 def _device(name):
     from ebmtool.devices import resolve_device
 
     return resolve_device(name)
+
+
+def _summary(rows, header) -> dict:
+    """Summary-table rows [name, count, mean, ...] as {name: {column: value}} for --json."""
+    return {r[0]: dict(zip(header[1:], r[1:])) for r in rows}
 
 
 @cli.command("mine-negatives")
@@ -38,19 +47,20 @@ def _device(name):
 @click.option("--relative-margin", type=float, default=None,
               help="Keep only E- >= E+ + |E+| * M (sign-independent; off by default).")
 @click.option("--max-energy", type=float, default=None, help="Keep only E- <= this (off by default).")
-@click.option("--select", type=click.Choice(["top", "sample"]), default="top", show_default=True,
+@click.option("--select", type=click.Choice(SELECT), default=SELECT[0], show_default=True,
               help="Per negative: the best candidate, or one drawn with probability softmax(deception score).")
 @click.option("--dup-threshold", type=float, default=1e-3, show_default=True,
               help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted.")
-@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
+@click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of levels, noises and candidates (row i's level and noise depend only on (seed, i)).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Mine only the first N problems.")
 @device_option
+@json_option
 @overwrite_option
 def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, absolute_margin, relative_margin,
-                   max_energy, select, dup_threshold, weights, seed, batch_size, limit, device, overwrite):
+                   max_energy, select, dup_threshold, weights, seed, batch_size, limit, device, as_json, overwrite):
     """Mine K hard negatives (HNM) for every training problem of a checkpoint.
 
     A killed run leaves OUTPUT.partial; rerunning with the same options continues it.
@@ -72,10 +82,14 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
     with open_h5(res.path, "negatives") as f:
         e_pos, e_neg, valid = f["energy_pos"][()], f["energy"][()], f["valid"][()]
     rows, stats = energy_summary(e_pos, e_neg, valid)
+    c = res.counts
+    if as_json:
+        print_json({"output": str(res.path), "rows": res.rows, "k": k, "resumed_from": res.resumed_from,
+                    "energies": _summary(rows, SUMMARY_HEADER), **stats, "counts": dict(c)})
+        return
     click.echo(f"wrote {res.rows} rows x {k} negatives to {res.path}"
                + (f" (resumed at row {res.resumed_from})" if res.resumed_from else ""))
     click.echo(table(rows, SUMMARY_HEADER))
-    c = res.counts
     cand = max(c["candidates"], 1)
     pairs = max(res.rows * k, 1)
     click.echo(f"p_hard = P(E- < E+) {stats['p_hard']:.3g}; valid negatives {stats['valid_fraction']:.1%}")
@@ -97,11 +111,12 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("scores.h5"), show_default=True)
 @click.option("--levels", type=click.Choice(["mined", "all"]), default="mined", show_default=True,
               help="Energies at each row's mined level, or also at every level.")
-@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
+@click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 @device_option
+@json_option
 @overwrite_option
-def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device, overwrite):
+def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device, as_json, overwrite):
     """Energies of the positives and every negative of a negatives file under a checkpoint of the same task.
 
     Example: ebmtool score runs/base/ckpt.safetensors negs.h5 -o scores.h5
@@ -121,29 +136,38 @@ def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device
         return
     d = res["datasets"]
     rows, stats = energy_summary(d["energy_pos"], d["energy"], d["valid"])
-    click.echo(f"scored {len(d['index'])} rows under {checkpoint} (step {res['attrs']['step']}) -> {output}")
-    click.echo(table(rows, SUMMARY_HEADER))
-    click.echo(f"p_hard = P(E- < E+) {stats['p_hard']:.3g}")
+    lrows, level_header = [], ["level", "E+ mean", "E- mean", "p_hard"]
     if levels == "all":
         ep, en, v = d["energy_pos_all_levels"], d["energy_all_levels"], d["valid"]
-        lrows = []
         for lv in range(ep.shape[1]):
             margin = (en[:, :, lv] - ep[:, lv:lv + 1])[v]
             lrows.append([lv, float(ep[:, lv].mean()), float(en[:, :, lv][v].mean()) if v.any() else np.nan,
                           float((margin < 0).mean()) if margin.size else np.nan])
-        click.echo(table(lrows, ["level", "E+ mean", "E- mean", "p_hard"]))
+    if as_json:
+        print_json({"output": str(output), "rows": len(d["index"]), "checkpoint": str(checkpoint),
+                    "step": res["attrs"]["step"], "energies": _summary(rows, SUMMARY_HEADER), **stats,
+                    "levels": [dict(zip(("level", "energy_pos_mean", "energy_neg_mean", "p_hard"), r))
+                               for r in lrows] if levels == "all" else None})
+        return
+    click.echo(f"scored {len(d['index'])} rows under {checkpoint} (step {res['attrs']['step']}) -> {output}")
+    click.echo(table(rows, SUMMARY_HEADER))
+    click.echo(f"p_hard = P(E- < E+) {stats['p_hard']:.3g}")
+    if lrows:
+        click.echo(table(lrows, level_header))
 
 
 @cli.command("weights")
 @click.argument("scores", type=click.Path(path_type=Path))
 @click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
               help="SANS inverse temperature (0 = uniform), the default of train --sans too.")
-@click.option("--alpha-schedule", type=click.Choice(["constant", "linear"]), default="constant", show_default=True,
-              help="constant, or linear = max(floor, alpha (1 - t/9)) over each row's level.")
-@click.option("--alpha-floor", type=float, default=None, help="Floor of --alpha-schedule linear [0.1].")
+@click.option("--alpha-schedule", type=click.Choice(ALPHA_SCHEDULES), default=ALPHA_SCHEDULES[0],
+              show_default=True, help="constant, or linear = max(floor, alpha (1 - t/9)) over each row's level.")
+@click.option("--alpha-floor", type=float, default=None, show_default=str(DEFAULT_ALPHA_FLOOR),
+              help="Floor of --alpha-schedule linear.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("weights.h5"), show_default=True)
+@json_option
 @overwrite_option
-def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, overwrite):
+def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, as_json, overwrite):
     """SANS weights softmax(-alpha E-) per row over its K valid negatives, from a scores file.
 
     Example: ebmtool weights scores.h5 -o weights.h5
@@ -153,7 +177,7 @@ def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, overwrite):
     if alpha_floor is not None and alpha_schedule != "linear":
         raise InputError("--alpha-floor is only used by --alpha-schedule linear")
     check_output(output, overwrite, inputs=(scores,))
-    res = compute_weights(scores, alpha, alpha_schedule, 0.1 if alpha_floor is None else alpha_floor)
+    res = compute_weights(scores, alpha, alpha_schedule, DEFAULT_ALPHA_FLOOR if alpha_floor is None else alpha_floor)
     write_weights(output, res)
     d = res["datasets"]
     k = d["weights"].shape[1]
@@ -161,6 +185,11 @@ def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, overwrite):
     rows = [["entropy (nats)", float(np.nanmean(d["entropy"][has])) if has.any() else np.nan, float(np.log(k))],
             ["effective sample size", float(d["ess"][has].mean()) if has.any() else np.nan, float(k)],
             ["max weight", float(d["weights"][has].max(axis=1).mean()) if has.any() else np.nan, 1.0 / k]]
+    if as_json:
+        print_json({"output": str(output), "rows": len(d["index"]), "k": k, "alpha": alpha,
+                    "alpha_schedule": alpha_schedule, "rows_without_valid": int((~has).sum()),
+                    "per_row_mean": {name: {"value": v, "uniform": u} for name, v, u in rows}})
+        return
     click.echo(f"weights for {len(d['index'])} rows x {k} negatives (alpha {alpha:g}, {alpha_schedule}) -> {output}")
     click.echo(table(rows, ["per row (mean)", "value", "uniform"]))
     if not has.all():

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from ebmtool.cli import cli
+from ebmtool.study import WEIGHTS
 
 
 @cli.command()
 @click.argument("study_dir", type=click.Path(path_type=Path))
-@click.option("--verdict-weights", type=click.Choice(["model", "ema"]), default="model", show_default=True,
+@click.option("--verdict-weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True,
               help="Which compare JSONs give the verdicts: raw weights (the EMA lags at CPU budgets) or EMA; the "
               "other set's means are reported beside them.")
 def report(study_dir, verdict_weights):

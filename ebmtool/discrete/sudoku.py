@@ -118,18 +118,22 @@ def count_solutions(board, limit: int = 2, forbid: tuple[int, int] | None = None
 def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
     """n complete valid grids (n, 81): the three diagonal boxes (independent of each other) are drawn as random
     permutations, the rest is filled by DFS with a random digit order."""
+    from ebmtool.progress import progress_bar
+
     out = np.zeros((n, CELLS), dtype=np.int8)
     py = _PyRandom(rng)
     diag = [np.flatnonzero(_BOX == b) for b in (0, 4, 8)]
-    for i in range(n):
-        while True:
-            board = np.zeros(CELLS, dtype=np.int64)
-            for cells in diag:
-                board[cells] = rng.permutation(9) + 1
-            count, sol = count_solutions(board, limit=1, rng=py)
-            if count == 1:  # an uncompletable seed is redrawn (never observed, but not assumed)
-                break
-        out[i] = sol
+    with progress_bar(n, desc="sudoku grids", unit="grid") as bar:
+        for i in range(n):
+            while True:
+                board = np.zeros(CELLS, dtype=np.int64)
+                for cells in diag:
+                    board[cells] = rng.permutation(9) + 1
+                count, sol = count_solutions(board, limit=1, rng=py)
+                if count == 1:  # an uncompletable seed is redrawn (never observed, but not assumed)
+                    break
+            out[i] = sol
+            bar.update()
     return out
 
 
@@ -191,25 +195,30 @@ def generate(n: int, rng: np.random.Generator, givens: tuple[int, int] = GIVENS_
     """n unique-solution puzzles. Returns (puzzles, solutions, target_givens), each (n, ...) int arrays.
 
     Removal is tried cell by cell in a random order, in lock-step over the batch: one round tries one cell of
-    every unfinished puzzle and keeps the removal if the puzzle stays uniquely solvable.
+    every unfinished puzzle and keeps the removal if the puzzle stays uniquely solvable. Progress: two bars on a
+    terminal's stderr (grids, then cell removal rounds).
     """
+    from ebmtool.progress import progress_bar
+
     solutions = random_grids(n, rng)
     target = rng.integers(givens[0], givens[1] + 1, size=n)
     order = np.argsort(rng.random((n, CELLS)), axis=1)
     puzzles = solutions.copy()
-    for step in range(CELLS):
-        active = np.flatnonzero((puzzles > 0).sum(1) > target)
-        if active.size == 0:
-            break
-        cells = order[active, step]
-        trial = puzzles[active].copy()
-        trial[np.arange(active.size), cells] = 0
-        ok = unique_by_propagation(trial)
-        for j in np.flatnonzero(~ok):  # propagation stalled: decide exactly
-            c = int(cells[j])
-            other, _ = count_solutions(trial[j], limit=1, forbid=(c, int(solutions[active[j], c])))
-            ok[j] = other == 0
-        puzzles[active[ok]] = trial[ok]
+    with progress_bar(CELLS, desc="sudoku givens", unit="cell") as bar:
+        for step in range(CELLS):
+            active = np.flatnonzero((puzzles > 0).sum(1) > target)
+            if active.size == 0:
+                break
+            cells = order[active, step]
+            trial = puzzles[active].copy()
+            trial[np.arange(active.size), cells] = 0
+            ok = unique_by_propagation(trial)
+            for j in np.flatnonzero(~ok):  # propagation stalled: decide exactly
+                c = int(cells[j])
+                other, _ = count_solutions(trial[j], limit=1, forbid=(c, int(solutions[active[j], c])))
+                ok[j] = other == 0
+            puzzles[active[ok]] = trial[ok]
+            bar.update()
     return puzzles, solutions, target
 
 
