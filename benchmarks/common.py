@@ -98,7 +98,7 @@ def setup_training(size: int, batch: int, width: int, device="cpu", **over):
 
 def make_train_step(cfg, model, opt, data, sched, device="cpu"):
     """One full optimiser step (denoise + negatives + energy term + backward + clip + Adam) per call, cycling
-    over 8 batches; generators on the CPU, tensors moved to `device` as train.py does."""
+    over 8 batches; generators on the CPU, tensors moved to `device` as the training loop does."""
     from ebmtool.training.losses import Batch, Objective, ired_losses
     from ebmtool.rng import step_generator
 

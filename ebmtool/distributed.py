@@ -13,7 +13,7 @@ Training is data parallel with an explicit gradient all-reduce (`average_gradien
 DistributedDataParallel: the IRED step calls the network several times (denoising, negative descent, scoring)
 and trains the denoiser through `torch.autograd.grad(create_graph=True)` (double back-propagation), which DDP's
 bucketed reducer hooks handle badly (they fire during the inner autograd.grad and expect one forward per
-backward). One flattened all-reduce after `backward()` and before clipping is exact and simple. See train.py
+backward). One flattened all-reduce after `backward()` and before clipping is exact and simple. See ebmtool.training.step
 for how the global batch is split (every random draw is made for the whole batch, each process keeps its rows).
 
 No Python object is serialised: `broadcast_json` sends JSON text, `gather_arrays` sends numeric arrays.

@@ -1,6 +1,6 @@
 """Negative sources. Every source returns clean-space candidates y_neg, detached; only the framework noises them.
 
-The framework (train.py) re-noises a negative with the positive's own noise:
+The training step (ebmtool.training.losses) re-noises a negative with the positive's own noise:
     x_neg = sqrt(ab_t) * y_neg + sqrt(1 - ab_t) * eps_pos
 so a positive and its negative differ only in their clean component.
 

@@ -17,7 +17,7 @@ import pytest
 
 from ebmtool.artifacts import json_text
 from ebmtool.cli import cli
-from ebmtool.train import train
+from ebmtool.training import train
 
 from helpers import tiny
 
@@ -277,7 +277,7 @@ def test_choices_and_shown_defaults_come_from_the_library():
     from ebmtool.negatives import CLAMP_MODES, NegativeSettings
     from ebmtool.plots import FIGURE_FORMATS
     from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
-    from ebmtool.train import RECIPES, TrainConfig
+    from ebmtool.config import RECIPES, TrainConfig
 
     opt = {(name, p.name): p for name, p in options()}
     assert tuple(opt["compare", "plot_format"].type.choices) == FIGURE_FORMATS

@@ -22,7 +22,7 @@ from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES
 from ebmtool.negatives import CLAMP_MODES
 from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
 from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
-from ebmtool.train import RECIPES
+from ebmtool.config import RECIPES
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 

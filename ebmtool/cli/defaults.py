@@ -14,7 +14,7 @@ import inspect
 
 from ebmtool.compare import unset_defaults
 from ebmtool.tasks import TASK_NAMES, get_task
-from ebmtool.train import TrainConfig
+from ebmtool.config import TrainConfig
 
 
 def _train_defaults() -> dict:
