@@ -6,6 +6,7 @@ compute confidence intervals.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ebmtool.artifacts import read_dataset
 from ebmtool.devices import autocast
-from ebmtool.errors import InputError
-
 from ebmtool.diffusion import cosine_schedule, sample
-from ebmtool.tasks import Problems, Task
+from ebmtool.errors import InputError
+from ebmtool.models import build_model
+from ebmtool.tasks import (
+    DISCRETE_TASK_NAMES, TASK_NAMES, FileTask, Problems, Task, get_task, resolve_task, split_user_data,
+)
 
 # Seed of the sampler's initial noise: fixed, so two models evaluated on one set also share their starting noise.
 SAMPLER_SEED = 0
@@ -53,17 +57,9 @@ def sample_answers(model, task: Task, problems: Problems, *, batch_size: int = 2
 
 
 def per_problem_errors(task: Task, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
-    """The task's metrics per problem: `mse` on y_hat and `mse_ref_scaled` on sqrt(ab_0) * y_hat;
-    discrete tasks return their own (`task.metrics`, primary `task.metric`, higher is better)."""
-    if getattr(task, "discrete", False):
-        return task.metrics(problems, y_hat)
-    y = problems.y.astype(np.float64)
-    pred = y_hat.astype(np.float64)
-    scale = float(cosine_schedule().sqrt_ab[0])
-    return {
-        "mse": ((pred - y) ** 2).mean(axis=1),
-        "mse_ref_scaled": ((scale * pred - y) ** 2).mean(axis=1),
-    }
+    """The task's metrics per problem (Task.metrics): continuous tasks give `mse` and `mse_ref_scaled` (the mse
+    of sqrt(ab_0) * y_hat), discrete tasks their own, the primary one being `task.metric`."""
+    return task.metrics(problems, y_hat)
 
 
 def evaluate_model(model, task: Task, problems: Problems, **kw) -> dict[str, np.ndarray]:
@@ -95,8 +91,6 @@ def load_model(ckpt, weights: str = "ema", device="cpu"):
 
 def checkpoint_model(ckpt):
     """The (untrained) network a checkpoint's `ebmtool.model` metadata describes; InputError if it cannot be built."""
-    from ebmtool.models import build_model
-
     try:
         return build_model(ckpt.dims)
     except (ValueError, KeyError, TypeError) as exc:
@@ -108,39 +102,23 @@ def checkpoint_task(ckpt):
 
     A run trained from an `ebmtool data` file of a discrete task records the task's name and size in its
     metadata (`ebmtool.task`, `ebmtool.task_size`): it is rebuilt as that task, not as the file."""
-    import json
-
-    from ebmtool.tasks import DISCRETE_TASK_NAMES, get_task, resolve_task
-
     cfg = ckpt.config
-    if cfg["task"] not in _builtin() and ckpt.task in DISCRETE_TASK_NAMES:
+    if cfg["task"] not in TASK_NAMES and ckpt.task in DISCRETE_TASK_NAMES:
         return get_task(ckpt.task, json.loads(ckpt.meta.get("ebmtool.task_size", "null")))
-    task, _ = resolve_task(cfg["task"], cfg["size"]) if cfg["task"] in _builtin() else (None, None)
+    task, _ = resolve_task(cfg["task"], cfg["size"]) if cfg["task"] in TASK_NAMES else (None, None)
     if task is None:
-        from ebmtool.tasks import FileTask
-
         d = ckpt.dims
         task = FileTask(name="file", size=0, path=cfg["task"], x_dim_=d["x_dim"], y_dim_=d["y_dim"])
     return task
 
 
-def _builtin():
-    from ebmtool.tasks import TASK_NAMES
-
-    return TASK_NAMES
-
-
 def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
     """The held-out problems for a checkpoint: a data file, or the task's fixed split (seeded, shared)."""
-    from ebmtool.artifacts import read_dataset
-    from ebmtool.errors import InputError
-    from ebmtool.tasks import FileTask, split_user_data
-
     task = checkpoint_task(ckpt)
     if data is not None:
         problems = read_dataset(data)
         made_for = problems.description.get("task")
-        if not isinstance(task, FileTask) and made_for is not None and (
+        if not task.path and made_for is not None and (
                 made_for != task.name or problems.description.get("size", task.size) != task.size):
             raise InputError(f"{data} holds {made_for} problems (size {problems.description.get('size')}), but "
                              f"the checkpoint was trained on {task.label}")
@@ -148,7 +126,7 @@ def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
             raise InputError(f"{data}: problems of shape {problems.x.shape[1]} -> {problems.y.shape[1]} do not fit "
                              f"the checkpoint's model ({task.x_dim} -> {task.y_dim})")
         return task, problems.subset(n) if n else problems, {"data": str(data), "fingerprint": problems.fingerprint}
-    if isinstance(task, FileTask):
+    if task.path:
         if harder:
             raise InputError("--harder needs a built-in task; this checkpoint was trained on a data file "
                              "(give held-out problems with --data)")

@@ -14,7 +14,6 @@ every negative exactly as the miner did, and scoring with the mining checkpoint 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.artifacts import (
-    USERBLOCK, finalize_h5, load_checkpoint, open_h5, provenance, read_negatives, read_provenance, sha256_file,
+    USERBLOCK, finalize_h5, load_checkpoint, open_h5, provenance, read_dataset, read_negatives, sha256_file,
     write_h5,
 )
 from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ebmtool.artifacts import atomic_path, load_checkpoint, open_h5
-from ebmtool.compare import fmt_number, fmt_p, md_table
+from ebmtool.reporting import fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
 
 SPLITS = ("test", "harder")

@@ -119,7 +119,8 @@ def test_offline_commands_json(runs, tmp_path):
 
 @pytest.fixture(scope="module")
 def comparison(runs):
-    from ebmtool.compare import compare, expand_paths
+    from ebmtool.compare import compare
+    from ebmtool.arms import expand_paths
 
     arms = [("base", expand_paths(f"{runs}/base/seed-*")), ("var", expand_paths(f"{runs}/var/seed-*"))]
     return compare(arms, n=32, n_boot=200, n_perm=200, batch_size=32, device="cpu")
@@ -270,7 +271,8 @@ def test_no_hand_written_default_in_help():
 
 
 def test_choices_and_shown_defaults_come_from_the_library():
-    from ebmtool.compare import DEFAULT_SEED, unset_defaults
+    from ebmtool.compare import DEFAULT_SEED
+    from ebmtool.confounds import unset_defaults
     from ebmtool.devices import PRECISIONS
     from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, WEIGHTS
     from ebmtool.mining import SELECT

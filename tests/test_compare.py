@@ -8,7 +8,9 @@ import pytest
 
 from ebmtool import stats as S
 from ebmtool.artifacts import jsonable
-from ebmtool.compare import NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, Group, Run, analyse, config_diff, identical_replicates
+from ebmtool.compare import NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, analyse, identical_replicates
+from ebmtool.arms import Group, Run
+from ebmtool.confounds import config_diff
 from ebmtool.errors import InputError
 
 BASE_CFG = {"task": "inverse", "size": 4, "steps": 100, "seed": 0, "supervise_energy": True, "lr": 1e-3,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from ebmtool import stats as S
-from ebmtool.compare import (
-    CHECKPOINTS_DIFFER, COMPUTE_META, DERIVED_KEYS, NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, Group, Run, analyse,
-    config_diff, summary_lines,
-)
+from ebmtool.compare import CHECKPOINTS_DIFFER, NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, analyse
+from ebmtool.arms import COMPUTE_META, Group, Run
+from ebmtool.confounds import DERIVED_KEYS, config_diff
+from ebmtool.reporting import summary_lines
 from ebmtool.errors import InputError
 
 from helpers import SMALL, tiny

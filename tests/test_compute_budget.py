@@ -14,7 +14,8 @@ from benchmarks.common import profiled_matmul_flops
 from ebmtool.training import step as train_mod
 from ebmtool.artifacts import load_checkpoint
 from ebmtool.cli import cli
-from ebmtool.compare import compute_summary, load_groups
+from ebmtool.confounds import compute_summary
+from ebmtool.arms import load_groups
 from ebmtool.compute import counted_flops, flop_rule, parse_flops
 from ebmtool.errors import InputError
 from ebmtool.models import build_model

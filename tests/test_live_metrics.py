@@ -7,7 +7,6 @@ import threading
 
 import h5py
 import numpy as np
-import pytest
 
 from ebmtool.cli import cli
 from ebmtool.training import loop as train_loop

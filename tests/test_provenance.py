@@ -9,7 +9,8 @@ import torch
 
 from ebmtool.artifacts import load_checkpoint, save_checkpoint
 from ebmtool.cli import cli
-from ebmtool.compare import environment_warnings, load_groups
+from ebmtool.confounds import environment_warnings
+from ebmtool.arms import load_groups
 from ebmtool.training.loop import train
 
 from helpers import tiny

@@ -88,7 +88,9 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
           --plot figs --markdown-file cmp.md --json-file cmp.json
     """
     from ebmtool.artifacts import write_json, write_text
-    from ebmtool.compare import compare as run_compare, format_markdown, named_arms
+    from ebmtool.compare import compare as run_compare
+    from ebmtool.reporting import format_markdown
+    from ebmtool.arms import named_arms
     from ebmtool.devices import resolve_device
 
     if not checkpoints and not groups:
@@ -127,7 +129,7 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
 
 def format_text(report: dict) -> str:
     """The report as plain text tables for stdout."""
-    from ebmtool.compare import fmt_number, summary_lines
+    from ebmtool.reporting import fmt_number, summary_lines
 
     rows = summary_lines(report)
     desc = report["problems"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from ebmtool.compare import unset_defaults
+from ebmtool.confounds import unset_defaults
 from ebmtool.tasks import TASK_NAMES, get_task
 from ebmtool.config import TrainConfig
 

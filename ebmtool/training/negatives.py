@@ -12,7 +12,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from ebmtool import curriculum as curriculum_mod
