@@ -17,19 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.artifacts import (
-    USERBLOCK, finalize_h5, load_checkpoint, open_h5, provenance, read_provenance, sha256_file, write_h5,
+    PartialNegatives, load_checkpoint, open_h5, provenance, read_provenance, sha256_file, write_h5,
 )
 from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
 from ebmtool.errors import InputError
@@ -185,17 +182,28 @@ class MineResult:
 
 
 def partial_path(output: Path) -> Path:
-    return Path(output).with_name(Path(output).name + ".partial")
+    """The directory a mine of `output` builds its file in (ebmtool.artifacts.PartialNegatives)."""
+    return PartialNegatives(output).path
+
+
+def finished_partial(output: Path) -> bool:
+    """True when a mine of `output` completed but was killed while removing its partial directory: rerunning
+    it only finishes the removal (so `mine-negatives` lets the rerun past its existing-output check)."""
+    return PartialNegatives(output).finished()
 
 
 def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None = None, device="cpu",
          overwrite: bool = False, max_batches: int | None = None, log=None) -> MineResult:
-    """Mine hard negatives for every training row of `checkpoint` into `output` (resumable through
+    """Mine hard negatives for every training row of `checkpoint` into `output` (resumable through the directory
     OUTPUT.partial; the final name appears only when complete). `max_batches` stops after that many batches
     (leaving the .partial), for tests and budgeted runs.
 
+    Each batch is committed to OUTPUT.partial on its own, crash-safely (ebmtool.artifacts.PartialNegatives): a
+    rerun after a kill at any moment continues from the last committed batch and writes exactly the file an
+    uninterrupted mine writes.
+
     Under torchrun the batches are shared out: in each round of N consecutive batches process i mines the i-th
-    (its generator is seeded by the batch's first row, as in one process), process 0 gathers them, appends them
+    (its generator is seeded by the batch's first row, as in one process), process 0 gathers them, commits them
     in order and alone writes the file, which is therefore the one-process file."""
     from ebmtool import distributed as dist
     from ebmtool.evaluate import load_model
@@ -211,13 +219,32 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     n = len(problems) if opts.limit is None else min(opts.limit, len(problems))
     ident = {"checkpoint_sha256": sha256_file(checkpoint), "data_fingerprint": fingerprint,
              "options": asdict(opts), "n": n}
-    part = partial_path(output)
-    # process 0 reads the partial file; every process gets where to continue (or the reason it cannot)
-    state = _partial_state(part, ident, overwrite) if main else None
-    state = dist.broadcast_json(state)
-    if "error" in state:
-        raise InputError(state["error"]).on_every_process()
+    store = PartialNegatives(output) if main else None
+    try:
+        # process 0 opens the partial state; every process gets where to continue (or the reason it cannot)
+        state = _partial_state(store, ident, overwrite) if main else None
+        state = dist.broadcast_json(state)
+        if "error" in state:
+            raise InputError(state["error"]).on_every_process()
+        if state.get("finished"):  # a completed mine killed while tidying up: finish that, report the file
+            if main:
+                store.remove()
+            dist.barrier()
+            return MineResult(output, True, n, state["counts"], n)
+        return _mine_rows(store, state, ckpt, checkpoint, output, task, problems, fingerprint, ident, model,
+                          sched, n, opts, data, device, max_batches, log)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _mine_rows(store, state, ckpt, checkpoint, output, task, problems, fingerprint, ident, model, sched, n, opts,
+               data, device, max_batches, log) -> MineResult:
+    from ebmtool import distributed as dist
+
+    main, world, rank = dist.is_main(), dist.world_size(), dist.rank()
     done, counts = state["done"], state["counts"]
+    part = partial_path(output)
     if log and done and main:
         log(f"resuming {part} at row {done} of {n}")
     resumed_from = done
@@ -235,23 +262,8 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     starts = list(range(done, n, opts.batch_size))
     if max_batches is not None:
         starts = starts[:max_batches]
-    f = bar = None
+    bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None) if main else None
     try:
-        if main:
-            mode = "r+" if part.exists() else "w"
-            f = h5py.File(part, mode, userblock_size=USERBLOCK) if mode == "w" else h5py.File(part, mode)
-            bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None)
-            if mode == "w":
-                f.attrs["kind"] = "negatives"
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["ebmtool_version"] = __version__
-                f.attrs["mining_identity"] = json.dumps(ident, sort_keys=True)
-                for name, (shape, dtype) in shapes.items():
-                    row_bytes = max(1, int(np.prod(shape or (1,))) * np.dtype(dtype).itemsize)
-                    chunk = max(1, min(opts.batch_size, (256 * 1024) // row_bytes))
-                    f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                     chunks=(chunk, *shape), compression="gzip", compression_opts=4, shuffle=True,
-                                     track_times=False)
         for r in range(0, len(starts), world):
             mine_start = starts[r + rank] if r + rank < len(starts) else None
             if mine_start is None:  # the last round has fewer batches than processes
@@ -268,39 +280,23 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
             out = dist.gather_arrays(out)  # the round's batches in order (one process: this batch)
             if not main:
                 continue
-            c = out.pop("counts").sum(axis=0)
-            end = done + len(out["index"])
-            for name, arr in out.items():
-                f[name].resize(end, axis=0)
-                f[name][done:end] = arr
-            for key, v in zip(COUNTS, c.tolist()):
+            c = dict(zip(COUNTS, out.pop("counts").sum(axis=0).tolist()))
+            out = {name: np.asarray(out[name], dtype) for name, (_, dtype) in shapes.items()}
+            store.append(done, out, c)  # committed: a kill from here on keeps these rows
+            for key, v in c.items():
                 counts[key] += v
-                f.attrs[f"count_{key}"] = counts[key]
-            f.attrs["rows_done"] = end  # written last: a batch counts only once all its rows are in
-            f.flush()
-            bar.update(end - done)
-            done = end
+            bar.update(len(out["index"]))
+            done += len(out["index"])
         if main and done == n:
-            for name in shapes:
-                f[name].resize(n, axis=0)
-            f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
-            f.attrs.update({"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
-                            "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
-                            "checkpoint_family": checkpoint_family(ckpt)})
-            for key in ("mining_identity", "rows_done", *(f"count_{c}" for c in COUNTS)):
-                if key in f.attrs:
-                    del f.attrs[key]
-            f.attrs.update({f"count_{c}": counts[c] for c in COUNTS})
-            f.attrs["compute_flops"] = float(counts["flops"])  # charged to runs trained on this file
+            attrs = {"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
+                     "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
+                     "checkpoint_family": checkpoint_family(ckpt), **{f"count_{c}": counts[c] for c in COUNTS},
+                     "compute_flops": float(counts["flops"])}  # charged to runs trained on this file
+            store.assemble(shapes, attrs, prov, chunk_rows=opts.batch_size)
     finally:
         if bar is not None:
             bar.close()
-        if f is not None:
-            f.close()
     complete = dist.broadcast_json(done == n)
-    if main and complete:
-        finalize_h5(part)
-        os.replace(part, output)
     done, counts = dist.broadcast_json([done, counts])  # every process returns the same result
     dist.barrier()  # the file is in place before any process returns
     if not complete:
@@ -308,24 +304,17 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     return MineResult(output, True, n, counts, resumed_from)
 
 
-def _partial_state(part: Path, ident: dict, overwrite: bool) -> dict:
-    """{"done", "counts"} of a partial mining file (nothing done when there is none), or {"error": sentence}."""
-    if part.exists() and overwrite:
-        part.unlink()
-    if not part.exists():
-        return {"done": 0, "counts": dict.fromkeys(COUNTS, 0)}
+def _partial_state(store: PartialNegatives, ident: dict, overwrite: bool) -> dict:
+    """{"done", "counts"} of the partial state (nothing done when there is none), {"finished", "counts"} when the
+    mine completed but its partial directory is still there, or {"error": sentence}."""
     try:
-        with h5py.File(part, "r") as f:
-            stored = json.loads(f.attrs["mining_identity"])
-            done = int(f.attrs["rows_done"])
-            counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
-    except (OSError, KeyError, ValueError) as exc:
-        return {"error": f"{part} is a damaged partial mining file ({exc}); delete it to start again"}
-    if stored != ident:
-        diff = sorted(k for k in ident if stored.get(k) != ident[k])
-        return {"error": f"{part} was started with other {', '.join(diff)}; rerun with the same options to "
-                         "continue it, or pass --overwrite to start again"}
-    return {"done": done, "counts": counts}
+        if store.open(ident, overwrite=overwrite) == "finished":
+            with open_h5(store.output, "negatives") as f:
+                counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
+            return {"finished": True, "counts": counts}
+    except InputError as exc:
+        return {"error": str(exc)}
+    return {"done": store.rows, "counts": store.counts(COUNTS)}
 
 
 def _summary(name, a):
