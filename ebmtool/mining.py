@@ -14,31 +14,28 @@ every negative exactly as the miner did, and scoring with the mining checkpoint 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.artifacts import (
-    USERBLOCK, finalize_h5, load_checkpoint, open_h5, provenance, read_dataset, read_negatives, sha256_file,
-    write_h5,
+    PartialNegatives, load_checkpoint, open_h5, provenance, read_dataset, read_negatives, sha256_file, write_h5,
 )
 from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
+from ebmtool import distributed as dist
 from ebmtool import rng
+from ebmtool.evaluate import checkpoint_task, load_model
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
 from ebmtool.offline import family
 from ebmtool.compute import ComputeMeter
-from ebmtool.negatives import DISCRETE_CLAMP, NegativeSettings, generate, renoise, rms
+from ebmtool.negatives import NegativeSettings, generate, renoise, rms
 from ebmtool import sans as sans_mod
 
 SELECT = ("top", "sample")
@@ -74,8 +71,6 @@ class MineOptions:
 
 
 def checkpoint_family(ckpt) -> str:
-    from ebmtool.evaluate import checkpoint_task
-
     return family(checkpoint_task(ckpt).label, ckpt.dims, ckpt.meta.get("ebmtool.data_fingerprint", ""))
 
 
@@ -128,7 +123,7 @@ COUNTS = ("candidates", "duplicates", "dup_negatives", "filtered_absolute_margin
           "filtered_max_energy", "rows_not_enough", "flops", "accepted_steps", "attempted_steps")
 
 
-def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None, discrete: bool = False):
+def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None, clean_box: float | None = None):
     """Mine one batch of rows: HNM negatives, energies, distances, window filters. Returns arrays and counts.
 
     Discrete tasks: negatives stay in the box +-1 (as in training) and given entries (mask = 1) are kept."""
@@ -136,7 +131,7 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
     t, eps = t.to(device), eps.to(device)
     settings = NegativeSettings(hnm_candidates=opts.candidates, hnm_steps=opts.refine_steps, hnm_lambda=opts.lam,
                                 hnm_select=opts.select, dup_threshold=opts.dup_threshold,
-                                **({"clean_clamp": DISCRETE_CLAMP} if discrete else {}))
+                                **({"clean_clamp": clean_box} if clean_box is not None else {}))
     meter = ComputeMeter(model, x.shape[1], y.shape[1])
     meter.start()
     nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])),
@@ -179,23 +174,31 @@ class MineResult:
 
 
 def partial_path(output: Path) -> Path:
-    return Path(output).with_name(Path(output).name + ".partial")
+    """The directory a mine of `output` builds its file in (ebmtool.artifacts.PartialNegatives)."""
+    return PartialNegatives(output).path
+
+
+def finished_partial(output: Path) -> bool:
+    """True when a mine of `output` completed but was killed while removing its partial directory: rerunning
+    it only finishes the removal (so `mine-negatives` lets the rerun past its existing-output check)."""
+    return PartialNegatives(output).finished()
 
 
 def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None = None, device="cpu",
          overwrite: bool = False, max_batches: int | None = None, log=None) -> MineResult:
-    """Mine hard negatives for every training row of `checkpoint` into `output` (resumable through
+    """Mine hard negatives for every training row of `checkpoint` into `output` (resumable through the directory
     OUTPUT.partial; the final name appears only when complete). `max_batches` stops after that many batches
     (leaving the .partial), for tests and budgeted runs.
 
-    Under torchrun the batches are shared out: in each round of N consecutive batches process i mines the i-th
-    (its generator is seeded by the batch's first row, as in one process), process 0 gathers them, appends them
-    in order and alone writes the file, which is therefore the one-process file."""
-    from ebmtool import distributed as dist
-    from ebmtool.evaluate import load_model
+    Each batch is committed to OUTPUT.partial on its own, crash-safely (ebmtool.artifacts.PartialNegatives): a
+    rerun after a kill at any moment continues from the last committed batch and writes exactly the file an
+    uninterrupted mine writes.
 
+    Under torchrun the batches are shared out: in each round of N consecutive batches process i mines the i-th
+    (its generator is seeded by the batch's first row, as in one process), process 0 gathers them, commits them
+    in order and alone writes the file, which is therefore the one-process file."""
     dist.init_from_env()
-    main, world, rank = dist.is_main(), dist.world_size(), dist.rank()
+    main = dist.is_main()
     opts.validate()
     checkpoint, output = Path(checkpoint), Path(output)
     ckpt = load_checkpoint(checkpoint)
@@ -205,13 +208,30 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     n = len(problems) if opts.limit is None else min(opts.limit, len(problems))
     ident = {"checkpoint_sha256": sha256_file(checkpoint), "data_fingerprint": fingerprint,
              "options": asdict(opts), "n": n}
-    part = partial_path(output)
-    # process 0 reads the partial file; every process gets where to continue (or the reason it cannot)
-    state = _partial_state(part, ident, overwrite) if main else None
-    state = dist.broadcast_json(state)
-    if "error" in state:
-        raise InputError(state["error"]).on_every_process()
+    store = PartialNegatives(output) if main else None
+    try:
+        # process 0 opens the partial state; every process gets where to continue (or the reason it cannot)
+        state = _partial_state(store, ident, overwrite) if main else None
+        state = dist.broadcast_json(state)
+        if "error" in state:
+            raise InputError(state["error"]).on_every_process()
+        if state.get("finished"):  # a completed mine killed while tidying up: finish that, report the file
+            if main:
+                store.remove()
+            dist.barrier()
+            return MineResult(output, True, n, state["counts"], n)
+        return _mine_rows(store, state, ckpt, checkpoint, output, task, problems, fingerprint, ident, model,
+                          sched, n, opts, data, device, max_batches, log)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _mine_rows(store, state, ckpt, checkpoint, output, task, problems, fingerprint, ident, model, sched, n, opts,
+               data, device, max_batches, log) -> MineResult:
+    main, world, rank = dist.is_main(), dist.world_size(), dist.rank()
     done, counts = state["done"], state["counts"]
+    part = partial_path(output)
     if log and done and main:
         log(f"resuming {part} at row {done} of {n}")
     resumed_from = done
@@ -229,23 +249,8 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     starts = list(range(done, n, opts.batch_size))
     if max_batches is not None:
         starts = starts[:max_batches]
-    f = bar = None
+    bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None) if main else None
     try:
-        if main:
-            mode = "r+" if part.exists() else "w"
-            f = h5py.File(part, mode, userblock_size=USERBLOCK) if mode == "w" else h5py.File(part, mode)
-            bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None)
-            if mode == "w":
-                f.attrs["kind"] = "negatives"
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["ebmtool_version"] = __version__
-                f.attrs["mining_identity"] = json.dumps(ident, sort_keys=True)
-                for name, (shape, dtype) in shapes.items():
-                    row_bytes = max(1, int(np.prod(shape or (1,))) * np.dtype(dtype).itemsize)
-                    chunk = max(1, min(opts.batch_size, (256 * 1024) // row_bytes))
-                    f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
-                                     chunks=(chunk, *shape), compression="gzip", compression_opts=4, shuffle=True,
-                                     track_times=False)
         for r in range(0, len(starts), world):
             mine_start = starts[r + rank] if r + rank < len(starts) else None
             if mine_start is None:  # the last round has fewer batches than processes
@@ -257,44 +262,28 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
                 y = torch.from_numpy(problems.y[rows]).to(device)
                 mask = None if problems.mask is None else torch.from_numpy(problems.mask[rows]).float().to(device)
                 out, c = mine_batch(model, sched, x, y, rows, opts, device, mask=mask,
-                                    discrete=bool(getattr(task, "discrete", False)))
+                                    clean_box=task.clean_box)
                 out["counts"] = np.asarray([[c[key] for key in COUNTS]], np.int64)
             out = dist.gather_arrays(out)  # the round's batches in order (one process: this batch)
             if not main:
                 continue
-            c = out.pop("counts").sum(axis=0)
-            end = done + len(out["index"])
-            for name, arr in out.items():
-                f[name].resize(end, axis=0)
-                f[name][done:end] = arr
-            for key, v in zip(COUNTS, c.tolist()):
+            c = dict(zip(COUNTS, out.pop("counts").sum(axis=0).tolist()))
+            out = {name: np.asarray(out[name], dtype) for name, (_, dtype) in shapes.items()}
+            store.append(done, out, c)  # committed: a kill from here on keeps these rows
+            for key, v in c.items():
                 counts[key] += v
-                f.attrs[f"count_{key}"] = counts[key]
-            f.attrs["rows_done"] = end  # written last: a batch counts only once all its rows are in
-            f.flush()
-            bar.update(end - done)
-            done = end
+            bar.update(len(out["index"]))
+            done += len(out["index"])
         if main and done == n:
-            for name in shapes:
-                f[name].resize(n, axis=0)
-            f.attrs["provenance"] = json.dumps(prov, sort_keys=True)
-            f.attrs.update({"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
-                            "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
-                            "checkpoint_family": checkpoint_family(ckpt)})
-            for key in ("mining_identity", "rows_done", *(f"count_{c}" for c in COUNTS)):
-                if key in f.attrs:
-                    del f.attrs[key]
-            f.attrs.update({f"count_{c}": counts[c] for c in COUNTS})
-            f.attrs["compute_flops"] = float(counts["flops"])  # charged to runs trained on this file
+            attrs = {"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
+                     "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
+                     "checkpoint_family": checkpoint_family(ckpt), **{f"count_{c}": counts[c] for c in COUNTS},
+                     "compute_flops": float(counts["flops"])}  # charged to runs trained on this file
+            store.assemble(shapes, attrs, prov, chunk_rows=opts.batch_size)
     finally:
         if bar is not None:
             bar.close()
-        if f is not None:
-            f.close()
     complete = dist.broadcast_json(done == n)
-    if main and complete:
-        finalize_h5(part)
-        os.replace(part, output)
     done, counts = dist.broadcast_json([done, counts])  # every process returns the same result
     dist.barrier()  # the file is in place before any process returns
     if not complete:
@@ -302,24 +291,17 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     return MineResult(output, True, n, counts, resumed_from)
 
 
-def _partial_state(part: Path, ident: dict, overwrite: bool) -> dict:
-    """{"done", "counts"} of a partial mining file (nothing done when there is none), or {"error": sentence}."""
-    if part.exists() and overwrite:
-        part.unlink()
-    if not part.exists():
-        return {"done": 0, "counts": dict.fromkeys(COUNTS, 0)}
+def _partial_state(store: PartialNegatives, ident: dict, overwrite: bool) -> dict:
+    """{"done", "counts"} of the partial state (nothing done when there is none), {"finished", "counts"} when the
+    mine completed but its partial directory is still there, or {"error": sentence}."""
     try:
-        with h5py.File(part, "r") as f:
-            stored = json.loads(f.attrs["mining_identity"])
-            done = int(f.attrs["rows_done"])
-            counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
-    except (OSError, KeyError, ValueError) as exc:
-        return {"error": f"{part} is a damaged partial mining file ({exc}); delete it to start again"}
-    if stored != ident:
-        diff = sorted(k for k in ident if stored.get(k) != ident[k])
-        return {"error": f"{part} was started with other {', '.join(diff)}; rerun with the same options to "
-                         "continue it, or pass --overwrite to start again"}
-    return {"done": done, "counts": counts}
+        if store.open(ident, overwrite=overwrite) == "finished":
+            with open_h5(store.output, "negatives") as f:
+                counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
+            return {"finished": True, "counts": counts}
+    except InputError as exc:
+        return {"error": str(exc)}
+    return {"done": store.rows, "counts": store.counts(COUNTS)}
 
 
 def _summary(name, a):
@@ -350,9 +332,6 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: 
           batch_size: int = 1024, device="cpu") -> dict:
     """Energies of every positive and negative of a negatives file under `checkpoint` (same task), at the mined
     level (and at every level with levels='all'). Returns datasets and attributes of a scores file."""
-    from ebmtool import distributed as dist
-    from ebmtool.evaluate import checkpoint_task, load_model
-
     dist.init_from_env()
     if levels not in ("mined", "all"):
         raise InputError("--levels must be 'mined' or 'all'")

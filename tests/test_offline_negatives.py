@@ -77,6 +77,31 @@ def test_partial_with_other_options_is_refused(base, tmp_path):
         mine(ckpt, out, MineOptions(**{**OPTS.__dict__, "candidates": 4}))
 
 
+def test_partial_of_an_earlier_ebmtool_is_refused_unless_overwrite(base, tmp_path):
+    ckpt = base / "base" / "ckpt.safetensors"
+    out = tmp_path / "negs.h5"
+    partial_path(out).write_bytes(b"\x89HDF\r\n\x1a\n an HDF5 partial file written in place")
+    with pytest.raises(InputError, match="partial file of an earlier ebmtool"):
+        mine(ckpt, out, OPTS, max_batches=1)
+    assert mine(ckpt, out, OPTS, overwrite=True, max_batches=1).rows == 64 and partial_path(out).is_dir()
+
+
+def test_a_partial_in_use_is_refused(base, tmp_path):
+    from ebmtool.artifacts import PartialNegatives
+
+    ckpt = base / "base" / "ckpt.safetensors"
+    out = tmp_path / "negs.h5"
+    mine(ckpt, out, OPTS, max_batches=1)
+    holder = PartialNegatives(out)
+    holder._lock()  # as a second mine of the same output holds it
+    try:
+        with pytest.raises(InputError, match="is in use: process"):
+            mine(ckpt, out, OPTS)
+    finally:
+        holder.close()
+    assert mine(ckpt, out, OPTS).complete
+
+
 def test_score_of_mining_checkpoint_reproduces_mined_energies(base):
     s = _contents(base / "scores.h5")
     n = _contents(base / "negs.h5")

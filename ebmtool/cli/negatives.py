@@ -32,7 +32,7 @@ def _summary(rows, header) -> dict:
 @cli.command("mine-negatives")
 @checkpoint_argument
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("negs.h5"), show_default=True,
-              help="HDF5 negatives file (built as OUTPUT.partial; renamed when complete).")
+              help="HDF5 negatives file (built in the directory OUTPUT.partial; renamed when complete).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="Mine for the problems of this HDF5 data file instead of the checkpoint's training set.")
 @click.option("--k", type=click.IntRange(min=1), default=4, show_default=True, help="Negatives per problem.")
@@ -63,14 +63,15 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
                    max_energy, select, dup_threshold, weights, seed, batch_size, limit, device, as_json, overwrite):
     """Mine K hard negatives (HNM) for every training problem of a checkpoint.
 
-    A killed run leaves OUTPUT.partial; rerunning with the same options continues it.
+    A killed run leaves OUTPUT.partial (crash-safe); rerunning with the same options continues it.
     Example: ebmtool mine-negatives runs/base/ckpt.safetensors --k 4 -o negs.h5
     """
     from ebmtool import distributed
-    from ebmtool.mining import MineOptions, energy_summary, mine, SUMMARY_HEADER
+    from ebmtool.mining import MineOptions, energy_summary, finished_partial, mine, SUMMARY_HEADER
 
     distributed.init_from_env()  # under torchrun: the batches are shared out, process 0 writes the file
-    check_output(output, overwrite, inputs=(checkpoint, data))
+    # a rerun of a mine killed after its file was in place (while removing OUTPUT.partial) only finishes that
+    check_output(output, overwrite or finished_partial(output), inputs=(checkpoint, data))
     distributed.barrier()  # every process has checked the output before process 0 can write it
     opts = MineOptions(k=k, candidates=candidates, refine_steps=refine_steps, lam=lam,
                        absolute_margin=absolute_margin, relative_margin=relative_margin, max_energy=max_energy,
