@@ -25,7 +25,9 @@ import h5py
 import pytest
 
 from ebmtool.artifacts import open_h5
-from helpers import single_thread, tiny
+from ebmtool.training import train
+
+from helpers import tiny
 
 MINE = ["--k", "3", "--candidates", "3", "--refine-steps", "1", "--seed", "5", "--batch-size", "16", "--limit", "96",
         "--device", "cpu"]
@@ -35,14 +37,9 @@ MIN_KILLS = 20
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from ebmtool.train import train
-
-    gen = single_thread()
-    next(gen)
-    d = tmp_path_factory.mktemp("kill")
+    d = tmp_path_factory.mktemp("kill")  # one thread: conftest's session fixture
     train(tiny(steps=2, seed=1, time_dim=128), d / "base", log=lambda m: None)
-    yield d / "base" / "ckpt.safetensors"
-    next(gen, None)
+    return d / "base" / "ckpt.safetensors"
 
 
 def _mine(ckpt, cwd, trace, kill=None, delay=None):
