@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ebmtool.artifacts import Checkpoint, load_checkpoint, resolve_checkpoint_path, sha256_file
+from ebmtool.checkpoints import Checkpoint, load_checkpoint, resolve_checkpoint_path
+from ebmtool.artifacts import sha256_file
 from ebmtool.errors import InputError
 
 COMPUTE_META = "ebmtool.compute_flops"  # cumulative training FLOPs of the run (JSON number); older checkpoints lack it

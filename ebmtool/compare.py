@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ebmtool import stats as S
-from ebmtool.artifacts import Checkpoint, code_version, open_h5, sha256_file
+from ebmtool.checkpoints import Checkpoint
+from ebmtool.artifacts import code_version, open_h5, sha256_file
 from ebmtool.errors import InputError, RunError
 from ebmtool.arms import COMPUTE_META, Group, Run, check_compatible, load_groups
 from ebmtool.confounds import compute_summary, config_diff, environment_warnings

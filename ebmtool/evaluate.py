@@ -156,7 +156,8 @@ def evaluate_checkpoint(path: Path, *, data=None, split: str = EVAL_SPLITS[0], h
                         precision: str = "fp32") -> Evaluation:
     """Sample a checkpoint's EMA and/or raw weights on its held-out problems (a progress bar on a terminal's
     stderr); never changes the checkpoint."""
-    from ebmtool.artifacts import load_checkpoint, sha256_file
+    from ebmtool.checkpoints import load_checkpoint
+    from ebmtool.artifacts import sha256_file
     from ebmtool.devices import check_precision
     from ebmtool.progress import progress_bar
 

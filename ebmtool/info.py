@@ -9,16 +9,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ebmtool.artifacts import artifact_kind, load_checkpoint, open_h5, read_provenance, sha256_file, sniff
+from ebmtool.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.compute import format_flops
 from ebmtool.evaluate import checkpoint_model
 from ebmtool.models import parameter_count
-from ebmtool.training.state import checkpoint_compute
+from ebmtool.training.metrics import LIVE_LOG, live_progress
+from ebmtool.training.state import checkpoint_compute, lock_holder
 
 
 def describe(path: Path) -> dict:
     """A JSON-able description: kind, provenance, and a summary of the contents."""
     path = Path(path)
+    if path.is_dir() and ((path / "ckpt.safetensors").exists() or (path / LIVE_LOG).exists()):
+        return describe_run(path)
     fmt = sniff(path)
     kind = artifact_kind(path)
     if fmt == "safetensors":
@@ -32,6 +36,42 @@ def describe(path: Path) -> dict:
         if kind == "metrics":
             out["summary"] = metrics_summary(f)
     return out
+
+
+def describe_run(run_dir: Path) -> dict:
+    """A run directory: whether a process trains in it now, its progress and latest row (from the live log), and
+    its last checkpoint."""
+    live = run_dir / LIVE_LOG
+    ckpt = run_dir / "ckpt.safetensors"
+    return {"file": str(run_dir), "format": "directory", "kind": "run", "training_pid": lock_holder(run_dir),
+            "live": live_progress(live) if live.exists() else None,
+            "checkpoint": _describe_checkpoint(ckpt) if ckpt.exists() else None}
+
+
+def format_run(d: dict) -> list[str]:
+    """The lines of `ebmtool info DIR`."""
+    pid, live, ck = d["training_pid"], d["live"], d["checkpoint"]
+    lines = [f"status    {'training now (process ' + str(pid) + ')' if pid else 'not training'}"]
+    if live and live["latest"]:
+        run, row = live["run"], live["latest"]
+        if run.get("budget_flops"):
+            done = f"compute {format_flops(row.get('compute_flops'))} of {format_flops(run['budget_flops'])} " \
+                   f"FLOPs ({row.get('compute_flops', 0) / run['budget_flops']:.0%}), step {row['step']}"
+        else:
+            done = f"step {row['step']} of {run.get('steps', '?')}" + \
+                (f" ({row['step'] / run['steps']:.0%})" if run.get("steps") else "")
+        lines.append(f"progress  {done}; {live['rows']} rows in {LIVE_LOG}"
+                     + (f", {live['torn_lines']} torn line(s) skipped" if live["torn_lines"] else ""))
+        shown = [k for k in ("loss_total", "loss_denoise", "loss_energy", "p_hard", "margin", "grad_norm")
+                 if isinstance(row.get(k), (int, float)) and row[k] == row[k]]
+        lines.append("latest    " + ", ".join(f"{k} {row[k]:.4g}" for k in shown))
+        if live["latest_eval"]:
+            ev = live["latest_eval"]
+            lines.append(f"val       step {ev['step']}: metric {ev.get('metric_model', float('nan')):.4g} "
+                         f"(ema {ev.get('metric_ema', float('nan')):.4g})")
+    if ck:
+        lines.append(f"saved     step {ck['step']} in ckpt.safetensors ({format_flops(ck['compute_flops'])} FLOPs)")
+    return lines
 
 
 def _describe_checkpoint(path: Path) -> dict:
@@ -187,6 +227,8 @@ def environment_lines(env: dict | None) -> list[str]:
 
 def format_description(d: dict) -> str:
     lines = [f"file      {d['file']}", f"kind      {d['kind']} ({d['format']})"]
+    if d["kind"] == "run":
+        return "\n".join(lines + format_run(d))
     if d["kind"] == "checkpoint":
         m = d["model"]
         lines += [f"task      {d['task']}", f"step      {d['step']}", f"seed      {d['seed']}",

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ebmtool.artifacts import (
-    PartialNegatives, load_checkpoint, open_h5, provenance, read_dataset, read_negatives, sha256_file, write_h5,
-)
+from ebmtool.negatives_file import PartialNegatives, read_negatives
+from ebmtool.checkpoints import load_checkpoint
+from ebmtool.artifacts import open_h5, provenance, read_dataset, sha256_file, write_h5
 from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
 from ebmtool import distributed as dist
 from ebmtool import rng
@@ -174,7 +174,7 @@ class MineResult:
 
 
 def partial_path(output: Path) -> Path:
-    """The directory a mine of `output` builds its file in (ebmtool.artifacts.PartialNegatives)."""
+    """The directory a mine of `output` builds its file in (ebmtool.negatives_file.PartialNegatives)."""
     return PartialNegatives(output).path
 
 
@@ -190,7 +190,7 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     OUTPUT.partial; the final name appears only when complete). `max_batches` stops after that many batches
     (leaving the .partial), for tests and budgeted runs.
 
-    Each batch is committed to OUTPUT.partial on its own, crash-safely (ebmtool.artifacts.PartialNegatives): a
+    Each batch is committed to OUTPUT.partial on its own, crash-safely (ebmtool.negatives_file.PartialNegatives): a
     rerun after a kill at any moment continues from the last committed batch and writes exactly the file an
     uninterrupted mine writes.
 

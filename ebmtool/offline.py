@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool.artifacts import open_h5, read_negatives, sha256_file
+from ebmtool.artifacts import open_h5, sha256_file
+from ebmtool.negatives_file import read_negatives
 from ebmtool.errors import InputError
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool.artifacts import atomic_path, load_checkpoint, open_h5
+from ebmtool.artifacts import atomic_path, open_h5
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.reporting import fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
 

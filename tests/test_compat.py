@@ -9,7 +9,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from ebmtool.artifacts import load_checkpoint, read_negatives
+from ebmtool.checkpoints import load_checkpoint
+from ebmtool.negatives_file import read_negatives
 from ebmtool.info import describe
 from ebmtool.training import train
 

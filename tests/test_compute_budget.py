@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.common import profiled_matmul_flops
 from ebmtool.training import step as train_mod
-from ebmtool.artifacts import load_checkpoint
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.confounds import compute_summary
 from ebmtool.arms import load_groups

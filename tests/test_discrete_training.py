@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.artifacts import load_checkpoint
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError

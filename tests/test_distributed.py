@@ -22,7 +22,9 @@ import pytest
 import torch
 
 from ebmtool import distributed
-from ebmtool.artifacts import InputError, safetensors_metadata, load_checkpoint
+from ebmtool.artifacts import safetensors_metadata
+from ebmtool.checkpoints import load_checkpoint
+from ebmtool.errors import InputError
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.mining import MineOptions, mine, score
 from ebmtool.models import EnergyMLP

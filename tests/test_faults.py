@@ -23,10 +23,8 @@ import pytest
 import torch
 
 from ebmtool import FORMAT_VERSION
-from ebmtool.artifacts import (
-    finalize_h5,
-    ST_CHECKSUM, load_checkpoint, open_h5, read_dataset, save_checkpoint, write_h5,
-)
+from ebmtool.artifacts import finalize_h5, ST_CHECKSUM, open_h5, read_dataset, write_h5
+from ebmtool.checkpoints import load_checkpoint, save_checkpoint
 from ebmtool.cli import cli
 from ebmtool.errors import InputError, RunError
 from ebmtool.config import TrainConfig
@@ -334,7 +332,7 @@ def test_full_disk_keeps_the_previous_checkpoint(artifacts, tmp_path, monkeypatc
     target.write_bytes(artifacts["checkpoint"].read_bytes())
     before = target.read_bytes()
     ck = load_checkpoint(target)
-    monkeypatch.setattr("ebmtool.artifacts.save_file", _enospc)
+    monkeypatch.setattr("ebmtool.checkpoints.save_file", _enospc)
     with pytest.raises(RunError) as info:
         save_checkpoint(target, ck.tensors, {k: v for k, v in ck.meta.items() if k != ST_CHECKSUM})
     assert str(target) in str(info.value) and "No space left" in str(info.value)
@@ -349,7 +347,7 @@ def test_full_disk_during_training_exits_1_with_one_line(artifacts, tmp_path, mo
     for name in ("ckpt.safetensors", "metrics.h5"):
         (run / name).write_bytes((artifacts["checkpoint"].parent / name).read_bytes())
     before = (run / "ckpt.safetensors").read_bytes()
-    monkeypatch.setattr("ebmtool.artifacts.save_file", _enospc)
+    monkeypatch.setattr("ebmtool.checkpoints.save_file", _enospc)
     r = runner.invoke(cli, ["train", "--resume", str(run), "--steps", "25"])
     assert r.exit_code == 1, (r.output, r.exception)
     last = r.stderr.strip().splitlines()[-1]

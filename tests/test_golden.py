@@ -11,7 +11,7 @@ import h5py
 import pytest
 import torch
 
-from ebmtool.artifacts import load_checkpoint
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.training import train
 
 from helpers import tiny

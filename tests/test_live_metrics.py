@@ -2,11 +2,13 @@
 is skipped and counted, and the event files hold exactly metrics.h5's rows."""
 
 import json
+import os
 import sys
 import threading
 
 import h5py
 import numpy as np
+from click.testing import CliRunner
 
 from ebmtool.cli import cli
 from ebmtool.training import loop as train_loop
@@ -75,6 +77,11 @@ def test_the_live_log_holds_each_row_while_the_run_is_still_going(tmp_path, monk
         rows, evals, torn = read_live_log(out / "metrics.jsonl")
         assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60] and torn == 0
         assert not (out / "metrics.h5").exists()
+        r = CliRunner().invoke(cli, ["info", str(out)])  # what a user sees of the running job
+        assert r.exit_code == 0, r.output
+        assert f"status    training now (process {os.getpid()})" in r.output
+        assert "progress  step 60 of 70 (86%); 6 rows in metrics.jsonl" in r.output
+        assert "latest    loss_total " in r.output and "saved" not in r.output
     finally:
         release.set()
         worker.join(120)
@@ -82,6 +89,9 @@ def test_the_live_log_holds_each_row_while_the_run_is_still_going(tmp_path, monk
     h5, _ = _h5_rows(out / "metrics.h5")
     assert [r["step"] for r in rows] == h5["step"].tolist() == [10, 20, 30, 40, 50, 60, 70]
     assert np.allclose([r["loss_total"] for r in rows], h5["loss_total"], rtol=0, atol=0)
+    r = CliRunner().invoke(cli, ["info", str(out)])
+    assert "status    not training" in r.output and "progress  step 70 of 70 (100%)" in r.output
+    assert "saved     step 70 in ckpt.safetensors" in r.output
 
 
 def test_a_torn_last_line_is_skipped_and_counted(tmp_path):

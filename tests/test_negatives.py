@@ -18,7 +18,7 @@ from ebmtool.data import TrainingData
 from ebmtool.training.losses import Batch, Objective, ired_losses
 from ebmtool.rng import step_generator
 from ebmtool.training.loop import train
-from ebmtool.artifacts import load_checkpoint
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.evaluate import load_model
 
 from helpers import TINY_FLAGS, tiny

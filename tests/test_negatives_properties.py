@@ -11,7 +11,7 @@ import torch
 
 from ebmtool import negatives as neg_mod
 from ebmtool.training import diagnostics, negatives as train_negatives
-from ebmtool.artifacts import load_checkpoint
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError
 from ebmtool.evaluate import load_model

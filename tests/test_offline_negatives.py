@@ -87,7 +87,7 @@ def test_partial_of_an_earlier_ebmtool_is_refused_unless_overwrite(base, tmp_pat
 
 
 def test_a_partial_in_use_is_refused(base, tmp_path):
-    from ebmtool.artifacts import PartialNegatives
+    from ebmtool.negatives_file import PartialNegatives
 
     ckpt = base / "base" / "ckpt.safetensors"
     out = tmp_path / "negs.h5"
@@ -216,7 +216,7 @@ def test_provenance_mismatch_exits_2_unless_forced(base, runner, tmp_path, case)
         assert r.exit_code == 2 and "its negatives belong to other problems" in r.output, r.output
         return
     assert r.exit_code == 0, r.output
-    from ebmtool.artifacts import load_checkpoint
+    from ebmtool.checkpoints import load_checkpoint
 
     recorded = load_checkpoint(tmp_path / "run" / "ckpt.safetensors").config["offline_mismatch"]
     assert recorded and expect in recorded[0]

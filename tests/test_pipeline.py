@@ -26,7 +26,7 @@ def test_makefile_pipeline(tmp_path):
         assert (tmp_path / name).exists(), name
     text = (tmp_path / "compare.txt").read_text()
     assert "control (baseline)" in text and "refined" in text  # refined is compared with its control
-    from ebmtool.artifacts import load_checkpoint
+    from ebmtool.checkpoints import load_checkpoint
 
     control, refined = (load_checkpoint(tmp_path / n / "ckpt.safetensors") for n in ("control", "refined"))
     assert control.config["init_steps"] == refined.config["init_steps"] == 2 and control.step == refined.step

@@ -7,7 +7,7 @@ import h5py
 import pytest
 import torch
 
-from ebmtool.artifacts import load_checkpoint, save_checkpoint
+from ebmtool.checkpoints import load_checkpoint, save_checkpoint
 from ebmtool.cli import cli
 from ebmtool.confounds import environment_warnings
 from ebmtool.arms import load_groups

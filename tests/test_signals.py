@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.artifacts import InputError, safetensors_metadata, load_checkpoint
+from ebmtool.errors import InputError
+from ebmtool.artifacts import safetensors_metadata
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.config import TrainConfig
 from ebmtool.training.loop import train

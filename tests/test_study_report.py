@@ -15,7 +15,7 @@ from helpers import tiny
 
 
 def _compute(study, arm, seed) -> float:
-    from ebmtool.artifacts import load_checkpoint
+    from ebmtool.checkpoints import load_checkpoint
 
     return checkpoint_compute(load_checkpoint(study / "inverse" / arm / f"s{seed}" / "ckpt.safetensors"))
 

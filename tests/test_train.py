@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.artifacts import load_checkpoint, sha256_file
+from ebmtool.checkpoints import load_checkpoint
+from ebmtool.artifacts import sha256_file
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError
 from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model

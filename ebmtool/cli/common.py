@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import json_text, resolve_checkpoint_path
+from ebmtool.artifacts import json_text
+from ebmtool.checkpoints import resolve_checkpoint_path
 from ebmtool.devices import PRECISIONS
 
 

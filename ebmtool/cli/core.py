@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import (
-    check_output, load_checkpoint, provenance, sha256_file, write_dataset, write_evaluation,
-)
+from ebmtool.artifacts import check_output, provenance, sha256_file, write_dataset, write_evaluation
+from ebmtool.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
     checkpoint_argument, device_option, json_option, log, overwrite_option, precision_option, print_json, seed_option,
@@ -249,7 +248,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
       ebmtool train --anm --k 4 --budget-of runs/quick -o runs/anm      (the same compute as runs/quick)
     """
     from ebmtool import distributed
-    from ebmtool.artifacts import resolve_checkpoint_path
+    from ebmtool.checkpoints import resolve_checkpoint_path
     from ebmtool.config import MINING_FIELDS, TrainConfig, flag_name
     from ebmtool.training.loop import train as run_training
 
@@ -327,7 +326,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
 
 def _new_config(recipe: str, init, given: dict):
     """The configuration of a new run from its recipe and the flags given (not yet resolved)."""
-    from ebmtool.artifacts import resolve_checkpoint_path
+    from ebmtool.checkpoints import resolve_checkpoint_path
     from ebmtool.curriculum import sources_of
     from ebmtool.config import IRED_FIELDS, RECIPES, TrainConfig, flag_name
 
@@ -349,7 +348,7 @@ def _new_config(recipe: str, init, given: dict):
 
 def _budget_flags(budget, budget_of, given: dict) -> dict:
     """--budget FLOPS / --budget-of RUN as config fields; a budgeted run without --steps has no step cap."""
-    from ebmtool.artifacts import resolve_checkpoint_path
+    from ebmtool.checkpoints import resolve_checkpoint_path
     from ebmtool.compute import parse_flops
     from ebmtool.config import NO_STEP_CAP
     from ebmtool.training.state import checkpoint_compute

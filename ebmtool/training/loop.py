@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -27,7 +28,8 @@ from tqdm import tqdm
 
 from ebmtool import __version__
 from ebmtool import distributed as dist
-from ebmtool.artifacts import Checkpoint, load_checkpoint, open_h5
+from ebmtool.checkpoints import Checkpoint, load_checkpoint
+from ebmtool.artifacts import open_h5
 from ebmtool.config import CADENCE_FIELDS, NO_STEP_CAP, TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.devices import check_precision, resolve_device
@@ -170,7 +172,10 @@ class RowLogger:
         self.started = time.perf_counter() - (st.rows[-1]["wall_time"] if st.rows else 0.0)
         self.sinks = []
         if dist.is_main():
-            self.sinks.append(LiveLog(out_dir / LIVE_LOG, st.rows, st.eval_rows))
+            cfg = st.cfg
+            header = {"task": st.data.task.label, "seed": cfg.seed, "steps": cfg.steps, "start_step": st.step,
+                      "budget_flops": cfg.budget_flops, "pid": os.getpid()}
+            self.sinks.append(LiveLog(out_dir / LIVE_LOG, st.rows, st.eval_rows, header))
             if tensorboard:  # rewritten from the rows metrics.h5 holds, so the curves never hold a row twice
                 shutil.rmtree(out_dir / TENSORBOARD_DIR, ignore_errors=True)
                 self.sinks.append(TensorBoardLog(out_dir / TENSORBOARD_DIR))

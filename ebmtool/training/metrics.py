@@ -102,9 +102,11 @@ class LiveLog:
     Opened at the start of a run (or a resume), it is rewritten (atomically) with the rows metrics.h5 holds, so
     rows a killed run logged after its last checkpoint do not stay in the curve twice."""
 
-    def __init__(self, path: Path, rows: list[dict], eval_rows: list[dict]):
+    def __init__(self, path: Path, rows: list[dict], eval_rows: list[dict], header: dict | None = None):
         self.path = Path(path)
         with atomic_path(self.path) as tmp, open(tmp, "w") as f:
+            if header is not None:  # what the run is and where it ends: `ebmtool info DIR` shows its progress
+                f.write(json.dumps({"kind": "run", **_jsonable(header)}, sort_keys=True) + "\n")
             for kind, rs in (("train", rows), ("eval", eval_rows)):
                 for r in rs:
                     f.write(json.dumps({"kind": kind, **_jsonable(r)}, sort_keys=True) + "\n")
@@ -130,9 +132,27 @@ def read_live_log(path: Path) -> tuple[list[dict], list[dict], int]:
                 torn += 1
                 continue
             kind = r.pop("kind", "train")
+            if kind == "run":
+                continue
             r = {k: (math.nan if v is None else v) for k, v in r.items()}
             (erows if kind == "eval" else rows).append(r)
     return rows, erows, torn
+
+
+def live_progress(path: Path) -> dict:
+    """The live log's run header (task, seed, steps, budget), its latest train and eval rows, the number of rows
+    and of torn lines: what `ebmtool info DIR` shows while a run trains."""
+    header = {}
+    with open(path) as f:
+        try:
+            first = json.loads(f.readline() or "{}")
+        except json.JSONDecodeError:
+            first = {}
+    if first.get("kind") == "run":
+        header = {k: v for k, v in first.items() if k != "kind"}
+    rows, erows, torn = read_live_log(path)
+    return {"run": header, "rows": len(rows), "torn_lines": torn, "latest": rows[-1] if rows else None,
+            "latest_eval": erows[-1] if erows else None}
 
 
 class TensorBoardLog:

@@ -19,7 +19,8 @@ import torch
 from ebmtool import __version__
 from ebmtool import distributed as dist
 from ebmtool.compute import ComputeMeter
-from ebmtool.artifacts import Checkpoint, atomic_path, code_version, environment, save_checkpoint
+from ebmtool.checkpoints import Checkpoint, save_checkpoint
+from ebmtool.artifacts import atomic_path, code_version, environment
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
@@ -123,6 +124,24 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the lock; the file stays (removing it would race a new holder)
             self.fd = None
+
+
+def lock_holder(out_dir: Path) -> int | None:
+    """The pid of the process training in `out_dir` now (its RunLock is held), or None."""
+    path = Path(out_dir) / ".lock"
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip()
+        return int(holder) if holder.isdigit() else -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class RunState:

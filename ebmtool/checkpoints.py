@@ -1,0 +1,133 @@
+"""Checkpoints (safetensors): weights, EMA, optimiser and RNG state, with the run's metadata; verified on load."""
+
+from __future__ import annotations
+import json
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from ebmtool import FORMAT_VERSION
+from ebmtool.errors import InputError
+
+from ebmtool.artifacts import (
+    KINDS, ST_CHECKSUM, atomic_path, format_version, h5_kind, safetensors_metadata, sniff, tensors_sha256,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file, read: metadata parsed, tensors grouped by prefix (model/, ema/, optim/, rng/)."""
+
+    path: Path
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.meta["ebmtool.config"])
+
+    @property
+    def dims(self) -> dict:
+        return json.loads(self.meta["ebmtool.model"])
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["ebmtool.step"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["ebmtool.seed"])
+
+    @property
+    def task(self) -> str:
+        return self.meta["ebmtool.task"]
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        p = prefix + "/"
+        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    def json(self, key: str):
+        return json.loads(self.meta[key])
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Atomically write tensors and string metadata with a content checksum.
+
+    A failed write (full disk, unwritable directory) raises RunError and leaves the previous file intact.
+    """
+    meta = {"format": "pt", "ebmtool.kind": "checkpoint", "ebmtool.format_version": str(FORMAT_VERSION), **meta}
+    bad = [k for k, v in meta.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"checkpoint metadata must be strings: {bad}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta[ST_CHECKSUM] = tensors_sha256(tensors, meta)
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+CHECKPOINT_REQUIRED = ("ebmtool.config", "ebmtool.model", "ebmtool.step", "ebmtool.seed", "ebmtool.task")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+        return tensors
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path} is a damaged or truncated checkpoint ({exc})") from None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and validate a checkpoint; one sentence naming the file on any problem.
+
+    Order: format (sniff), ebmtool metadata, a known wrong kind, format version, tensors, content checksum, then
+    any other kind and the required metadata.
+    After the checksum has matched, the metadata is exactly what ebmtool wrote.
+    """
+    path = Path(path)
+    fmt = sniff(path)
+    if fmt == "hdf5":
+        raise InputError(f"{path} is an HDF5 {h5_kind(path)} file, not a checkpoint")
+    meta = safetensors_metadata(path)
+    kind = meta.get("ebmtool.kind")
+    if kind != "checkpoint" and kind in KINDS:
+        raise InputError(f"{path} is a {kind} file, not a checkpoint")
+    version = format_version(path, meta.get("ebmtool.format_version", "0"))
+    if version > FORMAT_VERSION:
+        raise InputError(f"{path} was written by a newer ebmtool (format {version}, this one reads "
+                         f"{FORMAT_VERSION}); upgrade ebmtool to read it")
+    tensors = _read_tensors(path)
+    if ST_CHECKSUM not in meta:
+        raise InputError(f"{path} has no content checksum: it is damaged or was not written by this ebmtool")
+    if meta[ST_CHECKSUM] != tensors_sha256(tensors, meta):
+        raise InputError(f"{path} is corrupted (checksum mismatch: its tensors or metadata changed after ebmtool "
+                         "wrote it)")
+    if kind != "checkpoint":
+        raise InputError(f"{path} is a {kind} file, not a checkpoint")
+    missing = [k for k in CHECKPOINT_REQUIRED if k not in meta]
+    if missing:
+        raise InputError(f"{path} is an incomplete checkpoint (missing metadata {', '.join(missing)})")
+    try:
+        config, dims = json.loads(meta["ebmtool.config"]), json.loads(meta["ebmtool.model"])
+        int(meta["ebmtool.step"]), int(meta["ebmtool.seed"])
+    except ValueError as exc:
+        raise InputError(f"{path} has invalid metadata ({exc})") from None
+    if not isinstance(config, dict) or not isinstance(dims, dict):
+        raise InputError(f"{path} has invalid metadata (config and model must be JSON objects)")
+    return Checkpoint(path, meta, tensors)
+
+
+def resolve_checkpoint_path(path: Path) -> Path:
+    """Accept a run directory wherever a checkpoint is expected: DIR means DIR/ckpt.safetensors."""
+    path = Path(path)
+    if path.is_dir():
+        cand = path / "ckpt.safetensors"
+        if not cand.exists():
+            raise InputError(f"{path} is a directory without a ckpt.safetensors")
+        return cand
+    return path
