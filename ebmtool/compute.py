@@ -4,7 +4,6 @@ Only matrix products are counted. For the MLP energy, F = 2 * (weights of the Li
 row: fc1..fc4) per row; its time MLP and FiLM layers run once per distinct level in a call (at most 10 rows,
 under 1 % of a call at batch >= 256) and are left out; F1 = 2 * (fc1's weights). Other networks' F is the
 forward matrix-product FLOPs of one row as torch's FlopCounterMode counts them, and F1 = 0. Per row:
-
     forward-only call (scoring, the last descent step)              F
     call with an input gradient (descent steps, the sampler)        2F   (forward + the input-only backward;
                                                                           no weight gradients are computed)
@@ -22,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def flop_rule(model, x_dim: int | None = None, y_dim: int | None = None) -> dict[str, float]:
@@ -38,8 +38,6 @@ def flop_rule(model, x_dim: int | None = None, y_dim: int | None = None) -> dict
 
 def _counted_forward_flops(model, x_dim: int, y_dim: int) -> float:
     """Forward FLOPs of one row of `model`, by torch's FlopCounterMode (matrix products and convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode  # imported here: torch's module is slow to load
-
     p = next(model.parameters())
     x = torch.zeros(1, x_dim, device=p.device)
     y = torch.zeros(1, y_dim, device=p.device)
@@ -66,7 +64,6 @@ def counted_flops(rule: dict, rows: int, grad_rows: int, *, denoise_rows: int = 
 
 class ComputeMeter:
     """FLOPs of the network work done between `start()` and `flops(...)`, read off the model's counter."""
-
     def __init__(self, model, x_dim: int | None = None, y_dim: int | None = None):
         self.counter = model.counter
         self.rule = flop_rule(model, x_dim, y_dim)

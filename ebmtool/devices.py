@@ -12,6 +12,7 @@ import contextlib
 import torch
 
 from ebmtool.errors import InputError
+from ebmtool import distributed as dist
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -19,8 +20,6 @@ PRECISIONS = ("fp32", "bf16")
 def resolve_device(name: str) -> torch.device:
     """auto (CUDA when present), cpu, cuda or cuda:N; asking for CUDA without one is a user error, not a silent
     CPU run. Under torchrun each process uses cuda:LOCAL_RANK (cuda:N is refused there)."""
-    from ebmtool import distributed as dist
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

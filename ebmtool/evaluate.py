@@ -22,6 +22,10 @@ from ebmtool.models import build_model
 from ebmtool.tasks import (
     DISCRETE_TASK_NAMES, TASK_NAMES, FileTask, Problems, Task, get_task, resolve_task, split_user_data,
 )
+from ebmtool.checkpoints import load_checkpoint
+from ebmtool.artifacts import sha256_file
+from ebmtool.devices import check_precision
+from ebmtool.progress import progress_bar
 
 # Seed of the sampler's initial noise: fixed, so two models evaluated on one set also share their starting noise.
 SAMPLER_SEED = 0
@@ -143,7 +147,6 @@ def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
 class Evaluation:
     """What `ebmtool eval` reports: `report` (JSON-ready means, baselines, provenance of the numbers) and the
     per-problem arrays behind it (`errors[weights][metric]`, `baselines[name]`)."""
-
     report: dict
     errors: dict[str, dict[str, np.ndarray]]
     baselines: dict[str, np.ndarray]
@@ -156,11 +159,6 @@ def evaluate_checkpoint(path: Path, *, data=None, split: str = EVAL_SPLITS[0], h
                         precision: str = "fp32") -> Evaluation:
     """Sample a checkpoint's EMA and/or raw weights on its held-out problems (a progress bar on a terminal's
     stderr); never changes the checkpoint."""
-    from ebmtool.checkpoints import load_checkpoint
-    from ebmtool.artifacts import sha256_file
-    from ebmtool.devices import check_precision
-    from ebmtool.progress import progress_bar
-
     if weights not in WEIGHT_CHOICES:
         raise InputError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}")
     ckpt = load_checkpoint(path)

@@ -14,6 +14,8 @@ from torch.nn import functional as F
 
 from ebmtool.diffusion import CallCounter
 
+DEFAULT_WIDTH = 512  # the reference MLP's hidden width
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """[sin(t f), cos(t f)] with f_k = exp(-ln(1e4) k / (half - 1)); t is the raw integer level 0..9."""
@@ -39,7 +41,7 @@ class TimeMLP(nn.Module):
 class EnergyMLP(nn.Module):
     """E(x, y, t) = || W4 h3 ||^2 with h_l = swish(W_l h_{l-1} (1 + gamma_l) + beta_l) on layers 2 and 3."""
 
-    def __init__(self, x_dim: int, y_dim: int, width: int = 512, time_dim: int = 128):
+    def __init__(self, x_dim: int, y_dim: int, width: int = DEFAULT_WIDTH, time_dim: int = 128):
         super().__init__()
         self.dims = {"arch": "mlp", "x_dim": x_dim, "y_dim": y_dim, "width": width, "time_dim": time_dim}
         self.fc1 = nn.Linear(x_dim + y_dim, width)

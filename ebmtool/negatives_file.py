@@ -11,6 +11,9 @@ from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.errors import InputError, RunError
 
 from ebmtool.artifacts import USERBLOCK, finalize_h5, open_h5, read_provenance, sha256_file
+import signal
+import io
+import fcntl
 
 
 def read_negatives(path: Path) -> dict:
@@ -63,8 +66,6 @@ def crash_point(where: str) -> None:
         with open(trace, "a") as fh:
             fh.write(where + "\n")
     if kill in (str(n), where, f"{where}#{m}"):
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -100,8 +101,6 @@ def _journal_line(record: dict) -> bytes:
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **{name: np.ascontiguousarray(a) for name, a in arrays.items()})
     return buf.getvalue()
@@ -110,7 +109,6 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 class PartialNegatives:
     """The crash-safe partial state of a negatives file (OUTPUT.partial/, layout above). Only the process that
     writes the file (process 0 under torchrun) uses one."""
-
     def __init__(self, output: Path):
         self.output = Path(output)
         self.path = self.output.with_name(self.output.name + ".partial")
@@ -204,8 +202,6 @@ class PartialNegatives:
                 raise InputError(f"{path} holds files ebmtool did not write there; move them away") from None
 
     def _lock(self) -> None:
-        import fcntl
-
         fd = os.open(self.path / PARTIAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -299,8 +295,6 @@ class PartialNegatives:
         self.chunks.append(rec)
 
     def _load(self, rec: dict) -> dict[str, np.ndarray]:
-        import io
-
         data = (self.path / rec["chunk"]).read_bytes()
         if hashlib.sha256(data).hexdigest() != rec["sha256"]:
             raise RunError(f"{self.path / rec['chunk']} changed after it was committed; rerun to mine its rows "
@@ -360,3 +354,9 @@ class PartialNegatives:
         except OSError:  # a file ebmtool did not put there: leave it, and the directory, to the user
             pass
         self.chunks = []
+
+
+def negatives_k(path: Path) -> int:
+    """K, the negatives per problem a negatives file holds (`train --negatives FILE` takes its K by default)."""
+    with open_h5(path, "negatives") as f:
+        return int(f["negatives"].shape[1])

@@ -1,8 +1,6 @@
 """Figures of a comparison (matplotlib, Agg backend: no display needed). Every figure has a title, axis labels
 with units and a legend. Each function writes one figure (PNG, PDF or SVG) and, beside it, a CSV of the numbers
 it plots (same stem, .csv), so that the figure can be redrawn; it returns the figure's path.
-
-matplotlib is imported on first use, so that importing this module (for FIGURE_FORMATS) costs nothing.
 """
 
 from __future__ import annotations
@@ -11,21 +9,20 @@ import csv
 import io
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
-from ebmtool.artifacts import atomic_path, write_text
-from ebmtool.errors import InputError
+matplotlib.use("Agg")  # before pyplot is imported: figures are files, no display is needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ebmtool.artifacts import atomic_path, write_text  # noqa: E402
+from ebmtool.errors import InputError  # noqa: E402
 
 DPI = 120
 FIGURE_FORMATS = ("png", "pdf", "svg")  # the first is the default
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt
 
 

@@ -77,6 +77,7 @@ class Task(abc.ABC):
     sampler (SamplerSettings), higher_is_better (the primary metric's direction).
     """
 
+    size_unit: str | None = None  # what --size counts ("matrix" side, graph "nodes"); None: fixed size
     path: str = ""  # the data file of a user task ("" for built-in tasks)
     has_mask: bool = False  # some entries of y are given (Sudoku's clues): imposed while sampling, not learnt
     needs_fixed_training_set: bool = False  # problems are generated once (--train-size > 0), never per step

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from tqdm import tqdm
+from ebmtool import distributed
 
 
 def progress_bar(total: int | None = None, *, desc: str, unit: str = "it", initial: int = 0, **kw) -> tqdm:
@@ -17,8 +18,6 @@ def progress_bar(total: int | None = None, *, desc: str, unit: str = "it", initi
 
     Use it as a context manager and call `.update(n)`; a disabled bar accepts the same calls and does nothing.
     """
-    from ebmtool import distributed
-
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                 disable=None if distributed.is_main() else True, **kw)
 

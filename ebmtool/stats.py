@@ -25,12 +25,11 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
 
 def _sps():
     """scipy.stats, imported on first use (it costs half a second; the command line imports this module)."""
-    from scipy import stats
-
     return stats
 
 EXACT_MAX = 16  # up to 2^16 = 65,536 sign patterns: enumerate them all
@@ -162,7 +161,6 @@ def verdict(ci_low: float, ci_high: float, p_adjusted: float, *, direction: str 
 @dataclass
 class PairedResult:
     """One variant against the baseline over the same problems."""
-
     n: int
     mean_baseline: float
     mean_variant: float

@@ -1,7 +1,6 @@
 """`report`: one Markdown page over a whole study, built only from the files the study left behind.
 
 A study trains TASKS x ARMS x SEEDS and compares the arms of each task with `ebmtool compare --json-file`:
-
     STUDY/<task>/<arm>/s<seed>/ckpt.safetensors, metrics.h5
     STUDY/<task>/compare-<split>-<weights>.json, .md       split in SPLITS, weights in WEIGHTS
     STUDY/<task>/figures-<split>-<weights>/*.png
@@ -26,6 +25,7 @@ from ebmtool.artifacts import atomic_path, open_h5
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.reporting import fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
+from scipy import stats
 
 SPLITS = ("test", "harder")
 WEIGHTS = ("model", "ema")
@@ -48,7 +48,6 @@ def num(v) -> str:
 @dataclass
 class RunInfo:
     """One training run: what its checkpoint and metrics.h5 say about cost and training health."""
-
     arm: str
     seed: int
     step: int
@@ -193,7 +192,6 @@ def seed_ci(per_seed, confidence: float) -> tuple[float | None, float | None]:
     a = np.asarray(per_seed, dtype=np.float64)
     if a.size < 2:
         return None, None
-    from scipy import stats  # imported here: the command line imports this module, scipy costs half a second
 
     half = float(stats.t.ppf(0.5 + confidence / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
     return float(a.mean()) - half, float(a.mean()) + half

@@ -13,6 +13,7 @@ from ebmtool.artifacts import read_dataset
 from ebmtool.diffusion import SamplerSettings, cosine_schedule
 from ebmtool.discrete.tasks import get_discrete_task
 from ebmtool.errors import InputError
+from ebmtool.models import DEFAULT_WIDTH
 from ebmtool.problems import EVAL_SEED, PURPOSES, SPLITS, Problems, Task, split_seed, stream  # noqa: F401
 
 DISCRETE_TASK_NAMES = ("sudoku", "connectivity", "connectivity-2", "shortest-path")  # ebmtool.discrete.tasks
@@ -25,6 +26,7 @@ class ContinuousTask(Task):
     name: str
     size: int = 20
     metric: str = "mse"
+    size_unit = "matrix"  # --size: the matrix side
     energy_weight: float = 0.5  # λ of the energy-landscape term, the reference value
     sampler: SamplerSettings = SamplerSettings()
     higher_is_better: bool = False  # the primary metric is an error
@@ -53,7 +55,8 @@ class ContinuousTask(Task):
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
         if blocks is not None:
             raise InputError("--blocks applies to the discrete tasks' networks; the MLP has a fixed depth")
-        return {"arch": "mlp", "x_dim": self.x_dim, "y_dim": self.y_dim, "width": width or 512, "time_dim": time_dim}
+        return {"arch": "mlp", "x_dim": self.x_dim, "y_dim": self.y_dim, "width": width or DEFAULT_WIDTH,
+                "time_dim": time_dim}
 
     def metrics(self, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
         """`mse` of y_hat and `mse_ref_scaled`, the mse of sqrt(ab_0) * y_hat (the reference's reporting)."""

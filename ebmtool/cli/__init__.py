@@ -7,11 +7,14 @@ torchrun's error file, so that torchrun's end-of-job summary names it (messages 
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import click
+from torch.distributed.elastic.multiprocessing.errors import record
 
-from ebmtool import __version__
+from ebmtool import __version__, distributed
 from ebmtool.errors import EbmtoolError, RunError
 
 
@@ -22,8 +25,6 @@ class EbmtoolGroup(click.Group):
         except EbmtoolError as exc:
             if ctx.params.get("debug"):
                 raise
-            from ebmtool import distributed
-
             if distributed.active():  # under torchrun
                 if exc.every_process:
                     # every process raised it at the same point: process 0 says it once, and nobody exits before
@@ -80,8 +81,6 @@ def record_for_torchrun(exc: BaseException) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not (under_torchrun() and path):
         return
-    import json
-    import time
 
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
     try:
@@ -96,8 +95,6 @@ def main():
     `record` (torch.distributed.elastic.multiprocessing.errors), which writes an unhandled exception to torchrun's
     error file; exit codes and messages are those of a run without torchrun."""
     if under_torchrun():
-        from torch.distributed.elastic.multiprocessing.errors import record
-
         record(_run)()
     else:
         _run()
@@ -107,6 +104,6 @@ def _run():
     cli(prog_name="ebmtool")
 
 
-from ebmtool.cli import compare, core, negatives, study  # noqa: E402,F401  (registers the commands)
+from ebmtool.cli import compare, core, data, negatives, study  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["cli", "main"]

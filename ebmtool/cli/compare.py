@@ -6,13 +6,25 @@ from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import check_output
+from ebmtool.arms import named_arms
+from ebmtool.artifacts import check_output, write_json, write_text
 from ebmtool.cli import cli
-from ebmtool.cli.common import device_option, json_option, log, overwrite_option, print_json, say, table
+from ebmtool.cli.common import (
+    device_option,
+    json_option,
+    log,
+    overwrite_option,
+    print_json,
+    say,
+    table,
+)
 from ebmtool.compare import DEFAULT_SEED
+from ebmtool.compare import compare as run_compare
+from ebmtool.devices import resolve_device
 from ebmtool.errors import RunError
 from ebmtool.evaluate import WEIGHTS
-from ebmtool.plots import FIGURE_FORMATS
+from ebmtool.plots import FIGURE_FORMATS, check_plot_dir, write_all
+from ebmtool.reporting import fmt_number, format_markdown, summary_lines
 
 
 def _parse_group(ctx, param, values):
@@ -87,12 +99,6 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
       ebmtool compare --group base='runs/base/seed-*' --group noenergy='runs/noenergy/seed-*' \\
           --plot figs --markdown-file cmp.md --json-file cmp.json
     """
-    from ebmtool.artifacts import write_json, write_text
-    from ebmtool.compare import compare as run_compare
-    from ebmtool.reporting import format_markdown
-    from ebmtool.arms import named_arms
-    from ebmtool.devices import resolve_device
-
     if not checkpoints and not groups:
         raise click.UsageError("give checkpoints (or run directories) to compare, or --group NAME=PATHS")
     arms = named_arms(checkpoints, groups)
@@ -101,8 +107,6 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
         if out is not None:
             check_output(out, overwrite, inputs=inputs)
     if plot_dir is not None:
-        from ebmtool.plots import check_plot_dir
-
         check_plot_dir(plot_dir, overwrite)
     report, extras = run_compare(arms, baseline=baseline, n=n, harder=harder, data=data, weights=weights,
                                  confidence=confidence, n_boot=n_boot, n_perm=n_perm, seed=seed,
@@ -118,8 +122,6 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
     if md_file is not None:
         say(f"wrote {write_text(md_file, format_markdown(report))}", as_json)
     if plot_dir is not None:
-        from ebmtool.plots import write_all
-
         for p in write_all(report, extras, plot_dir, fmt=plot_format):
             say(f"wrote {p}", as_json)
     if report["identical_replicates"] and not allow_identical:
@@ -129,8 +131,6 @@ def compare(checkpoints, groups, baseline, declared, n, harder, data, weights, c
 
 def format_text(report: dict) -> str:
     """The report as plain text tables for stdout."""
-    from ebmtool.reporting import fmt_number, summary_lines
-
     rows = summary_lines(report)
     desc = report["problems"]
     where = desc.get("task", desc.get("data"))

@@ -1,104 +1,63 @@
-"""Core commands: data, train, eval, info."""
+"""Core commands: train, eval, info."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import check_output, provenance, sha256_file, write_dataset, write_evaluation
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool import distributed
+from ebmtool.artifacts import (
+    check_output,
+    sha256_file,
+    write_evaluation,
+)
+from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
-    checkpoint_argument, device_option, json_option, log, overwrite_option, precision_option, print_json, seed_option,
+    checkpoint_argument,
+    device_option,
+    json_option,
+    log,
+    overwrite_option,
+    precision_option,
+    print_json,
+    seed_option,
     table,
 )
-from ebmtool.cli.defaults import TRAIN_DEFAULTS, per_task, task_blocks, task_width, train_default
+from ebmtool.cli.defaults import (
+    TRAIN_DEFAULTS,
+    per_task,
+    task_blocks,
+    task_width,
+    train_default,
+)
+from ebmtool.compute import parse_flops
+from ebmtool.config import (
+    IRED_FIELDS,
+    NO_STEP_CAP,
+    RECIPES,
+    TrainConfig,
+    first_difference,
+    flag_name,
+    resume_overrides,
+)
+from ebmtool.curriculum import sources_of
+from ebmtool.devices import PRECISIONS, resolve_device
 from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.errors import InputError
-from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES
+from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint
+from ebmtool.info import describe, format_description
 from ebmtool.negatives import CLAMP_MODES
+from ebmtool.negatives_file import negatives_k
 from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
-from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, get_task
-from ebmtool.config import RECIPES
+from ebmtool.tasks import DISCRETE_TASK_NAMES, TASK_NAMES
+from ebmtool.training.loop import train as run_training
+from ebmtool.training.state import checkpoint_compute, run_is_complete
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
-
-
-# ------------------------------------------------------------------------------------------------ data
-
-@cli.command()
-@click.argument("task", type=click.Choice(TASK_NAMES))
-@click.option("-n", "n", type=click.IntRange(min=1), default=1024, show_default=True, help="Number of problems.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="HDF5 file to write.")
-@click.option("--size", type=click.IntRange(min=2), default=None,
-              show_default=f"{CONTINUOUS_SIZE} for continuous tasks; graph nodes "
-              + per_task(lambda t: t.size if t.discrete and t.name != "sudoku" else None),
-              help="Matrix size of continuous tasks (the paper uses 20); node count of graph tasks; Sudoku is 9x9.")
-@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True,
-              help="train draws from --seed; val and test are the fixed evaluation sets every model shares.")
-@click.option("--harder", is_flag=True, help="The out-of-distribution variant of the task.")
-@seed_option("Seed of a train split; drawn and recorded when not given (val/test use their fixed seed).")
-@click.option("--from", "source", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="sudoku only: convert puzzles you have on disk instead of generating them: an RRN/Kaggle CSV "
-              "(rows quiz,solution) or SAT-Net features.npy (with --labels).")
-@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="With --from features.npy: the SAT-Net solutions (labels.npy).")
-@overwrite_option
-@click.pass_context
-def data(ctx, task, n, output, size, split, harder, seed, source, labels, overwrite):
-    """Write a data set of a built-in task to HDF5 (`inputs`, `targets`, provenance).
-
-    Examples: ebmtool data inverse -n 4096 --size 8 -o train.h5
-              ebmtool data sudoku --from sudoku-hard.csv -o rrn-hard.h5
-    """
-    check_output(output, overwrite, inputs=tuple(p for p in (source, labels) if p is not None))
-    if source is not None or labels is not None:
-        return _data_from_files(ctx, task, n, output, split, source, labels)
-    if split == "train" and seed is None:
-        import secrets
-
-        seed = secrets.randbelow(2**31)
-    t = get_task(task, size if size is not None or task in DISCRETE_TASK_NAMES else CONTINUOUS_SIZE)
-    if t.discrete:
-        problems = t.generate(n, split, seed=seed, harder=harder, size=size if harder else None)
-    else:
-        problems = t.generate(n, split, seed=seed, harder=harder)
-    size = problems.description["size"]
-    prov = provenance("data", {"task": task, "size": size, "split": split, "harder": harder, "n": n,
-                               "seed": problems.description["seed"]}, data=problems.description)
-    write_dataset(output, problems, {"task": task, "size": size, "split": split, "harder": harder, "n": n,
-                                     "seed": problems.description["seed"]}, prov)
-    label = f"{task} ({size} nodes)" if t.discrete and task != "sudoku" else t.label
-    click.echo(f"wrote {n} {label} problems ({split}{', harder' if harder else ''}, seed "
-               f"{problems.description['seed']}) to {output}")
-
-
-def _data_from_files(ctx, task, n, output, split, source, labels):
-    """`data sudoku --from FILE`: the user's puzzles in the dataset layout that train/eval/compare read."""
-    from ebmtool.discrete import sudoku
-    from ebmtool.tasks import Problems
-
-    if source is None:
-        raise InputError("--labels goes with --from features.npy")
-    if task != "sudoku":
-        raise InputError(f"--from converts Sudoku files; {task} data is generated (leave out --from)")
-    given = [name for name in ("size", "harder", "seed") if ctx.get_parameter_source(name).name == "COMMANDLINE"]
-    if given:
-        raise InputError(f"--{given[0]} does not apply to --from: the file decides the puzzles")
-    x, y, mask, desc = sudoku.problems_from_files(source, labels)
-    if ctx.get_parameter_source("n").name == "COMMANDLINE":
-        x, y, mask = x[:n], y[:n], mask[:n]
-    desc.update(n=int(len(x)), split=split)
-    problems = Problems(x, y, mask, desc)
-    prov = provenance("data", {"task": task, "size": 9, "split": split, "from": str(source),
-                               "labels": str(labels) if labels else None, "n": len(x)},
-                      inputs={"source": source, **({"labels": labels} if labels else {})}, data=desc)
-    write_dataset(output, problems, {"task": task, "size": 9, "split": split, "harder": False, "n": len(x), "seed": -1,
-                                     "source": str(source)}, prov)
-    click.echo(f"wrote {len(x)} sudoku 9x9 problems from {source} (givens {desc['givens_min']}-{desc['givens_max']}) "
-               f"to {output}")
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -247,34 +206,10 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
       ebmtool train --steps 300 -o runs/quick
       ebmtool train --anm --k 4 --budget-of runs/quick -o runs/anm      (the same compute as runs/quick)
     """
-    from ebmtool import distributed
-    from ebmtool.checkpoints import resolve_checkpoint_path
-    from ebmtool.config import MINING_FIELDS, TrainConfig, flag_name
-    from ebmtool.training.loop import train as run_training
-
     distributed.init_from_env()  # under torchrun: join the other processes (a no-op otherwise)
     if seeds is not None:
         return _train_seeds(ctx, seeds, output)
-    given = {k: v for k, v in flags.items() if v is not None}
-    given.update(_budget_flags(budget, budget_of, given))
-    force = bool(given.pop("force", False))
-    for name in ("offline_negatives", "offline_weights"):
-        if name in given:
-            given[name] = str(given[name])
-    if "offline_negatives" in given and "k" not in given and resume is None:
-        from ebmtool.artifacts import open_h5
-
-        with open_h5(Path(given["offline_negatives"]), "negatives") as f:
-            given["k"] = int(f["negatives"].shape[1])
-    if given.pop("anm", None):
-        if "negatives" in given or "curriculum" in given:
-            raise InputError("--anm is shorthand for --negatives-from anm; give one of --anm, --negatives-from, "
-                             "--curriculum")
-        given["negatives"] = "anm"
-    mining = sorted(set(given) & set(MINING_FIELDS))
-    if given.get("supervise_energy") is False and mining:
-        raise InputError(f"--{flag_name(mining[0])} has no effect without energy supervision (--no-supervise-energy): "
-                         "negatives are only used by the energy term")
+    given, force = _given_flags(flags, budget, budget_of, resume)
     if autoresume:
         if resume is not None or output is None:
             raise InputError("--autoresume takes the run directory from -o DIR (and excludes --resume)")
@@ -294,7 +229,6 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
         if ctx.get_parameter_source("recipe").name == "COMMANDLINE" and recipe != stored.recipe:
             raise InputError(f"--recipe {recipe} differs from the run's {stored.recipe}: a resumed run keeps its "
                              "configuration (start a new run with --init to change it)")
-        from ebmtool.config import resume_overrides
 
         given = resume_overrides(stored, {k: v for k, v in given.items() if k not in ("init", "init_sha256")})
         output = resume.parent
@@ -324,12 +258,27 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
                    f"{result.config['val_size']} problems")
 
 
+def _given_flags(flags: dict, budget, budget_of, resume) -> tuple[dict, bool]:
+    """The TrainConfig fields the command line gives (shorthands expanded, paths as strings), and --force.
+    Their validation is TrainConfig's."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    given.update(_budget_flags(budget, budget_of, given))
+    force = bool(given.pop("force", False))
+    for name in ("offline_negatives", "offline_weights"):
+        if name in given:
+            given[name] = str(given[name])
+    if "offline_negatives" in given and "k" not in given and resume is None:
+        given["k"] = negatives_k(Path(given["offline_negatives"]))  # K follows the file unless given
+    if given.pop("anm", None):
+        if "negatives" in given or "curriculum" in given:
+            raise InputError("--anm is shorthand for --negatives-from anm; give one of --anm, --negatives-from, "
+                             "--curriculum")
+        given["negatives"] = "anm"
+    return given, force
+
+
 def _new_config(recipe: str, init, given: dict):
     """The configuration of a new run from its recipe and the flags given (not yet resolved)."""
-    from ebmtool.checkpoints import resolve_checkpoint_path
-    from ebmtool.curriculum import sources_of
-    from ebmtool.config import IRED_FIELDS, RECIPES, TrainConfig, flag_name
-
     values = {**RECIPES[recipe], **given, "recipe": recipe}
     if values.get("task") in DISCRETE_TASK_NAMES and "size" not in given:
         values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
@@ -348,11 +297,6 @@ def _new_config(recipe: str, init, given: dict):
 
 def _budget_flags(budget, budget_of, given: dict) -> dict:
     """--budget FLOPS / --budget-of RUN as config fields; a budgeted run without --steps has no step cap."""
-    from ebmtool.checkpoints import resolve_checkpoint_path
-    from ebmtool.compute import parse_flops
-    from ebmtool.config import NO_STEP_CAP
-    from ebmtool.training.state import checkpoint_compute
-
     if budget is None and budget_of is None:
         return {}
     if budget is not None and budget_of is not None:
@@ -374,11 +318,8 @@ def _budget_flags(budget, budget_of, given: dict) -> dict:
 def _autoresume_target(ctx, recipe: str, init, output: Path, given: dict):
     """--autoresume: None (start a new run), "complete" (nothing to do) or the checkpoint to continue; a run of
     another configuration in OUTPUT is refused, naming the first difference."""
-    import dataclasses
 
-    from ebmtool.config import TrainConfig, flag_name, first_difference
 
-    from ebmtool.training.state import run_is_complete
 
     ckpt_path = Path(output) / "ckpt.safetensors"
     if not ckpt_path.exists():
@@ -412,7 +353,6 @@ def _train_seeds(ctx, seeds: str, output):
         raise InputError("--seeds starts new runs; resume each one with --resume OUTPUT/seed-<s>")
     if output is None:
         raise InputError("--seeds needs -o OUTPUT (runs go to OUTPUT/seed-<s>/)")
-    from ebmtool import distributed
 
     for s in values:
         if distributed.is_main():
@@ -445,9 +385,6 @@ def eval_cmd(checkpoint, data, split, harder, n, weights, batch_size, device, pr
 
     Never changes the checkpoint. Example: ebmtool eval runs/demo/ckpt.safetensors --harder
     """
-    from ebmtool.devices import PRECISIONS, resolve_device
-    from ebmtool.evaluate import evaluate_checkpoint
-
     if output is not None:
         check_output(output, overwrite, inputs=(checkpoint, data))
     ev = evaluate_checkpoint(checkpoint, data=data, split=split, harder=harder, n=n, weights=weights,
@@ -472,16 +409,12 @@ def format_evaluation(ev, harder: bool) -> str:
     where = desc.get("task", desc.get("data"))
     out = [f"checkpoint  {rep['checkpoint']} (step {rep['step']}, sha256 {rep['sha256'][:12]})",
            f"problems    {where}, {desc.get('split', '')}{' harder' if harder else ''}, {len(ev.problems)} problems"]
-    if getattr(task, "discrete", False):
-        cols = [task.metric] + sorted(k for k in next(iter(results.values())) if k != task.metric)
-        rows = [[f"model ({w} weights)", *(r[c] for c in cols)] for w, r in results.items()]
-        rows += [[f"baseline: {k}", v, *([""] * (len(cols) - 1))] for k, v in baselines.items()]
-        out += [table(rows, ["", *cols]), f"({seconds:.1f} s; {task.metric} is the primary metric, higher is better)"]
-        return "\n".join(out)
-    rows = [[f"model ({w} weights)", r["mse"], r["mse_ref_scaled"]] for w, r in results.items()]
-    rows += [[f"baseline: {k}", v, ""] for k, v in baselines.items()]
-    out += [table(rows, ["", "mse", "mse_ref_scaled"]),
-            f"({seconds:.1f} s; mse_ref_scaled = mse of 0.986*y_hat, the reference's reporting)"]
+    cols = [task.metric] + sorted(k for k in next(iter(results.values())) if k != task.metric)
+    rows = [[f"model ({w} weights)", *(r[c] for c in cols)] for w, r in results.items()]
+    rows += [[f"baseline: {k}", v, *([""] * (len(cols) - 1))] for k, v in baselines.items()]
+    note = "mse_ref_scaled = mse of 0.986*y_hat, the reference's reporting" if "mse_ref_scaled" in cols else \
+        f"{task.metric} is the primary metric, {'higher' if task.higher_is_better else 'lower'} is better"
+    out += [table(rows, ["", *cols]), f"({seconds:.1f} s; {note})"]
     return "\n".join(out)
 
 
@@ -495,8 +428,6 @@ def info(file, as_json):
 
     Example: ebmtool info runs/demo/metrics.h5
     """
-    from ebmtool.info import describe, format_description
-
     d = describe(file)
     if as_json:
         print_json(d)

@@ -10,11 +10,10 @@ Per-task defaults (sizes, widths, energy weights) come from the tasks themselves
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
+from ebmtool.config import TrainConfig
 from ebmtool.confounds import unset_defaults
 from ebmtool.tasks import TASK_NAMES, get_task
-from ebmtool.config import TrainConfig
 
 
 def _train_defaults() -> dict:
@@ -41,17 +40,9 @@ def per_task(value_of, tasks=TASK_NAMES) -> str:
     return "; ".join(f"{v}: {', '.join(names)}" for v, names in groups.items())
 
 
-def _mlp_width() -> int:
-    from ebmtool.models import EnergyMLP
-
-    return inspect.signature(EnergyMLP).parameters["width"].default
-
-
 def task_width(task) -> int:
     """The reference network width of a task: the MLP's for continuous tasks, Sudoku CNN channels, graph hidden
     size."""
-    if not task.discrete:
-        return _mlp_width()
     dims = task.model_dims(None, None)
     return dims.get("width", dims.get("hidden"))
 
@@ -59,7 +50,5 @@ def task_width(task) -> int:
 def task_blocks(task) -> int | None:
     """The reference depth of a discrete task's network (Sudoku residual blocks, connectivity layers); None where
     --blocks does not apply."""
-    if not task.discrete or task.name == "shortest-path":
-        return None
-    dims = task.model_dims(None, None)
+    dims = task.model_dims(None, None)  # continuous tasks and shortest-path have no depth to set
     return dims.get("blocks", dims.get("depth"))

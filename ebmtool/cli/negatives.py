@@ -7,20 +7,37 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ebmtool import distributed
 from ebmtool.artifacts import check_output, open_h5
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
-    checkpoint_argument, device_option, json_option, log, overwrite_option, print_json, table,
+    checkpoint_argument,
+    device_option,
+    json_option,
+    log,
+    overwrite_option,
+    print_json,
+    table,
 )
+from ebmtool.devices import resolve_device
 from ebmtool.errors import InputError
 from ebmtool.evaluate import WEIGHTS
-from ebmtool.mining import SELECT
+from ebmtool.mining import (
+    SELECT,
+    SUMMARY_HEADER,
+    MineOptions,
+    compute_weights,
+    energy_summary,
+    finished_partial,
+    mine,
+    score,
+    write_scores,
+    write_weights,
+)
 from ebmtool.sans import ALPHA_SCHEDULES, DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 
 
 def _device(name):
-    from ebmtool.devices import resolve_device
-
     return resolve_device(name)
 
 
@@ -66,9 +83,6 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
     A killed run leaves OUTPUT.partial (crash-safe); rerunning with the same options continues it.
     Example: ebmtool mine-negatives runs/base/ckpt.safetensors --k 4 -o negs.h5
     """
-    from ebmtool import distributed
-    from ebmtool.mining import MineOptions, energy_summary, finished_partial, mine, SUMMARY_HEADER
-
     distributed.init_from_env()  # under torchrun: the batches are shared out, process 0 writes the file
     # a rerun of a mine killed after its file was in place (while removing OUTPUT.partial) only finishes that
     check_output(output, overwrite or finished_partial(output), inputs=(checkpoint, data))
@@ -122,9 +136,6 @@ def score_cmd(checkpoint, negatives, output, levels, weights, batch_size, device
 
     Example: ebmtool score runs/base/ckpt.safetensors negs.h5 -o scores.h5
     """
-    from ebmtool import distributed
-    from ebmtool.mining import SUMMARY_HEADER, energy_summary, score, write_scores
-
     distributed.init_from_env()  # under torchrun: rows are shared out, process 0 writes the file
     check_output(output, overwrite, inputs=(checkpoint, negatives))
     distributed.barrier()  # every process has checked the output before process 0 can write it
@@ -173,8 +184,6 @@ def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, as_json, ove
 
     Example: ebmtool weights scores.h5 -o weights.h5
     """
-    from ebmtool.mining import compute_weights, write_weights
-
     if alpha_floor is not None and alpha_schedule != "linear":
         raise InputError("--alpha-floor is only used by --alpha-schedule linear")
     check_output(output, overwrite, inputs=(scores,))

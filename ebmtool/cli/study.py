@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ebmtool.cli import cli
-from ebmtool.study import WEIGHTS
+from ebmtool.study import WEIGHTS, write_report
 
 
 @cli.command()
@@ -21,6 +21,4 @@ def report(study_dir, verdict_weights):
 
     Trains and evaluates nothing. Example: ebmtool report studies/negatives
     """
-    from ebmtool.study import write_report
-
     click.echo(f"wrote {write_report(study_dir, weights_for_verdicts=verdict_weights)}")

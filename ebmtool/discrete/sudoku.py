@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ebmtool.errors import InputError
+from ebmtool.progress import progress_bar
 
 CELLS = 81
 DIGITS = 9
@@ -118,8 +119,6 @@ def count_solutions(board, limit: int = 2, forbid: tuple[int, int] | None = None
 def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
     """n complete valid grids (n, 81): the three diagonal boxes (independent of each other) are drawn as random
     permutations, the rest is filled by DFS with a random digit order."""
-    from ebmtool.progress import progress_bar
-
     out = np.zeros((n, CELLS), dtype=np.int8)
     py = _PyRandom(rng)
     diag = [np.flatnonzero(_BOX == b) for b in (0, 4, 8)]
@@ -139,7 +138,6 @@ def random_grids(n: int, rng: np.random.Generator) -> np.ndarray:
 
 class _PyRandom:
     """list shuffles drawn from a NumPy generator, so grids depend only on the seeded stream."""
-
     def __init__(self, rng):
         self.rng = rng
 
@@ -198,8 +196,6 @@ def generate(n: int, rng: np.random.Generator, givens: tuple[int, int] = GIVENS_
     every unfinished puzzle and keeps the removal if the puzzle stays uniquely solvable. Progress: two bars on a
     terminal's stderr (grids, then cell removal rounds).
     """
-    from ebmtool.progress import progress_bar
-
     solutions = random_grids(n, rng)
     target = rng.integers(givens[0], givens[1] + 1, size=n)
     order = np.argsort(rng.random((n, CELLS)), axis=1)

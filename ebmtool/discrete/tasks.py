@@ -54,6 +54,10 @@ class DiscreteTask(Task):
         return "sudoku 9x9" if self.name == "sudoku" else f"{self.name} ({self.size} nodes)"
 
     @property
+    def size_unit(self) -> str | None:
+        return None if self.name == "sudoku" else "nodes"  # Sudoku is always 9x9
+
+    @property
     def has_mask(self) -> bool:
         return self.name == "sudoku"  # the clues are given
 

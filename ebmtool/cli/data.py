@@ -1,0 +1,98 @@
+"""`ebmtool data`: a task's problems as an HDF5 dataset (generated, or Sudoku puzzles from the user's files)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import click
+
+from ebmtool.artifacts import (
+    check_output,
+    provenance,
+    write_dataset,
+)
+from ebmtool.cli import cli
+from ebmtool.cli.common import (
+    overwrite_option,
+    seed_option,
+)
+from ebmtool.cli.defaults import (
+    TRAIN_DEFAULTS,
+    per_task,
+)
+from ebmtool.config import (
+    RECIPES,
+)
+from ebmtool.discrete import sudoku
+from ebmtool.errors import InputError
+from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, Problems, get_task
+
+CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+@cli.command()
+@click.argument("task", type=click.Choice(TASK_NAMES))
+@click.option("-n", "n", type=click.IntRange(min=1), default=1024, show_default=True, help="Number of problems.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="HDF5 file to write.")
+@click.option("--size", type=click.IntRange(min=2), default=None,
+              show_default=f"{CONTINUOUS_SIZE} for continuous tasks; graph nodes "
+              + per_task(lambda t: t.size if t.size_unit == "nodes" else None),
+              help="Matrix size of continuous tasks (the paper uses 20); node count of graph tasks; Sudoku is 9x9.")
+@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True,
+              help="train draws from --seed; val and test are the fixed evaluation sets every model shares.")
+@click.option("--harder", is_flag=True, help="The out-of-distribution variant of the task.")
+@seed_option("Seed of a train split; drawn and recorded when not given (val/test use their fixed seed).")
+@click.option("--from", "source", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="sudoku only: convert puzzles you have on disk instead of generating them: an RRN/Kaggle CSV "
+              "(rows quiz,solution) or SAT-Net features.npy (with --labels).")
+@click.option("--labels", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --from features.npy: the SAT-Net solutions (labels.npy).")
+@overwrite_option
+@click.pass_context
+def data(ctx, task, n, output, size, split, harder, seed, source, labels, overwrite):
+    """Write a data set of a built-in task to HDF5 (`inputs`, `targets`, provenance).
+
+    Examples: ebmtool data inverse -n 4096 --size 8 -o train.h5
+              ebmtool data sudoku --from sudoku-hard.csv -o rrn-hard.h5
+    """
+    check_output(output, overwrite, inputs=tuple(p for p in (source, labels) if p is not None))
+    if source is not None or labels is not None:
+        return _data_from_files(ctx, task, n, output, split, source, labels)
+    if split == "train" and seed is None:
+        seed = secrets.randbelow(2**31)
+    t = get_task(task, size if size is not None or task in DISCRETE_TASK_NAMES else CONTINUOUS_SIZE)
+    problems = t.generate(n, split, seed=seed, harder=harder, size=size if harder else None)
+    size = problems.description["size"]
+    prov = provenance("data", {"task": task, "size": size, "split": split, "harder": harder, "n": n,
+                               "seed": problems.description["seed"]}, data=problems.description)
+    write_dataset(output, problems, {"task": task, "size": size, "split": split, "harder": harder, "n": n,
+                                     "seed": problems.description["seed"]}, prov)
+    label = f"{task} ({size} nodes)" if t.size_unit == "nodes" else t.label
+    click.echo(f"wrote {n} {label} problems ({split}{', harder' if harder else ''}, seed "
+               f"{problems.description['seed']}) to {output}")
+
+
+def _data_from_files(ctx, task, n, output, split, source, labels):
+    """`data sudoku --from FILE`: the user's puzzles in the dataset layout that train/eval/compare read."""
+    if source is None:
+        raise InputError("--labels goes with --from features.npy")
+    if task != "sudoku":
+        raise InputError(f"--from converts Sudoku files; {task} data is generated (leave out --from)")
+    given = [name for name in ("size", "harder", "seed") if ctx.get_parameter_source(name).name == "COMMANDLINE"]
+    if given:
+        raise InputError(f"--{given[0]} does not apply to --from: the file decides the puzzles")
+    x, y, mask, desc = sudoku.problems_from_files(source, labels)
+    if ctx.get_parameter_source("n").name == "COMMANDLINE":
+        x, y, mask = x[:n], y[:n], mask[:n]
+    desc.update(n=int(len(x)), split=split)
+    problems = Problems(x, y, mask, desc)
+    prov = provenance("data", {"task": task, "size": 9, "split": split, "from": str(source),
+                               "labels": str(labels) if labels else None, "n": len(x)},
+                      inputs={"source": source, **({"labels": labels} if labels else {})}, data=desc)
+    write_dataset(output, problems, {"task": task, "size": 9, "split": split, "harder": False, "n": len(x), "seed": -1,
+                                     "source": str(source)}, prov)
+    click.echo(f"wrote {len(x)} sudoku 9x9 problems from {source} (givens {desc['givens_min']}-{desc['givens_max']}) "
+               f"to {output}")

@@ -1,0 +1,62 @@
+"""The shape of the library, as docs/architecture.md states it: short functions, modules of one concern, imports
+at the top (the layer contract itself is checked by lint-imports in `make test`)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+LIBRARY = Path(__file__).parent.parent / "ebmtool"
+FILES = sorted(LIBRARY.rglob("*.py"))
+# the only import inside a function: an optional dependency, imported when its feature is asked for
+LAZY_ALLOWED = {("training/metrics.py", "torch.utils.tensorboard")}
+
+
+def _functions(tree):
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_functions_are_at_most_80_lines_and_modules_500(path):
+    tree = ast.parse(path.read_text())
+    long = [f"{f.name} ({f.end_lineno - f.lineno + 1} lines)" for f in _functions(tree)
+            if f.end_lineno - f.lineno + 1 > 80]
+    assert not long, f"{path.name}: {long}"
+    assert len(path.read_text().splitlines()) <= 500, path.name
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_imports_are_at_module_level(path):
+    rel = str(path.relative_to(LIBRARY))
+    lazy = []
+    for f in _functions(ast.parse(path.read_text())):
+        for node in ast.walk(f):
+            if isinstance(node, ast.ImportFrom):
+                lazy.append(node.module)
+            elif isinstance(node, ast.Import):
+                lazy += [a.name for a in node.names]
+    assert [m for m in lazy if (rel, m) not in LAZY_ALLOWED] == [], rel
+
+
+def test_no_private_name_is_imported_across_modules():
+    bad = []
+    for path in FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ebmtool"):
+                bad += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")
+                        and not a.name.startswith("__")]
+    assert bad == []
+
+
+def test_tasks_are_only_asked_what_they_are_inside_the_task_modules():
+    task_modules = {"tasks.py", "problems.py", "discrete/tasks.py"}
+    bad = []
+    for path in FILES:
+        rel = str(path.relative_to(LIBRARY))
+        if rel in task_modules:
+            continue
+        text = path.read_text()
+        asks = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Attribute) and n.attr == "discrete"]
+        if asks or '"discrete"' in text or '"shortest-path"' in text:
+            bad.append(rel)
+    assert bad == []
