@@ -223,18 +223,18 @@ class TrainConfig:
             raise InputError("--sans with --k 1 weights one negative by a softmax over one value, which is always 1: "
                              "the run would equal the unweighted one; give --k 2 or more")
         self.alpha = sans_mod.DEFAULT_ALPHA if self.alpha is None else self.alpha
-        self.alpha_schedule = self.alpha_schedule or "constant"
-        self.sans_loss = self.sans_loss or "pairwise"
+        self.alpha_schedule = self.alpha_schedule or sans_mod.ALPHA_SCHEDULES[0]
+        self.sans_loss = self.sans_loss or sans_mod.DEFAULT_LOSS
         if self.sans_loss not in sans_mod.LOSS_FORMS:
             raise InputError(f"--sans-loss must be one of {', '.join(sans_mod.LOSS_FORMS)}")
         if self.alpha_schedule not in sans_mod.ALPHA_SCHEDULES:
             raise InputError(f"--alpha-schedule must be one of {', '.join(sans_mod.ALPHA_SCHEDULES)}")
         if self.sans_loss == "logistic":
-            self.margin = 9.0 if self.margin is None else self.margin  # PyKEEN's NSSALoss default
+            self.margin = sans_mod.DEFAULT_MARGIN if self.margin is None else self.margin
         elif self.margin is not None:
             raise InputError("--margin is only used by --sans-loss logistic")
         if self.alpha_schedule == "linear":
-            self.alpha_floor = 0.1 if self.alpha_floor is None else self.alpha_floor
+            self.alpha_floor = sans_mod.DEFAULT_ALPHA_FLOOR if self.alpha_floor is None else self.alpha_floor
         elif self.alpha_floor is not None:
             raise InputError("--alpha-floor is only used by --alpha-schedule linear")
         if self.alpha < 0 or (self.alpha_floor or 0) < 0:
@@ -290,6 +290,15 @@ SANS_FIELDS = ("alpha", "alpha_schedule", "alpha_floor", "sans_loss", "margin")
 def flag_name(name: str) -> str:
     """The command-line flag of a config field (without the leading dashes)."""
     return {"negatives": "negatives-from"}.get(name, name.replace("_", "-"))
+
+
+def check_given(given: dict) -> None:
+    """Flags given on the command line that the run would ignore are refused even at their default value:
+    a mining flag (--k 1 included) with --no-supervise-energy."""
+    mining = sorted(set(given) & set(MINING_FIELDS))
+    if given.get("supervise_energy") is False and mining:
+        raise InputError(f"--{flag_name(mining[0])} has no effect without energy supervision (--no-supervise-energy): "
+                         "negatives are only used by the energy term")
 
 
 def first_difference(stored: TrainConfig, new: TrainConfig) -> str | None:

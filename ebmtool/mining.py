@@ -39,6 +39,7 @@ from ebmtool.negatives import NegativeSettings, generate, renoise, rms
 from ebmtool import sans as sans_mod
 
 SELECT = ("top", "sample")
+SCORE_LEVELS = ("mined", "all")  # score at each negative's mined level, or at every level
 
 
 @dataclass(frozen=True)
@@ -333,8 +334,8 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: 
     """Energies of every positive and negative of a negatives file under `checkpoint` (same task), at the mined
     level (and at every level with levels='all'). Returns datasets and attributes of a scores file."""
     dist.init_from_env()
-    if levels not in ("mined", "all"):
-        raise InputError("--levels must be 'mined' or 'all'")
+    if levels not in SCORE_LEVELS:
+        raise InputError(f"--levels must be one of {', '.join(SCORE_LEVELS)}")
     ckpt = load_checkpoint(checkpoint)
     negs = read_negatives(negatives)
     a, attrs = negs["arrays"], negs["attrs"]

@@ -17,6 +17,8 @@ LOSS_FORMS = ("infonce", "pairwise", "logistic")
 ALPHA_SCHEDULES = ("constant", "linear")
 DEFAULT_ALPHA = 1.0  # the inverse temperature of `train --sans` and `weights` when none is given
 DEFAULT_ALPHA_FLOOR = 0.1  # the floor of the linear alpha schedule when none is given
+DEFAULT_LOSS = "pairwise"  # --sans-loss when none is given
+DEFAULT_MARGIN = 9.0  # --margin of the logistic form when none is given (PyKEEN's NSSALoss default)
 
 
 def alpha_at(t: torch.Tensor, alpha: float, schedule: str = "constant", floor: float = 0.1,

@@ -36,6 +36,8 @@ from ebmtool.cli.defaults import (
 )
 from ebmtool.compute import parse_flops
 from ebmtool.config import (
+    ON_NAN,
+    check_given,
     IRED_FIELDS,
     NO_STEP_CAP,
     RECIPES,
@@ -181,7 +183,7 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
               "(0 = only the latest, OUTPUT/ckpt.safetensors).", show_default=train_default("keep"))
 @click.option("--val-size", type=click.IntRange(min=0), default=None, show_default=train_default("val_size"),
               help="Validation problems.")
-@click.option("--on-nan", type=click.Choice(["stop", "skip"]), default=None,
+@click.option("--on-nan", type=click.Choice(ON_NAN), default=None,
               show_default=train_default("on_nan"),
               help="A non-finite loss stops the run or skips the batch (counted in metrics).")
 @click.option("--device", default=None, show_default=train_default("device"),
@@ -274,6 +276,7 @@ def _given_flags(flags: dict, budget, budget_of, resume) -> tuple[dict, bool]:
             raise InputError("--anm is shorthand for --negatives-from anm; give one of --anm, --negatives-from, "
                              "--curriculum")
         given["negatives"] = "anm"
+    check_given(given)
     return given, force
 
 
