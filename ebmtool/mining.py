@@ -15,13 +15,11 @@ every negative exactly as the miner did, and scoring with the mining checkpoint 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ebmtool.negatives_file import PartialNegatives, read_negatives
 from ebmtool.checkpoints import load_checkpoint
@@ -29,6 +27,7 @@ from ebmtool.artifacts import open_h5, provenance, read_dataset, sha256_file, wr
 from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
 from ebmtool import distributed as dist
 from ebmtool import rng
+from ebmtool.progress import progress_bar
 from ebmtool.evaluate import checkpoint_task, load_model
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
@@ -250,7 +249,7 @@ def _mine_rows(store, state, ckpt, checkpoint, output, task, problems, fingerpri
     starts = list(range(done, n, opts.batch_size))
     if max_batches is not None:
         starts = starts[:max_batches]
-    bar = tqdm(total=n, initial=done, desc="mine", unit="problem", file=sys.stderr, disable=None) if main else None
+    bar = progress_bar(n, initial=done, desc="mine", unit="problem") if main else None
     try:
         for r in range(0, len(starts), world):
             mine_start = starts[r + rank] if r + rank < len(starts) else None
@@ -354,7 +353,7 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: 
     e_pos, e_neg = np.empty(m, np.float32), np.empty((m, k), np.float32)
     all_pos = np.empty((m, sched.levels), np.float32) if levels == "all" else None
     all_neg = np.empty((m, k, sched.levels), np.float32) if levels == "all" else None
-    bar = tqdm(total=n, desc="score", unit="problem", file=sys.stderr, disable=None if dist.is_main() else True)
+    bar = progress_bar(n, desc="score", unit="problem")
     for s in starts[lo:hi]:
         sl = slice(s, min(n, s + batch_size))
         out = slice(sl.start - r0, sl.stop - r0)

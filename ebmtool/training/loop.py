@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ebmtool import __version__
 from ebmtool import distributed as dist
 from ebmtool.checkpoints import Checkpoint, load_checkpoint
@@ -37,6 +35,7 @@ from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError, Interrupted, RunError
 from ebmtool.evaluate import evaluate_model
 from ebmtool.offline import OfflineNegatives
+from ebmtool.progress import progress_bar
 from ebmtool.training.diagnostics import nanmean
 from ebmtool.training.losses import Objective
 from ebmtool.training.metrics import (
@@ -287,8 +286,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     st = start_run(cfg, out_dir, resume, overrides, force, log)
     cfg, data = st.cfg, st.data
     announce(st, out_dir, log)
-    bar = tqdm(total=cfg.steps if cfg.budget_flops is None else None, initial=st.step, desc="train",
-               file=sys.stderr, disable=None if main else True, dynamic_ncols=True)
+    bar = progress_bar(cfg.steps if cfg.budget_flops is None else None, initial=st.step, desc="train", unit="step")
     with RunLock(out_dir) if main else contextlib.nullcontext(), StopFlag() as stop, \
             RowLogger(st, out_dir, bar, tensorboard) as rows:
         while not finished(st):
