@@ -1,19 +1,27 @@
 """The negatives file of `ebmtool mine-negatives`: its reader, and the crash-safe partial state it is built in."""
 
 from __future__ import annotations
+
 import hashlib
+import io
 import json
 import os
+import signal
 from pathlib import Path
+
 import h5py
 import numpy as np
-from ebmtool import FORMAT_VERSION, __version__
-from ebmtool.errors import InputError, RunError
 
-from ebmtool.artifacts import USERBLOCK, finalize_h5, open_h5, read_provenance, sha256_file
-import signal
-import io
-import fcntl
+from ebmtool import FORMAT_VERSION, __version__
+from ebmtool.artifacts import (
+    USERBLOCK,
+    finalize_h5,
+    open_h5,
+    read_provenance,
+    sha256_file,
+)
+from ebmtool.errors import InputError, RunError
+from ebmtool.locks import pid_lock
 
 
 def read_negatives(path: Path) -> dict:
@@ -202,16 +210,7 @@ class PartialNegatives:
                 raise InputError(f"{path} holds files ebmtool did not write there; move them away") from None
 
     def _lock(self) -> None:
-        fd = os.open(self.path / PARTIAL_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise InputError(f"{self.path} is in use: process {holder} is mining into it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock_fd = pid_lock(self.path / PARTIAL_LOCK, f"{self.path} is in use: process {{pid}} is mining into it")
 
     def close(self) -> None:
         if self._lock_fd is not None:

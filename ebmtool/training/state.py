@@ -18,12 +18,13 @@ import torch
 
 from ebmtool import __version__
 from ebmtool import distributed as dist
-from ebmtool.compute import ComputeMeter
-from ebmtool.checkpoints import Checkpoint, save_checkpoint
 from ebmtool.artifacts import atomic_path, code_version, environment
+from ebmtool.checkpoints import Checkpoint, save_checkpoint
+from ebmtool.compute import ComputeMeter
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
+from ebmtool.locks import pid_lock
 from ebmtool.models import build_model
 from ebmtool.training.losses import Objective
 
@@ -108,16 +109,7 @@ class RunLock:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise InputError(f"{self.path.parent} is in use: process {holder} is training in it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
+        self.fd = pid_lock(self.path, f"{self.path.parent} is in use: process {{pid}} is training in it")
         return self
 
     def __exit__(self, *exc):
