@@ -60,8 +60,9 @@ def sampler_cost(size: int, batch: int, repeats: int) -> dict:
 
 
 def train_step_cost(size: int, batch: int, repeats: int) -> dict:
-    cfg, data, model, opt = setup_training(size, batch, 512)
-    step = make_train_step(cfg, model, opt, data, cosine_schedule())
+    cfg, data, st = setup_training(size, batch, 512)
+    model = st.model
+    step = make_train_step(st)
     model.counter.reset()
     step()
     calls, rows = model.counter.calls, model.counter.rows

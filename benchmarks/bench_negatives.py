@@ -42,7 +42,8 @@ VARIANTS = [  # name, config overrides
 
 def separate_passes(size, batch, width, k, repeats):
     """The K = 16 anm work done as k passes of one negative each (same total rows), one backward."""
-    cfg, data, model, opt = setup_training(size, batch, width, negatives="anm", k=1)
+    cfg, data, st = setup_training(size, batch, width, negatives="anm", k=1)
+    model, opt = st.model, st.opt
     sched = cosine_schedule()
 
     def step():
@@ -92,12 +93,12 @@ def run(quick: bool = False) -> dict:
     size, batch, width = (8, 64, 128) if quick else (8, 256, 512)
     reps = 2 if quick else 3
     t0 = time.time()
-    sched = cosine_schedule()
     res = {"setting": f"inverse {size}x{size}, batch {batch}, width {width}, threads {torch.get_num_threads()}",
            "load_average_at_start": os.getloadavg(), "steps": {}}
     for name, over in VARIANTS:
-        cfg, data, model, opt = setup_training(size, batch, width, **over)
-        step = make_train_step(cfg, model, opt, data, sched)
+        cfg, data, st = setup_training(size, batch, width, **over)
+        model = st.model
+        step = make_train_step(st)
         r = timeit(step, repeats=reps, warmup=1)
         model.counter.reset()
         step()

@@ -98,11 +98,12 @@ def build(spec: dict, device: str):
     sched = cosine_schedule().to(device)
     kind, b, w = spec["kind"], spec["batch"], spec["width"]
     if kind == "train":
-        cfg, data, model, opt = setup_training(spec["size"], b, spec["width"], device, **spec["over"])
+        cfg, data, st = setup_training(spec["size"], b, spec["width"], device, **spec["over"])
+        model = st.model
         k = cfg.k
         s = cfg.negative_settings()
         cand = s.hnm_candidates if cfg.negatives == "hnm" else 1
-        return (make_train_step(cfg, model, opt, data, sched, device), 1,
+        return (make_train_step(st), 1,
                 {"denoise_rows": b, "train_score_rows": b * (1 + k)}, (max(b * (1 + k), b * k * cand), w, w), model)
     if kind == "graph":
         from ebmtool.models import build_model

@@ -17,6 +17,12 @@ import time
 import torch
 
 from ebmtool.compute import counted_flops as library_counted_flops, flop_rule  # noqa: F401 (re-exported)
+from ebmtool.config import TrainConfig
+from ebmtool.data import TrainingData
+from ebmtool.diffusion import cosine_schedule
+from ebmtool.training import draw_batch, train_step
+from ebmtool.training.losses import Objective
+from ebmtool.training.state import RunState
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "aten::_convolution")
 
@@ -80,41 +86,24 @@ def profiled_matmul_flops(fn) -> float:
 # ------------------------------------------------------------------------------------------------ training setup
 
 def setup_training(size: int, batch: int, width: int, device="cpu", **over):
-    """(cfg, data, model, optimiser) for an inverse size x size training run at `batch`, the paper's MLP."""
-    from ebmtool.models import EnergyMLP
-    from ebmtool.config import TrainConfig
-    from ebmtool.data import TrainingData
-
+    """(cfg, data, state) for an inverse size x size training run at `batch`, the paper's MLP: the state is the
+    training loop's own RunState (model, EMA, Adam at lr 1e-4, the objective), so a benchmark steps it with
+    ebmtool.training.train_step, the loop's real step. No logging rows: the bare step is measured."""
     cfg = TrainConfig(task="inverse", size=size, seed=0, train_size=batch * 8, batch_size=batch, width=width,
-                      **over)
+                      lr=1e-4, log_every=10**9, **over)
     cfg.curriculum_total = 100
     cfg.validate()
     data = TrainingData(cfg)
-    torch.manual_seed(0)
-    model = EnergyMLP(data.task.x_dim, data.task.y_dim, width, cfg.time_dim).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
-    return cfg, data, model, opt
+    st = RunState(cfg, data, device)
+    st.objective = Objective(cfg, cosine_schedule().to(device), data.task, energy_weight=0.5)
+    return cfg, data, st
 
 
-def make_train_step(cfg, model, opt, data, sched, device="cpu"):
-    """One full optimiser step (denoise + negatives + energy term + backward + clip + Adam) per call, cycling
-    over 8 batches; generators on the CPU, tensors moved to `device` as the training loop does."""
-    from ebmtool.training.losses import Batch, Objective, ired_losses
-    from ebmtool.rng import step_generator
-
-    state = {"step": 0}
-
+def make_train_step(st):
+    """One full optimiser step per call (train_step: denoise + negatives + energy term + agreement + backward +
+    clip + Adam + EMA), cycling over 8 batches."""
     def step():
-        s = state["step"] % 8
-        gen = step_generator(0, s)
-        x, y = data.batch(s, device)
-        t = torch.randint(0, 10, (cfg.batch_size,), generator=gen).to(device)
-        parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, s, 3), step=s), Objective(cfg, sched, energy_weight=0.5))
-        opt.zero_grad()
-        parts["loss_total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        state["step"] += 1
+        train_step(st, draw_batch(st, st.step % 8))
     return step
 
 

@@ -24,14 +24,16 @@ def _check(model, fn, **kinds):
 
 @pytest.mark.parametrize("negatives,k", [("ired", 1), ("anm", 2), ("hnm", 1), ("gaussian", 2)])
 def test_rule_counts_the_training_step(negatives, k):
-    cfg, data, model, opt = setup_training(4, 256, 64, time_dim=16, negatives=negatives, k=k)
-    step = make_train_step(cfg, model, opt, data, SCHED)
+    cfg, data, st = setup_training(4, 256, 64, time_dim=16, negatives=negatives, k=k)
+    model = st.model
+    step = make_train_step(st)
     b = cfg.batch_size
     _check(model, step, denoise_rows=b, train_score_rows=b * (1 + k))
 
 
 def test_rule_counts_sampling_mining_and_scoring():
-    cfg, data, model, _ = setup_training(4, 256, 64, time_dim=16)
+    cfg, data, st = setup_training(4, 256, 64, time_dim=16)
+    model = st.model
     x, y = data.batch(0, "cpu")
     with torch.no_grad():
         _check(model, lambda: sample(model, x, SCHED, 16, SamplerSettings(), torch.Generator().manual_seed(0)))
@@ -44,8 +46,9 @@ def test_rule_counts_sampling_mining_and_scoring():
 
 def test_wrong_call_kinds_do_not_fit():
     """The check can fail: calling the denoising rows plain gradient rows undercounts by far more than 3%."""
-    cfg, data, model, opt = setup_training(4, 256, 64, time_dim=16)
-    step = make_train_step(cfg, model, opt, data, SCHED)
+    cfg, data, st = setup_training(4, 256, 64, time_dim=16)
+    model = st.model
+    step = make_train_step(st)
     model.counter.reset()
     counted = profiled_matmul_flops(step)
     wrong = counted_flops(flop_rule(model), model.counter, train_score_rows=512)
