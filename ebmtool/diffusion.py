@@ -83,17 +83,37 @@ def energy(model, x, y, t) -> torch.Tensor:
 def energy_and_grad(model, x, y, t, create_graph: bool = False):
     """(E, dE/dy) at y. The gradient is the noise prediction eps_hat.
 
-    Works inside no-grad contexts (grad is enabled locally) and never mutates the caller's tensor.
-    With create_graph=True the gradient stays differentiable w.r.t. the parameters (double backprop).
+    Works inside no-grad contexts and never mutates the caller's tensor. With create_graph=True E and the
+    gradient stay differentiable w.r.t. the parameters (and x); otherwise both come back detached. y is a
+    constant here either way: no gradient flows back into the caller's y.
+
+    A model whose `explicit_grad` is true (EnergyMLP, by default) computes both with its own
+    `energy_and_grad(x, y, t)`: the explicit vector-Jacobian product, one ordinary forward graph that training
+    differentiates with first-order autograd, and no graph at all without create_graph. Other models (the
+    discrete tasks' networks), or an EnergyMLP with `explicit_grad = False`, take the input gradient with
+    torch.autograd.grad (`autograd_energy_and_grad`), through which create_graph=True training back-propagates
+    a second time (double backprop). The same counts, and the same values: E and dE/dy agree bit for bit in
+    float32 on a CPU; parameter gradients to rounding (their contributions are summed in another order).
     """
-    with torch.enable_grad():
-        y = y.detach().requires_grad_(True)
-        e = model(x, y, t)
-        (g,) = torch.autograd.grad(e.sum(), y, create_graph=create_graph)
+    if getattr(model, "explicit_grad", False):
+        with torch.enable_grad() if create_graph else torch.no_grad():
+            e, g = model.energy_and_grad(x, y.detach(), t)
+    else:
+        e, g = autograd_energy_and_grad(model, x, y, t, create_graph)
     counter = getattr(model, "counter", None)
     if counter is not None:
         counter.grad_calls += 1
         counter.grad_rows += y.shape[0]
+    return e, g
+
+
+def autograd_energy_and_grad(model, x, y, t, create_graph: bool = False):
+    """(E, dE/dy) by torch.autograd.grad through model(x, y, t), whatever the model; counts no gradient call
+    (`energy_and_grad` does). The reference the explicit form is tested against."""
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        e = model(x, y, t)
+        (g,) = torch.autograd.grad(e.sum(), y, create_graph=create_graph)
     if not create_graph:
         e, g = e.detach(), g.detach()
     return e, g

@@ -35,11 +35,17 @@ class TimeMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, hidden)
 
     def forward(self, t):
-        return self.fc2(F.gelu(self.fc1(sinusoidal_embedding(t, self.dim))))
+        # the embedding is float32; a float64 network (the gradient checks) takes it in its own dtype
+        return self.fc2(F.gelu(self.fc1(sinusoidal_embedding(t, self.dim).to(self.fc1.weight.dtype))))
 
 
 class EnergyMLP(nn.Module):
-    """E(x, y, t) = || W4 h3 ||^2 with h_l = swish(W_l h_{l-1} (1 + gamma_l) + beta_l) on layers 2 and 3."""
+    """E(x, y, t) = || W4 h3 ||^2 with h_l = swish(W_l h_{l-1} (1 + gamma_l) + beta_l) on layers 2 and 3.
+
+    `explicit_grad` (True; settable per instance) makes `diffusion.energy_and_grad` use `energy_and_grad`, the
+    explicit input gradient, instead of torch.autograd.grad (False: the double-backward reference)."""
+
+    explicit_grad: bool = True
 
     def __init__(self, x_dim: int, y_dim: int, width: int = DEFAULT_WIDTH, time_dim: int = 128):
         super().__init__()
@@ -62,6 +68,21 @@ class EnergyMLP(nn.Module):
         h = F.silu(self.fc3(h) * (1 + gain3) + bias3)
         return self.fc4(h).pow(2).sum(dim=-1)
 
+    def energy_and_grad(self, x, y, t):
+        """(E (B,), dE/dy (B, y_dim)) computed explicitly: the forward pass keeps its pre-activations and the
+        input gradient is the layer-by-layer vector-Jacobian product written as ordinary tensor ops
+        (`mlp_energy_and_grad`). Both are plain differentiable functions of the parameters, so training's
+        denoising loss back-propagates through them with first-order autograd (no double backward), and the
+        computation can be compiled (`compile_explicit`). The same energy as `forward`, and the same count: one
+        network call of y.shape[0] rows (`diffusion.energy_and_grad` adds the gradient count).
+
+        Gradient mode is the caller's: under torch.no_grad (the sampler, descent) nothing is recorded."""
+        self.counter.calls += 1
+        self.counter.rows += y.shape[0]
+        gain2, bias2, gain3, bias3 = self._film(t)
+        core = self.__dict__.get("_explicit_core") or mlp_energy_and_grad
+        return core(x, y, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.fc3.weight,
+                    self.fc3.bias, self.fc4.weight, self.fc4.bias, gain2, bias2, gain3, bias3)
 
     def _film(self, t, per_row: bool | None = None):
         """FiLM gains and biases of layers 2 and 3 per row. They depend on the level only, so on a CPU they are
@@ -78,6 +99,86 @@ class EnergyMLP(nn.Module):
         gain2, bias2 = F.embedding(row_level, self.film2(temb)).chunk(2, dim=-1)
         gain3, bias3 = F.embedding(row_level, self.film3(temb)).chunk(2, dim=-1)
         return gain2, bias2, gain3, bias3
+
+
+def _silu_grad(dh, a):
+    """dh * silu'(a), silu'(a) = s (1 + a (1 - s)) with s = sigmoid(a).
+
+    With gradients recorded (training) it is written out as tensor ops, which autograd differentiates once more;
+    without (the sampler, descent) it is torch's fused kernel for the same formula, which records nothing. The
+    choice is torch's own for SiLU's derivative (its create_graph=True and plain forms respectively), so E and
+    dE/dy match autograd.grad bit for bit in float32 on a CPU."""
+    if torch.is_grad_enabled():
+        s = torch.sigmoid(a)
+        return dh * s * (1 + a * (1 - s))
+    return torch.ops.aten.silu_backward(dh, a)
+
+
+def mlp_energy_and_grad(x, y, w1, b1, w2, b2, w3, b3, w4, b4, gain2, bias2, gain3, bias3, *,
+                        y_columns_only: bool = False):
+    """EnergyMLP's (E, dE/dy) from its weights and the rows' FiLM gains and biases, explicitly.
+
+    Forward:  a1 = W1 [x, y] + b1,  h1 = silu(a1)
+              a2 = (W2 h1 + b2)(1 + gain2) + bias2,  h2 = silu(a2)
+              a3 = (W3 h2 + b3)(1 + gain3) + bias3,  h3 = silu(a3)
+              o = W4 h3 + b4,  E = sum_j o_j^2
+    Backward (the vector-Jacobian product with dE/dE = 1):
+              dE/do = 2 o,  dE/da3 = (dE/do W4) * silu'(a3)
+              dE/da2 = ((dE/da3 * (1 + gain3)) W3) * silu'(a2)
+              dE/da1 = ((dE/da2 * (1 + gain2)) W2) * silu'(a1)
+              dE/d[x, y] = dE/da1 W1,  dE/dy = its y columns
+    Only tensor ops that first-order autograd differentiates (w.r.t. the weights, the FiLM terms and x), and no
+    Python state, so torch.compile can trace it whole. y is treated as a constant input.
+
+    Matrix-product work per row, F and F1 as in the library's FLOP rule (ebmtool.compute): the last product is
+    over all of fc1's columns, as autograd's is, so a call without a graph costs the rule's 2F exactly. The
+    denoising call with its backward costs 6F - F1 against double backward's 6F: y is no leaf here, so fc1's
+    input gradient, which training discards, is not computed. y_columns_only=True multiplies by W1's y columns
+    alone, the same dE/dy for less work (F1_x = 2 width x_dim fewer FLOPs per row in the product, 2 F1_x fewer
+    in its backward), but then the rule's 2F overstates the sampler's calls (tests/test_bench_common.py fails),
+    so the library does not use it; benchmarks/bench_explicit_grad.py measures it.
+    """
+    a1 = F.linear(torch.cat([x, y], dim=-1), w1, b1)
+    h1 = F.silu(a1)
+    s2 = 1 + gain2
+    a2 = F.linear(h1, w2, b2) * s2 + bias2
+    h2 = F.silu(a2)
+    s3 = 1 + gain3
+    a3 = F.linear(h2, w3, b3) * s3 + bias3
+    h3 = F.silu(a3)
+    out = F.linear(h3, w4, b4)
+    e = out.pow(2).sum(dim=-1)
+    d = _silu_grad((2 * out) @ w4, a3)  # dE/da3
+    d = _silu_grad((d * s3) @ w3, a2)  # dE/da2
+    d = _silu_grad((d * s2) @ w2, a1)  # dE/da1
+    if y_columns_only:
+        return e, d @ w1[:, x.shape[-1]:]
+    return e, (d @ w1)[:, x.shape[-1]:]  # dE/d[x, y], then its y columns
+
+
+_COMPILED: dict = {}
+
+
+def compile_explicit(model: "EnergyMLP", enable: bool = True, **compile_kwargs) -> "EnergyMLP":
+    """Make `model.energy_and_grad` (and so `diffusion.energy_and_grad`: training's denoising call, the sampler
+    and descent) run `mlp_energy_and_grad` through torch.compile(**compile_kwargs) (default: inductor,
+    dynamic=None). Returns the model, changed in place; enable=False restores the eager function.
+
+    Only the explicit core is compiled: the FiLM terms (a torch.unique over the levels on a CPU) and the call
+    counters stay eager, and `model(x, y, t)` (the forward-only energy) is unchanged. The compiled function is
+    shared by every model given the same kwargs (it takes the weights as arguments), so a deep copy (the EMA)
+    compiles nothing new. The first calls of each new shape or gradient mode pay the compilation.
+    """
+    if not isinstance(model, EnergyMLP):
+        raise TypeError(f"compile_explicit needs an EnergyMLP, not {type(model).__name__}")
+    if not enable:
+        model.__dict__.pop("_explicit_core", None)
+        return model
+    key = repr(sorted(compile_kwargs.items()))
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(mlp_energy_and_grad, **compile_kwargs)
+    model.__dict__["_explicit_core"] = _COMPILED[key]
+    return model
 
 
 def build_model(dims: dict) -> nn.Module:
