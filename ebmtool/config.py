@@ -34,7 +34,7 @@ RECIPES = {
 CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size", "budget_of")
 # Fields added after checkpoints existed: left out of the checksum at their default, so older checkpoints verify.
 LATER_FIELDS = {"blocks": None, "precision": "fp32", "budget_flops": None, "budget_of": None, "init_steps": None,
-                "connectivity_negative": None}
+                "connectivity_negative": None, "compile": False}
 # Fields that follow from others (set by prepare), never compared as a user's choice.
 DERIVED_FIELDS = ("curriculum_total", "init_sha256", "init_steps", "offline_negatives_sha256",
                   "offline_weights_sha256", "offline_mismatch")
@@ -99,6 +99,7 @@ class TrainConfig:
     val_size: int = 256
     device: str = "auto"
     precision: str = "fp32"  # bf16: autocast on CUDA (ebmtool.devices)
+    compile: bool = False  # torch.compile the MLP's explicit input gradient (ebmtool.models.compile_explicit)
     init: str | None = None
     init_sha256: str | None = None
     init_steps: int | None = None  # optimiser steps the --init checkpoint had trained (its own inherited ones too)

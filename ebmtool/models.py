@@ -174,6 +174,9 @@ def compile_explicit(model: "EnergyMLP", enable: bool = True, **compile_kwargs) 
     if not enable:
         model.__dict__.pop("_explicit_core", None)
         return model
+    # the loop measures the energy term's gradient share on logging steps with retain_graph=True backward passes,
+    # which a compiled backward with donated buffers refuses (torch's error message names this switch)
+    torch._functorch.config.donated_buffer = False
     key = repr(sorted(compile_kwargs.items()))
     if key not in _COMPILED:
         _COMPILED[key] = torch.compile(mlp_energy_and_grad, **compile_kwargs)

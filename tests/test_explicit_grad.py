@@ -13,10 +13,8 @@ from ebmtool.diffusion import (SamplerSettings, autograd_energy_and_grad, cosine
                                sample)
 from ebmtool.models import EnergyMLP, PathGNN, compile_explicit
 
-from helpers import single_thread
 
 SCHED = cosine_schedule()
-one_thread = pytest.fixture(scope="module", autouse=True)(single_thread)
 
 
 def _net(dtype=torch.float64, x_dim=6, y_dim=5, width=24, time_dim=8, seed=0):

@@ -34,6 +34,7 @@ from ebmtool.devices import check_precision, resolve_device
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError, Interrupted, RunError
 from ebmtool.evaluate import evaluate_model
+from ebmtool.models import EnergyMLP, compile_explicit
 from ebmtool.offline import OfflineNegatives
 from ebmtool.progress import progress_bar
 from ebmtool.training.diagnostics import nanmean
@@ -122,6 +123,12 @@ def start_run(cfg: TrainConfig, out_dir: Path, resume: Path | None, overrides: d
     check_precision(cfg.precision, device)
     data = TrainingData(cfg)
     st = RunState(cfg, data, device)
+    if cfg.compile:
+        if not isinstance(st.model, EnergyMLP):
+            raise InputError(f"--compile compiles the MLP's explicit input gradient; {data.task.label} trains a "
+                             f"{st.model.dims['arch']} network, which has none")
+        compile_explicit(st.model)
+        compile_explicit(st.ema.model)  # the EMA copy: validation samples through it
     if resume_ckpt is not None:
         if resume_ckpt.meta.get("ebmtool.data_fingerprint") != data.fingerprint:
             raise InputError(f"{resume}: the training data differ from the data this checkpoint was trained on")
