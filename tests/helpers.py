@@ -50,3 +50,23 @@ def denoise_grads(model, fn, x, y0, t, target: float = 1.0):
     (g,) = torch.autograd.grad(e.sum(), y, create_graph=True)
     ((g - target) ** 2).mean().backward()
     return e.detach(), g.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def seeded_losses(cfg: TrainConfig, seed: int):
+    """(model, parts): a fresh tiny MLP (torch seed 0) and the objective of step 0 of `cfg`'s data under the
+    training stream of (seed, 0), energy weight 0.5: one real loss evaluation, for tests of the objective."""
+    import torch
+
+    from ebmtool.data import TrainingData
+    from ebmtool.diffusion import cosine_schedule
+    from ebmtool.models import EnergyMLP
+    from ebmtool.rng import step_generator
+    from ebmtool.training.losses import Batch, Objective, ired_losses
+
+    data = TrainingData(cfg)
+    torch.manual_seed(0)
+    model = EnergyMLP(16, 16, 32, 16)
+    x, y = data.batch(0, "cpu")
+    gen = step_generator(seed, 0)
+    t = torch.randint(0, 10, (x.shape[0],), generator=gen)
+    return model, ired_losses(model, Batch(x, y, t, gen), Objective(cfg, cosine_schedule(), energy_weight=0.5))

@@ -21,7 +21,7 @@ from ebmtool.training.loop import train
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.evaluate import load_model
 
-from helpers import TINY_FLAGS, tiny
+from helpers import seeded_losses, TINY_FLAGS, tiny
 
 SCHED = cosine_schedule()
 SOURCES = ("ired", "anm", "hnm", "gaussian")
@@ -224,14 +224,7 @@ def test_hnm_levels_span_the_schedule():
 
 def test_default_configuration_reproduces_the_baseline_loss_golden():
     """Golden values computed with the pre-issue-9 code (commit 37c0756) for the same seeded step."""
-    cfg = tiny(seed=7)
-    data = TrainingData(cfg)
-    torch.manual_seed(0)
-    model = EnergyMLP(16, 16, 32, 16)
-    x, y = data.batch(0, "cpu")
-    gen = step_generator(7, 0)
-    t = torch.randint(0, 10, (32,), generator=gen)
-    parts = ired_losses(model, Batch(x, y, t, gen), Objective(cfg.validate(), SCHED, energy_weight=0.5))
+    model, parts = seeded_losses(tiny(seed=7).validate(), 7)
     parts["loss_total"].backward()
     gnorm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
     assert parts["loss_total"].item() == pytest.approx(1.407025694847107, rel=1e-6)

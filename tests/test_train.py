@@ -20,7 +20,7 @@ from ebmtool.training.losses import Batch, Objective, ired_losses
 from ebmtool.rng import step_generator
 from ebmtool.training.loop import train
 
-from helpers import tiny
+from helpers import seeded_losses, tiny
 
 
 def quiet(*a, **k):
@@ -46,14 +46,7 @@ def test_energy_term_changes_the_parameter_gradient():
     # The energy loss must actually reach the parameters when it is on.
     grads = {}
     for on in (True, False):
-        cfg = tiny(seed=3, supervise_energy=on)
-        data = TrainingData(cfg)
-        torch.manual_seed(0)
-        model = EnergyMLP(16, 16, 32, 16)
-        x, y = data.batch(0, "cpu")
-        gen = step_generator(3, 0)
-        t = torch.randint(0, 10, (32,), generator=gen)
-        parts = ired_losses(model, Batch(x, y, t, gen), Objective(cfg, cosine_schedule(), energy_weight=0.5))
+        model, parts = seeded_losses(tiny(seed=3, supervise_energy=on), 3)
         parts["loss_total"].backward()
         grads[on] = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert not torch.allclose(grads[True], grads[False])
