@@ -9,20 +9,23 @@ import csv
 import io
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # before pyplot is imported: figures are files, no display is needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ebmtool.artifacts import atomic_path, write_text  # noqa: E402
-from ebmtool.errors import InputError  # noqa: E402
+from ebmtool.artifacts import atomic_path, write_text
+from ebmtool.errors import InputError
 
 DPI = 120
 FIGURE_FORMATS = ("png", "pdf", "svg")  # the first is the default
 
 
 def _plt():
+    """pyplot with the Agg backend (figures are files), imported when a figure is drawn: every ebmtool process
+    (torchrun's workers too) imports the CLI, which imports this module for FIGURE_FORMATS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 

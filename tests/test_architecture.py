@@ -8,8 +8,10 @@ import pytest
 
 LIBRARY = Path(__file__).parent.parent / "ebmtool"
 FILES = sorted(LIBRARY.rglob("*.py"))
-# the only import inside a function: an optional dependency, imported when its feature is asked for
-LAZY_ALLOWED = {("training/metrics.py", "torch.utils.tensorboard")}
+# imports inside a function: an optional dependency (tensorboard), and matplotlib, which every process would
+# otherwise load at start-up (the CLI imports plots.py for its formats), imported only when a figure is drawn
+LAZY_ALLOWED = {("training/metrics.py", "torch.utils.tensorboard"), ("plots.py", "matplotlib"),
+                ("plots.py", "matplotlib.pyplot")}
 
 
 def _functions(tree):
