@@ -25,12 +25,15 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 
-def _sps():
-    """scipy.stats, imported on first use (it costs half a second; the command line imports this module)."""
+def scipy_stats():
+    """scipy.stats, imported on first use (it costs half a second, and every process, torchrun's training workers
+    too, imports the command line, which imports this module)."""
+    from scipy import stats
+
     return stats
+
 
 EXACT_MAX = 16  # up to 2^16 = 65,536 sign patterns: enumerate them all
 DIRECTIONS = ("lower", "higher")
@@ -108,7 +111,7 @@ def wilcoxon_p(d) -> float:
     d = _vector(d, "differences")
     if not np.any(d):
         return 1.0
-    return float(_sps().wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    return float(scipy_stats().wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
 def effect_size_dz(d) -> float:
@@ -221,8 +224,8 @@ def across_seed_test(baseline: dict[int, float], variant: dict[int, float], *, c
         else:
             se = sd / math.sqrt(n)
             t = mean / se
-            p = float(2 * _sps().t.sf(abs(t), n - 1))
-            half = float(_sps().t.ppf(0.5 + confidence / 2, n - 1) * se)
+            p = float(2 * scipy_stats().t.sf(abs(t), n - 1))
+            half = float(scipy_stats().t.ppf(0.5 + confidence / 2, n - 1) * se)
         return {"test": SEED_TEST_PAIRED, "seeds": bs, "n_seeds": n, "mean_diff": mean, "ci_low": mean - half,
                 "ci_high": mean + half, "t": t, "p": p, "df": n - 1, "sd_diff": sd}
     a = np.array([baseline[s] for s in bs], dtype=np.float64)
@@ -235,8 +238,8 @@ def across_seed_test(baseline: dict[int, float], variant: dict[int, float], *, c
     else:
         df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
         t = mean / se
-        p = float(2 * _sps().t.sf(abs(t), df))
-        half = float(_sps().t.ppf(0.5 + confidence / 2, df) * se)
+        p = float(2 * scipy_stats().t.sf(abs(t), df))
+        half = float(scipy_stats().t.ppf(0.5 + confidence / 2, df) * se)
     return {"test": SEED_TEST_WELCH, "seeds_baseline": bs, "seeds_variant": vs, "mean_diff": mean,
             "ci_low": mean - half, "ci_high": mean + half, "t": t, "p": p, "df": df}
 

@@ -25,7 +25,7 @@ from ebmtool.artifacts import atomic_path, open_h5
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.reporting import fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
-from scipy import stats
+from ebmtool.stats import scipy_stats
 
 SPLITS = ("test", "harder")
 WEIGHTS = ("model", "ema")
@@ -193,7 +193,7 @@ def seed_ci(per_seed, confidence: float) -> tuple[float | None, float | None]:
     if a.size < 2:
         return None, None
 
-    half = float(stats.t.ppf(0.5 + confidence / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
+    half = float(scipy_stats().t.ppf(0.5 + confidence / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
     return float(a.mean()) - half, float(a.mean()) + half
 
 
