@@ -15,7 +15,7 @@ import numpy as np
 
 from ebmtool import curriculum as curriculum_mod
 from ebmtool import distributed as dist
-from ebmtool.artifacts import atomic_path, open_h5, provenance, write_h5
+from ebmtool.artifacts import atomic_path, jsonable, open_h5, provenance, write_h5
 from ebmtool.config import REFINING_SOURCES, TrainConfig
 from ebmtool.errors import InputError
 from ebmtool.negatives import NegativeSettings, hnm_levels
@@ -92,8 +92,9 @@ def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tupl
 
 
 
-def _jsonable(row: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+def _line(kind: str, row: dict) -> str:
+    """One live-log line: strict JSON (NaN as null, numpy values as Python ones), sorted keys."""
+    return json.dumps(jsonable({"kind": kind, **row}), sort_keys=True, allow_nan=False) + "\n"
 
 
 class LiveLog:
@@ -106,14 +107,14 @@ class LiveLog:
         self.path = Path(path)
         with atomic_path(self.path) as tmp, open(tmp, "w") as f:
             if header is not None:  # what the run is and where it ends: `ebmtool info DIR` shows its progress
-                f.write(json.dumps({"kind": "run", **_jsonable(header)}, sort_keys=True) + "\n")
+                f.write(_line("run", header))
             for kind, rs in (("train", rows), ("eval", eval_rows)):
                 for r in rs:
-                    f.write(json.dumps({"kind": kind, **_jsonable(r)}, sort_keys=True) + "\n")
+                    f.write(_line(kind, r))
         self.file = open(self.path, "a")
 
     def append(self, row: dict, kind: str = "train") -> None:
-        self.file.write(json.dumps({"kind": kind, **_jsonable(row)}, sort_keys=True) + "\n")
+        self.file.write(_line(kind, row))
         self.file.flush()
 
     def close(self) -> None:
