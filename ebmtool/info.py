@@ -15,7 +15,8 @@ from ebmtool.compute import format_flops
 from ebmtool.evaluate import checkpoint_model
 from ebmtool.models import parameter_count
 from ebmtool.training.metrics import LIVE_LOG, live_progress
-from ebmtool.training.state import checkpoint_compute, lock_holder
+from ebmtool.locks import lock_holder
+from ebmtool.training.state import checkpoint_compute
 
 
 def describe(path: Path) -> dict:
@@ -43,7 +44,8 @@ def describe_run(run_dir: Path) -> dict:
     its last checkpoint."""
     live = run_dir / LIVE_LOG
     ckpt = run_dir / "ckpt.safetensors"
-    return {"file": str(run_dir), "format": "directory", "kind": "run", "training_pid": lock_holder(run_dir),
+    return {"file": str(run_dir), "format": "directory", "kind": "run",
+            "training_pid": lock_holder(run_dir / ".lock"),
             "live": live_progress(live) if live.exists() else None,
             "checkpoint": _describe_checkpoint(ckpt) if ckpt.exists() else None}
 

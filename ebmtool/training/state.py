@@ -5,7 +5,6 @@ and read into it, the run directory's lock, and the step-numbered snapshots.
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import os
 import random
@@ -116,24 +115,6 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the lock; the file stays (removing it would race a new holder)
             self.fd = None
-
-
-def lock_holder(out_dir: Path) -> int | None:
-    """The pid of the process training in `out_dir` now (its RunLock is held), or None."""
-    path = Path(out_dir) / ".lock"
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip()
-        return int(holder) if holder.isdigit() else -1
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 class RunState:
