@@ -6,7 +6,6 @@ import json
 import shlex
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ebmtool.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
@@ -33,7 +32,7 @@ def describe(path: Path) -> dict:
                "attributes": {k: _scalar(v) for k, v in f.attrs.items() if k != "provenance"},
                "datasets": {}}
         f.visititems(lambda name, obj: out["datasets"].update({name: _dataset_summary(obj)})
-                     if isinstance(obj, h5py.Dataset) else None)
+                     if is_dataset(obj) else None)
         if kind == "metrics":
             out["summary"] = metrics_summary(f)
     return out
@@ -97,6 +96,11 @@ def _describe_checkpoint(path: Path) -> dict:
     }
 
 
+def is_dataset(obj) -> bool:
+    """Whether an HDF5 member is a dataset (groups have no shape); h5py itself is artifacts' to import."""
+    return hasattr(obj, "shape")
+
+
 def _dataset_summary(ds) -> dict:
     d = {"shape": list(ds.shape), "dtype": str(ds.dtype)}
     if ds.dtype.kind in "fiu" and 0 < ds.size <= 50_000_000:
@@ -123,7 +127,7 @@ def metrics_summary(f) -> dict:
     out = {"rows": int(len(steps)), "first_step": int(steps[0]), "last_step": int(steps[-1]), "first": {},
            "last": {}, "alarms": []}
     for name in f:
-        if isinstance(f[name], h5py.Dataset) and name != "step":
+        if is_dataset(f[name]) and name != "step":
             a = f[name][()]
             out["first"][name], out["last"][name] = float(a[0]), float(a[-1])
     if "eval" in f and "step" in f["eval"] and f["eval/step"].shape[0]:

@@ -62,3 +62,17 @@ def test_tasks_are_only_asked_what_they_are_inside_the_task_modules():
         if asks or '"discrete"' in text or '"shortest-path"' in text:
             bad.append(rel)
     assert bad == []
+
+
+def test_only_the_file_format_modules_import_h5py_or_safetensors():
+    """artifacts.py, checkpoints.py and negatives_file.py own the file formats: nothing else imports h5py or
+    safetensors."""
+    owners = {"artifacts.py", "checkpoints.py", "negatives_file.py"}
+    bad = []
+    for path in FILES:
+        rel = str(path.relative_to(LIBRARY))
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("h5py", "safetensors") and rel not in owners]
+    assert bad == []

@@ -28,15 +28,10 @@ FAST = ["-n", "32", "--bootstrap", "200", "--permutations", "200", "--batch-size
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two arms of two seeds, 2 steps each (metrics.h5 beside every checkpoint, for the training curves)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("conv")
     for arm, over in (("base", {}), ("var", {"supervise_energy": False})):
         for s in (0, 1):
             train(tiny(steps=2, seed=s, train_size=64, **over), root / arm / f"seed-{s}", log=lambda m: None)
-    torch.set_num_threads(before)
     return root
 
 

@@ -223,7 +223,7 @@ def test_hnm_levels_span_the_schedule():
 # ------------------------------------------------------------------------------------------------ losses
 
 def test_default_configuration_reproduces_the_baseline_loss_golden():
-    """Golden values computed with the pre-issue-9 code (commit 37c0756) for the same seeded step."""
+    """Golden values computed with the code of commit 37c0756 for the same seeded step."""
     model, parts = seeded_losses(tiny(seed=7).validate(), 7)
     parts["loss_total"].backward()
     gnorm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()

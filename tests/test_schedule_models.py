@@ -63,7 +63,8 @@ def test_time_embedding_uses_raw_integer_levels():
 
 
 def _per_row_reference(m, x, y, t):
-    """EnergyMLP's function written row by row: time MLP and FiLM evaluated for every row (the pre-issue-6 code)."""
+    """EnergyMLP's function written row by row: time MLP and FiLM evaluated for every row (the form of the
+    code before the time branch was batched)."""
     from torch.nn import functional as F
 
     temb = m.time(t)
