@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from ebmtool import curriculum as curriculum_mod
 from ebmtool import sans as sans_mod
-from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.errors import InputError
 from ebmtool.negatives import CLAMP_MODES, NegativeSettings
-from ebmtool.tasks import DISCRETE_TASK_NAMES
+from ebmtool.tasks import builtin_task
 
 ON_NAN = ("stop", "skip")  # --on-nan: stop with the last good checkpoint kept, or drop the batch and go on
 
@@ -157,7 +156,8 @@ class TrainConfig:
     def _validate_discrete(self):
         """The discrete tasks' ired source is the task's own negative, which takes no descent steps, noise scale or
         clamp: those flags are refused there instead of being accepted and ignored."""
-        if self.task not in DISCRETE_TASK_NAMES:
+        task = builtin_task(self.task)  # a data file is plain data: its ired source descends the energy
+        if task is None or not task.reference_negative_source:
             if self.connectivity_negative is not None:
                 raise InputError("--connectivity-negative applies to the connectivity task only")
             return
@@ -165,10 +165,10 @@ class TrainConfig:
         if changed:
             raise InputError(f"--{flag_name(changed[0])} has no effect on {self.task}: its ired negative is the "
                              "task's own corruption of the answer, not an energy descent")
-        if self.task == "connectivity":
-            self.connectivity_negative = self.connectivity_negative or CONNECTIVITY_NEGATIVES[0]
-            if self.connectivity_negative not in CONNECTIVITY_NEGATIVES:
-                raise InputError(f"--connectivity-negative must be one of {', '.join(CONNECTIVITY_NEGATIVES)}")
+        if task.negative_forms:
+            self.connectivity_negative = self.connectivity_negative or task.negative_forms[0]
+            if self.connectivity_negative not in task.negative_forms:
+                raise InputError(f"--connectivity-negative must be one of {', '.join(task.negative_forms)}")
         elif self.connectivity_negative is not None:
             raise InputError("--connectivity-negative applies to the connectivity task only")
 

@@ -20,7 +20,7 @@ from ebmtool.diffusion import cosine_schedule, sample
 from ebmtool.errors import InputError
 from ebmtool.models import build_model
 from ebmtool.tasks import (
-    DISCRETE_TASK_NAMES, TASK_NAMES, FileTask, Problems, Task, get_task, resolve_task, split_user_data,
+    TASK_NAMES, FileTask, Problems, Task, dataset_task, resolve_task, split_user_data,
 )
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.artifacts import sha256_file
@@ -107,8 +107,10 @@ def checkpoint_task(ckpt):
     A run trained from an `ebmtool data` file of a discrete task records the task's name and size in its
     metadata (`ebmtool.task`, `ebmtool.task_size`): it is rebuilt as that task, not as the file."""
     cfg = ckpt.config
-    if cfg["task"] not in TASK_NAMES and ckpt.task in DISCRETE_TASK_NAMES:
-        return get_task(ckpt.task, json.loads(ckpt.meta.get("ebmtool.task_size", "null")))
+    if cfg["task"] not in TASK_NAMES:
+        task = dataset_task(ckpt.task, json.loads(ckpt.meta.get("ebmtool.task_size", "null")))
+        if task is not None:
+            return task
     task, _ = resolve_task(cfg["task"], cfg["size"]) if cfg["task"] in TASK_NAMES else (None, None)
     if task is None:
         d = ckpt.dims

@@ -83,6 +83,8 @@ class Task(abc.ABC):
     needs_fixed_training_set: bool = False  # problems are generated once (--train-size > 0), never per step
     clean_box: float | None = None  # negatives are clamped to [-box, box] in clean space (None: unbounded)
     reference_negative_source: bool = False  # the `ired` source is reference_negative, not an energy descent
+    negative_forms: tuple[str, ...] = ()  # forms of reference_negative a run may choose (--connectivity-negative)
+    converts_files: bool = False  # `ebmtool data --from` converts the user's own files (problems_from_files)
 
     @property
     @abc.abstractmethod
@@ -108,6 +110,15 @@ class Task(abc.ABC):
     def reference_negative(self, y, mask, gen, form: str):
         """(y_neg, n_identical_redrawn): the task's own corruption of the answer (reference_negative_source)."""
         raise NotImplementedError(f"{self.label} has no reference negative: its ired negatives descend the energy")
+
+    @property
+    def recipe_size_applies(self) -> bool:
+        """The recipes' `size` is a matrix side: it sizes tasks whose --size counts one, not graphs or Sudoku."""
+        return self.size_unit == "matrix"
+
+    def problems_from_files(self, source, labels=None) -> Problems:
+        """The user's own problems from files on disk (`converts_files`), for `ebmtool data --from`."""
+        raise NotImplementedError(f"{self.label} problems are generated, not converted from files")
 
     def denoise_weights(self, y):
         """Per-element weights of the denoising loss (a tensor like y), or None for a plain mean."""

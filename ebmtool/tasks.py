@@ -105,6 +105,18 @@ GENERATORS = {"inverse": _inverse, "addition": _addition, "lowrank": _lowrank}
 TASK_NAMES = tuple(GENERATORS) + DISCRETE_TASK_NAMES
 
 
+def builtin_task(name: str | None) -> Task | None:
+    """The built-in task `name` at its reference size, or None for anything else (a data file): lets the
+    configuration and the CLI ask a task what it accepts without opening files."""
+    return get_task(name, None) if name in TASK_NAMES else None
+
+
+def dataset_task(name: str | None, size: int | None) -> Task | None:
+    """The built-in task that problems written by `ebmtool data` for task `name` stand for, when it must be kept
+    (discrete tasks: their negatives, masks and metrics); None when the file is plain data (continuous tasks)."""
+    return get_task(name, size) if name in DISCRETE_TASK_NAMES else None
+
+
 def get_task(name: str, size: int | None = None):
     """A built-in task. Continuous: `size` is the matrix size (20 when None). Discrete: None = the reference
     size; graph tasks take a node count, Sudoku rejects any size but 9."""
@@ -150,9 +162,8 @@ def resolve_task(name: str, size: int | None = 20):
     """A built-in task by name, or (FileTask, Problems) for an HDF5 file. Returns (task, problems-or-None)."""
     if is_data_file(name):
         problems = read_dataset(Path(name))
-        cached = problems.description.get("task")
-        if cached in DISCRETE_TASK_NAMES:  # a cache written by `ebmtool data` for a discrete task
-            task = get_task(cached, problems.description.get("size"))
+        task = dataset_task(problems.description.get("task"), problems.description.get("size"))
+        if task is not None:  # a cache written by `ebmtool data` for a discrete task
             if problems.x.shape[1] != task.x_dim or problems.y.shape[1] != task.y_dim:
                 raise InputError(f"{name}: arrays of width {problems.x.shape[1]} -> {problems.y.shape[1]} do not "
                                  f"fit {task.label} ({task.x_dim} -> {task.y_dim})")

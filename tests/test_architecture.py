@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ebmtool.tasks import TASK_NAMES
+
 LIBRARY = Path(__file__).parent.parent / "ebmtool"
 FILES = sorted(LIBRARY.rglob("*.py"))
 # imports inside a function: an optional dependency (tensorboard), and matplotlib and scipy, which every process
@@ -50,6 +52,51 @@ def test_no_private_name_is_imported_across_modules():
     assert bad == []
 
 
+def _subject(node) -> str:
+    """What an expression names: `task`, `self.task`, `cfg["task"]` and `values.get("task")` all name `task`."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+        return str(node.slice.value)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+            and node.args and isinstance(node.args[0], ast.Constant):
+        return str(node.args[0].value)
+    return ""
+
+
+def task_identity_checks(source: str) -> list[str]:
+    """Comparisons that ask which task this is: a task's name compared with a string (`task == "..."`,
+    `self.task != "..."`, `cfg["task"] == "..."`, `x.name == "<a task's name>"`) or membership in
+    DISCRETE_TASK_NAMES. Such a question belongs behind the Task interface."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        strings = {s.value for s in sides if isinstance(s, ast.Constant) and isinstance(s.value, str)}
+        subjects = {_subject(s) for s in sides}
+        by_task = bool(strings) and any("task" in n.lower() for n in subjects)
+        by_name = "name" in subjects and bool(strings & set(TASK_NAMES))
+        category = "DISCRETE_TASK_NAMES" in subjects
+        if by_task or by_name or category:
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_task_check_catches_the_checks_it_replaced():
+    """The comparisons the Task interface replaced (config, cli/data, cli/core, evaluate) are each flagged."""
+    old = ['if self.task == "connectivity": pass', 'if task != "sudoku": pass',
+           'if self.name == "shortest-path": pass', 'if self.task not in DISCRETE_TASK_NAMES: pass',
+           'x = 1 if task in DISCRETE_TASK_NAMES else 2', 'ok = values.get("task") in DISCRETE_TASK_NAMES',
+           'ok = cfg["task"] not in TASK_NAMES and ckpt.task in DISCRETE_TASK_NAMES']
+    assert [s for s in old if not task_identity_checks(s)] == []
+    fine = ['ok = path.name != "ckpt.safetensors"', 'ok = ctx.get_parameter_source("n").name == "COMMANDLINE"',
+            'ok = ctx.get_parameter_source("task").name == "COMMANDLINE"', 'ok = cfg["task"] not in TASK_NAMES']
+    assert [s for s in fine if task_identity_checks(s)] == []
+
+
 def test_tasks_are_only_asked_what_they_are_inside_the_task_modules():
     task_modules = {"tasks.py", "problems.py", "discrete/tasks.py"}
     bad = []
@@ -61,6 +108,7 @@ def test_tasks_are_only_asked_what_they_are_inside_the_task_modules():
         asks = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Attribute) and n.attr == "discrete"]
         if asks or '"discrete"' in text or '"shortest-path"' in text:
             bad.append(rel)
+        bad += [f"{rel} {c}" for c in task_identity_checks(text)]
     assert bad == []
 
 

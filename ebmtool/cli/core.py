@@ -55,7 +55,7 @@ from ebmtool.info import describe, format_description
 from ebmtool.negatives import CLAMP_MODES
 from ebmtool.negatives_file import negatives_k
 from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
-from ebmtool.tasks import DISCRETE_TASK_NAMES, TASK_NAMES
+from ebmtool.tasks import TASK_NAMES, builtin_task
 from ebmtool.training.loop import train as run_training
 from ebmtool.training.state import checkpoint_compute, run_is_complete
 
@@ -286,7 +286,8 @@ def _given_flags(flags: dict, budget, budget_of, resume) -> tuple[dict, bool]:
 def _new_config(recipe: str, init, given: dict):
     """The configuration of a new run from its recipe and the flags given (not yet resolved)."""
     values = {**RECIPES[recipe], **given, "recipe": recipe}
-    if values.get("task") in DISCRETE_TASK_NAMES and "size" not in given:
+    task = builtin_task(values.get("task"))
+    if task is not None and not task.recipe_size_applies and "size" not in given:
         values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
     if init is not None:
         init = resolve_checkpoint_path(init)

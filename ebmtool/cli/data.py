@@ -24,9 +24,8 @@ from ebmtool.cli.defaults import (
 from ebmtool.config import (
     RECIPES,
 )
-from ebmtool.discrete import sudoku
 from ebmtool.errors import InputError
-from ebmtool.tasks import DISCRETE_TASK_NAMES, SPLITS, TASK_NAMES, Problems, get_task
+from ebmtool.tasks import SPLITS, TASK_NAMES, get_task
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 
@@ -63,7 +62,7 @@ def data(ctx, task, n, output, size, split, harder, seed, source, labels, overwr
         return _data_from_files(ctx, task, n, output, split, source, labels)
     if split == "train" and seed is None:
         seed = secrets.randbelow(2**31)
-    t = get_task(task, size if size is not None or task in DISCRETE_TASK_NAMES else CONTINUOUS_SIZE)
+    t = get_task(task, size if size is not None or not get_task(task).recipe_size_applies else CONTINUOUS_SIZE)
     problems = t.generate(n, split, seed=seed, harder=harder, size=size if harder else None)
     size = problems.description["size"]
     prov = provenance("data", {"task": task, "size": size, "split": split, "harder": harder, "n": n,
@@ -79,20 +78,21 @@ def _data_from_files(ctx, task, n, output, split, source, labels):
     """`data sudoku --from FILE`: the user's puzzles in the dataset layout that train/eval/compare read."""
     if source is None:
         raise InputError("--labels goes with --from features.npy")
-    if task != "sudoku":
+    t = get_task(task)
+    if not t.converts_files:
         raise InputError(f"--from converts Sudoku files; {task} data is generated (leave out --from)")
     given = [name for name in ("size", "harder", "seed") if ctx.get_parameter_source(name).name == "COMMANDLINE"]
     if given:
         raise InputError(f"--{given[0]} does not apply to --from: the file decides the puzzles")
-    x, y, mask, desc = sudoku.problems_from_files(source, labels)
+    problems = t.problems_from_files(source, labels)
     if ctx.get_parameter_source("n").name == "COMMANDLINE":
-        x, y, mask = x[:n], y[:n], mask[:n]
-    desc.update(n=int(len(x)), split=split)
-    problems = Problems(x, y, mask, desc)
-    prov = provenance("data", {"task": task, "size": 9, "split": split, "from": str(source),
-                               "labels": str(labels) if labels else None, "n": len(x)},
+        problems = problems.subset(n)
+    desc = problems.description
+    desc.update(n=len(problems), split=split)
+    prov = provenance("data", {"task": task, "size": t.size, "split": split, "from": str(source),
+                               "labels": str(labels) if labels else None, "n": len(problems)},
                       inputs={"source": source, **({"labels": labels} if labels else {})}, data=desc)
-    write_dataset(output, problems, {"task": task, "size": 9, "split": split, "harder": False, "n": len(x), "seed": -1,
-                                     "source": str(source)}, prov)
-    click.echo(f"wrote {len(x)} sudoku 9x9 problems from {source} (givens {desc['givens_min']}-{desc['givens_max']}) "
-               f"to {output}")
+    write_dataset(output, problems, {"task": task, "size": t.size, "split": split, "harder": False,
+                                     "n": len(problems), "seed": -1, "source": str(source)}, prov)
+    click.echo(f"wrote {len(problems)} {t.label} problems from {source} (givens {desc['givens_min']}-"
+               f"{desc['givens_max']}) to {output}")

@@ -61,6 +61,22 @@ class DiscreteTask(Task):
     def has_mask(self) -> bool:
         return self.name == "sudoku"  # the clues are given
 
+    @property
+    def negative_forms(self) -> tuple[str, ...]:
+        """Connectivity's reference negative comes in two forms (the first is the default); no other task's does."""
+        return negatives.CONNECTIVITY_NEGATIVES if self.name == "connectivity" else ()
+
+    @property
+    def converts_files(self) -> bool:
+        return self.name == "sudoku"  # the public Sudoku sets (RRN/Kaggle CSV, SAT-Net .npy)
+
+    def problems_from_files(self, source, labels=None) -> Problems:
+        """Sudoku puzzles a user has on disk, checked (sudoku.problems_from_files)."""
+        if not self.converts_files:
+            return super().problems_from_files(source, labels)
+        x, y, mask, desc = sudoku.problems_from_files(source, labels)
+        return Problems(x, y, mask, desc)
+
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
         """dims for ebmtool.models.build_model (the reference architecture of this task). `width` and `blocks`
         (None = the reference's) scale it: Sudoku CNN channels / residual blocks, connectivity hidden size /
