@@ -32,7 +32,7 @@ import torch
 
 from ebmtool import stats as S
 from ebmtool.checkpoints import Checkpoint
-from ebmtool.artifacts import code_version, open_h5, sha256_file
+from ebmtool.artifacts import code_version, sha256_file
 from ebmtool.errors import InputError, RunError
 from ebmtool.arms import COMPUTE_META, Group, Run, check_compatible, load_groups
 from ebmtool.confounds import compute_summary, config_diff, environment_warnings
@@ -40,6 +40,7 @@ from ebmtool.diffusion import cosine_schedule, energy, noised
 from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
 from ebmtool.negatives import ired_negative
 from ebmtool.progress import bar_log, progress_bar
+from ebmtool.training.metrics import read_metrics
 
 DEFAULT_SEED = 20240614  # seed of `ebmtool compare`'s bootstrap and permutation draws when none is given
 ENERGY_SAMPLE_SEED = 0  # t, noise and negatives of the energy histograms: the same for every model
@@ -85,25 +86,19 @@ def read_curves(ckpt_path: Path) -> dict[str, np.ndarray] | None:
     path = Path(ckpt_path).parent / "metrics.h5"
     if not path.exists():
         return None
-    out: dict[str, np.ndarray] = {}
-    with open_h5(path, "metrics") as f:
-        if "step" not in f:
-            return None
-        steps = np.asarray(f["step"][()])
-        out["step"] = steps
-
-        def visit(name, obj):
-            if not hasattr(obj, "shape") or name == "step" or name.startswith("eval/"):
-                return
-            base = name.rsplit("/", 1)[-1]
-            wanted = name in CURVE_COLUMNS or "p_hard" in base or "margin" in base
-            if wanted and obj.ndim == 1 and obj.shape[0] == steps.shape[0]:
-                out[name] = np.asarray(obj[()], dtype=np.float64)
-
-        f.visititems(visit)
-        if "eval/step" in f and "eval/mse_ema" in f:
-            out["eval/step"] = np.asarray(f["eval/step"][()])
-            out["eval/mse_ema"] = np.asarray(f["eval/mse_ema"][()], dtype=np.float64)
+    columns, eval_columns = read_metrics(path)
+    if "step" not in columns:
+        return None
+    steps = np.asarray(columns["step"])
+    out: dict[str, np.ndarray] = {"step": steps}
+    for name, a in columns.items():
+        base = name.rsplit("/", 1)[-1]
+        wanted = name in CURVE_COLUMNS or "p_hard" in base or "margin" in base
+        if name != "step" and wanted and a.ndim == 1 and a.shape[0] == steps.shape[0]:
+            out[name] = np.asarray(a, dtype=np.float64)
+    if "step" in eval_columns and "mse_ema" in eval_columns:
+        out["eval/step"] = np.asarray(eval_columns["step"])
+        out["eval/mse_ema"] = np.asarray(eval_columns["mse_ema"], dtype=np.float64)
     return out
 
 

@@ -13,7 +13,7 @@ from ebmtool.checkpoints import load_checkpoint
 from ebmtool.compute import format_flops
 from ebmtool.evaluate import checkpoint_model
 from ebmtool.models import parameter_count
-from ebmtool.training.metrics import LIVE_LOG, live_progress
+from ebmtool.training.metrics import LIVE_LOG, live_progress, read_metrics, source_columns
 from ebmtool.locks import lock_holder
 from ebmtool.training.state import checkpoint_compute
 
@@ -33,8 +33,8 @@ def describe(path: Path) -> dict:
                "datasets": {}}
         f.visititems(lambda name, obj: out["datasets"].update({name: _dataset_summary(obj)})
                      if is_dataset(obj) else None)
-        if kind == "metrics":
-            out["summary"] = metrics_summary(f)
+    if kind == "metrics":
+        out["summary"] = metrics_summary(*read_metrics(path))
     return out
 
 
@@ -119,40 +119,40 @@ def _scalar(v):
     return v
 
 
-def metrics_summary(f) -> dict:
-    """First and last logged values of each metric, plus alarms for curves that look broken."""
-    if "step" not in f or f["step"].shape[0] == 0:
+def metrics_summary(columns: dict[str, np.ndarray], eval_columns: dict[str, np.ndarray]) -> dict:
+    """First and last logged values of each metric, plus alarms for curves that look broken (read_metrics'
+    columns)."""
+    if "step" not in columns or columns["step"].shape[0] == 0:
         return {"rows": 0}
-    steps = f["step"][()]
+    steps = columns["step"]
     out = {"rows": int(len(steps)), "first_step": int(steps[0]), "last_step": int(steps[-1]), "first": {},
            "last": {}, "alarms": []}
-    for name in f:
-        if is_dataset(f[name]) and name != "step":
-            a = f[name][()]
+    for name, a in columns.items():
+        if "/" not in name and name != "step":  # top-level columns; per-source ones are summarised below
             out["first"][name], out["last"][name] = float(a[0]), float(a[-1])
-    if "eval" in f and "step" in f["eval"] and f["eval/step"].shape[0]:
-        out["eval"] = {c: float(f["eval"][c][-1]) for c in f["eval"]}
-    if "p_hard" in f:
-        p = f["p_hard"][()]
+    if "step" in eval_columns and eval_columns["step"].shape[0]:
+        out["eval"] = {c: float(a[-1]) for c, a in eval_columns.items()}
+    if "p_hard" in columns:
+        p = columns["p_hard"]
         if np.all(np.nan_to_num(p) == 0) and len(p) > 1:
             out["alarms"].append("p_hard is 0 throughout: every negative is easy, the energy term teaches little")
-    if "loss_energy" in f:
-        le = f["loss_energy"][()]
+    if "loss_energy" in columns:
+        le = columns["loss_energy"]
         le = le[np.isfinite(le)]
         if len(le) > 5 and np.ptp(le) < 1e-7:
             out["alarms"].append("loss_energy is constant: the energy term is not training")
         if len(le) == 0 and len(steps) > 0:
             out["alarms"].append("no energy loss was logged: energy supervision is off")
-    if "norm_ratio" in f:
-        nr = f["norm_ratio"][()]
+    if "norm_ratio" in columns:
+        nr = columns["norm_ratio"]
         nr = nr[np.isfinite(nr)]
         if len(nr) and (np.median(nr) < 0.5 or np.median(nr) > 2.0):
             out["alarms"].append(f"median |x-|/|x+| is {np.median(nr):.2f}: negatives are separable by norm alone")
-    out["alarms"] += _negative_alarms(f)
-    if "source" in f:
-        out["sources"] = {name: {m: _finite_mean(f["source"][name][m][()]) for m in f["source"][name]}
-                          for name in f["source"]}
-        for name, grp in f["source"].items():
+    out["alarms"] += _negative_alarms(columns)
+    sources = source_columns(columns)
+    if sources:
+        out["sources"] = {name: {m: _finite_mean(a) for m, a in grp.items()} for name, grp in sources.items()}
+        for name, grp in sources.items():
             out["alarms"] += [f"source {name}: {a}" for a in source_alarms(grp)]
     return out
 
@@ -193,7 +193,7 @@ def _negative_alarms(f) -> list[str]:
 
 
 def source_alarms(g) -> list[str]:
-    """Alarms about one negative source's columns of a metrics file (`g`: its HDF5 group or a dict of arrays):
+    """Alarms about one negative source's columns of a metrics file (`g`: {metric: array}, source_columns'):
     all-easy negatives, norm-separable ones, a realised fraction off the configured one, near-duplicates, and
     descent steps that were almost never accepted."""
     alarms = []

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool.artifacts import atomic_path, open_h5
+from ebmtool.artifacts import atomic_path
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.reporting import fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
 from ebmtool.stats import scipy_stats
+from ebmtool.training.metrics import read_metrics, source_columns
 
 SPLITS = ("test", "harder")
 WEIGHTS = ("model", "ema")
@@ -98,19 +99,18 @@ def tail_means(metrics_path: Path) -> tuple[dict[str, float], float | None]:
     gives nan (logged but undefined, e.g. no hard negative); an absent column is absent.
     """
     out: dict[str, float] = {}
-    with open_h5(metrics_path, "metrics") as f:
-        rows = f["step"].shape[0] if "step" in f else 0
-        if rows == 0:
-            return out, None
-        tail = max(1, math.ceil(TAIL_FRACTION * rows))
-        sources = [f"source/{s}/accept_fraction" for s in f["source"] if "accept_fraction" in f["source"][s]] \
-            if "source" in f else []
-        for col in (*DIAGNOSTIC_COLUMNS, *sorted(sources)):
-            if col in f and f[col].shape == (rows,):
-                a = np.asarray(f[col][rows - tail:], dtype=np.float64)
-                a = a[np.isfinite(a)]
-                out[col] = float(a.mean()) if a.size else float("nan")
-        wall = float(f["wall_time"][rows - 1]) if "wall_time" in f else float("nan")
+    columns, _ = read_metrics(metrics_path)
+    rows = columns["step"].shape[0] if "step" in columns else 0
+    if rows == 0:
+        return out, None
+    tail = max(1, math.ceil(TAIL_FRACTION * rows))
+    sources = [f"source/{s}/accept_fraction" for s, g in source_columns(columns).items() if "accept_fraction" in g]
+    for col in (*DIAGNOSTIC_COLUMNS, *sorted(sources)):
+        if col in columns and columns[col].shape == (rows,):
+            a = np.asarray(columns[col][rows - tail:], dtype=np.float64)
+            a = a[np.isfinite(a)]
+            out[col] = float(a.mean()) if a.size else float("nan")
+    wall = float(columns["wall_time"][rows - 1]) if "wall_time" in columns else float("nan")
     return out, wall if math.isfinite(wall) else None
 
 

@@ -124,3 +124,16 @@ def test_only_the_file_format_modules_import_h5py_or_safetensors():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             bad += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("h5py", "safetensors") and rel not in owners]
     assert bad == []
+
+
+def test_metrics_h5_has_one_reader():
+    """training/metrics.py's read_metrics is the only place that opens a metrics.h5: info, compare and report read
+    its columns, so the layout is known once."""
+    bad = []
+    for path in FILES:
+        rel = str(path.relative_to(LIBRARY))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "open_h5" \
+                    and any(isinstance(a, ast.Constant) and a.value == "metrics" for a in node.args):
+                bad.append(rel)
+    assert bad == ["training/metrics.py"]

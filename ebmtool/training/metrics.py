@@ -71,6 +71,29 @@ def write_metrics(path: Path, st) -> None:
               "world_size": dist.world_size()}, prov)
 
 
+def read_metrics(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(columns, eval_columns) of a metrics.h5 (verified), each dataset as stored, in the file's order: `columns`
+    by full name (`loss_total`, `source/anm/p_hard`), `eval_columns` without their `eval/` prefix. The one
+    reader of the layout: a resume, `info`, `compare` and `report` all read through it."""
+    with open_h5(path, "metrics") as f:
+        names: list[str] = []
+        f.visit(names.append)
+        arrays = {n: f[n][()] for n in names if hasattr(f[n], "shape")}  # datasets; groups have no shape
+    columns = {n: a for n, a in arrays.items() if not n.startswith("eval/")}
+    return columns, {n[len("eval/"):]: a for n, a in arrays.items() if n.startswith("eval/")}
+
+
+def source_columns(columns: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """The per-source columns of read_metrics' `columns` by source: {name: {metric: array}} from
+    `source/<name>/<metric>`, in the file's order."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, a in columns.items():
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == "source":
+            out.setdefault(parts[1], {})[parts[2]] = a
+    return out
+
+
 def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tuple[list[dict], list[dict]]:
     """Rows of an existing metrics.h5 up to a checkpoint's step (a resume continues the same curves).
 
@@ -80,14 +103,13 @@ def read_metric_rows(path: Path, upto_step: int, columns=METRIC_COLUMNS) -> tupl
     if not path.exists():
         return [], []
     try:
-        f = open_h5(path, "metrics")
+        stored, stored_eval = read_metrics(path)
     except InputError as exc:
         raise InputError(f"{exc}; move it away to resume without the earlier metric rows") from None
-    with f:
-        cols = [c for c in columns if c in f]
-        rows = [dict(zip(cols, vals)) for vals in zip(*(f[c][()].tolist() for c in cols))]
-        ecols = [c for c in EVAL_COLUMNS if f"eval/{c}" in f]
-        erows = [dict(zip(ecols, vals)) for vals in zip(*(f[f"eval/{c}"][()].tolist() for c in ecols))]
+    cols = [c for c in columns if c in stored]
+    rows = [dict(zip(cols, vals)) for vals in zip(*(stored[c].tolist() for c in cols))]
+    ecols = [c for c in EVAL_COLUMNS if c in stored_eval]
+    erows = [dict(zip(ecols, vals)) for vals in zip(*(stored_eval[c].tolist() for c in ecols))]
     return [r for r in rows if r["step"] <= upto_step], [r for r in erows if r["step"] <= upto_step]
 
 
