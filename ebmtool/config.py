@@ -123,7 +123,7 @@ class TrainConfig:
         if self.clamp_mode not in CLAMP_MODES:
             raise InputError(f"--clamp-mode must be one of {', '.join(CLAMP_MODES)}")
         if self.on_nan not in ON_NAN:
-            raise InputError("--on-nan must be 'stop' or 'skip'")
+            raise InputError(f"--on-nan must be {' or '.join(repr(v) for v in ON_NAN)}")
         if self.blocks is not None and self.blocks < 1:
             raise InputError(f"--blocks must be at least 1, got {self.blocks}")
         if self.energy_weight is not None and self.energy_weight < 0:

@@ -38,7 +38,7 @@ from ebmtool.negatives import NegativeSettings, generate, renoise, rms
 from ebmtool import sans as sans_mod
 
 SELECT = ("top", "sample")
-SCORE_LEVELS = ("mined", "all")  # score at each negative's mined level, or at every level
+SCORE_LEVELS = ("mined", "all")  # score at each negative's mined level (the default), or at every level
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,7 @@ def energy_summary(e_pos: np.ndarray, e_neg: np.ndarray, valid: np.ndarray) -> t
 # ------------------------------------------------------------------------------------------------ score
 
 @torch.no_grad()
-def score(checkpoint: Path, negatives: Path, *, levels: str = "mined", weights: str = "ema",
+def score(checkpoint: Path, negatives: Path, *, levels: str = SCORE_LEVELS[0], weights: str = "ema",
           batch_size: int = 1024, device="cpu") -> dict:
     """Energies of every positive and negative of a negatives file under `checkpoint` (same task), at the mined
     level (and at every level with levels='all'). Returns datasets and attributes of a scores file."""
@@ -392,6 +392,13 @@ def write_scores(path: Path, result: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ weights
 
+def row_weight_stats(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entropy, ESS) of each row of SANS weights (N, K), by sans.weight_stats itself mapped over the rows, so the
+    weights file and the training log compute them one way; NaN for a row without weights."""
+    stats = torch.vmap(lambda row: sans_mod.weight_stats(row[None]))(w)
+    return stats["weight_entropy"], stats["weight_ess"]
+
+
 def compute_weights(scores: Path, alpha: float, schedule: str = "constant", floor: float = 0.1) -> dict:
     """SANS weights softmax(-alpha_t E-) per row over the valid negatives, with entropy and ESS per row."""
     if not alpha >= 0:
@@ -407,9 +414,8 @@ def compute_weights(scores: Path, alpha: float, schedule: str = "constant", floo
     a = sans_mod.alpha_at(level, alpha, schedule, floor, cosine_schedule().levels)
     w = sans_mod.weights(e, a, valid)
     has = w.sum(dim=1) > 0
-    ent = -(w * torch.log(w.clamp_min(1e-38))).sum(dim=1)
-    ess = 1.0 / (w ** 2).sum(dim=1).clamp_min(1e-38)
-    ent[~has], ess[~has] = math.nan, 0.0
+    ent, ess = row_weight_stats(w)
+    ess[~has] = 0.0  # a row without weights: entropy NaN, ESS 0
     datasets = {"index": index, "weights": w.numpy().astype(np.float32), "entropy": ent.numpy().astype(np.float32),
                 "ess": ess.numpy().astype(np.float32), "alpha": a.numpy().astype(np.float32)}
     out_attrs = {"task": attrs.get("task", ""), "alpha": float(alpha), "alpha_schedule": schedule,

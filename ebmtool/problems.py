@@ -23,7 +23,7 @@ from ebmtool.errors import InputError
 EVAL_SEED = 20240614
 PURPOSES = {"train": 1, "val": 2, "test": 3}
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # the first, train, is what `ebmtool data` writes unless told otherwise
 
 
 @dataclass

@@ -25,11 +25,13 @@ from ebmtool.artifacts import atomic_path
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.reporting import fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
+from ebmtool.evaluate import WEIGHTS as WEIGHT_SETS
 from ebmtool.stats import scipy_stats
 from ebmtool.training.metrics import read_metrics, source_columns
 
 SPLITS = ("test", "harder")
-WEIGHTS = ("model", "ema")
+VERDICT_WEIGHTS = "model"  # the report's default verdict weights: raw (weights_statement says why)
+WEIGHTS = (VERDICT_WEIGHTS, *(w for w in WEIGHT_SETS if w != VERDICT_WEIGHTS))  # the report's order: raw, EMA
 REPORT_NAME = "REPORT.md"
 DIAGNOSTIC_COLUMNS = ("loss_denoise", "loss_energy", "p_hard", "margin", "norm_ratio", "grad_share_energy",
                       "dup_fraction")

@@ -40,7 +40,7 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
               show_default=f"{CONTINUOUS_SIZE} for continuous tasks; graph nodes "
               + per_task(lambda t: t.size if t.size_unit == "nodes" else None),
               help="Matrix size of continuous tasks (the paper uses 20); node count of graph tasks; Sudoku is 9x9.")
-@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default=SPLITS[0], show_default=True,
               help="train draws from --seed; val and test are the fixed evaluation sets every model shares.")
 @click.option("--harder", is_flag=True, help="The out-of-distribution variant of the task.")
 @seed_option("Seed of a train split; drawn and recorded when not given (val/test use their fixed seed).")

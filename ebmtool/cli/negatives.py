@@ -125,7 +125,7 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
 @checkpoint_argument
 @click.argument("negatives", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("scores.h5"), show_default=True)
-@click.option("--levels", type=click.Choice(SCORE_LEVELS), default="mined", show_default=True,
+@click.option("--levels", type=click.Choice(SCORE_LEVELS), default=SCORE_LEVELS[0], show_default=True,
               help="Energies at each row's mined level, or also at every level.")
 @click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
