@@ -88,7 +88,7 @@ class NegativeBatch:
     y_neg: torch.Tensor  # (B, K, D) clean space, detached
     valid: torch.Tensor  # (B, K) bool: False = near-duplicate, dropped
     candidates: int  # candidates examined (B*K, or B*K*C for hnm)
-    duplicates: int  # candidates dropped as near-duplicates
+    duplicates: int | torch.Tensor  # candidates dropped as near-duplicates (a count on the device in training)
     info: dict = field(default_factory=dict)  # per-source extras (hnm: selected start level per negative)
 
 
@@ -250,7 +250,7 @@ def _hnm(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noi
     else:
         raise ValueError(f"unknown hnm selection {s.hnm_select!r}; use top or sample")
     y_sel = y_c.view(b * k, c, d)[torch.arange(b * k, device=y.device), pick]
-    return y_sel, {"level": levels[pick].view(b, k), "candidate_duplicates": int(dup.sum()),
+    return y_sel, {"level": levels[pick].view(b, k), "candidate_duplicates": dup.sum(),
                    "candidates": b * kc, **_acceptance(accepted, s.hnm_steps)}
 
 
@@ -286,7 +286,7 @@ def generate(source: str, model, x, y, t, eps, sched: Schedule, k: int, settings
     cands = info.pop("candidates", b * k)
     # hnm counts dropped candidates (a selected near-duplicate implies all its candidates were); others count picks
     dups = info.pop("candidate_duplicates", None)
-    dups = int((~valid).sum()) if dups is None else dups
+    dups = (~valid).sum() if dups is None else dups  # a tensor: read when logged, not here
     return NegativeBatch(y_neg, valid, cands, dups, info)
 
 

@@ -78,14 +78,14 @@ def loss(form: str, e_pos: torch.Tensor, e_neg: torch.Tensor, w: torch.Tensor, m
     return out
 
 
-def weight_stats(w: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, float]:
-    """Mean entropy -sum w log w and effective sample size 1 / sum w^2 over the rows that have weights."""
+def weight_stats(w: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Mean entropy -sum w log w and effective sample size 1 / sum w^2 over the rows that have weights, as 0-d
+    tensors on w's device (NaN without such a row): computed every training step, read when a row is logged."""
     w = w.detach()
     if rows is None:
         rows = w.sum(dim=1) > 0
-    if not bool(rows.any()):
-        return {"weight_entropy": math.nan, "weight_ess": math.nan}
-    w = w[rows]
     ent = -(w * torch.log(w.clamp_min(1e-38))).sum(dim=1)
     ess = 1.0 / (w ** 2).sum(dim=1)
-    return {"weight_entropy": float(ent.mean()), "weight_ess": float(ess.mean())}
+    n = rows.sum()
+    zero = torch.zeros((), dtype=w.dtype, device=w.device)
+    return {"weight_entropy": torch.where(rows, ent, zero).sum() / n, "weight_ess": torch.where(rows, ess, zero).sum() / n}

@@ -37,7 +37,7 @@ from ebmtool.evaluate import evaluate_model
 from ebmtool.models import EnergyMLP, compile_explicit
 from ebmtool.offline import OfflineNegatives
 from ebmtool.progress import progress_bar
-from ebmtool.training.diagnostics import nanmean
+from ebmtool.training.diagnostics import nanmean, to_host
 from ebmtool.training.losses import Objective
 from ebmtool.training.metrics import (
     LIVE_LOG, TENSORBOARD_DIR, LiveLog, TensorBoardLog, metric_columns, read_metric_rows, write_metrics,
@@ -199,6 +199,7 @@ class RowLogger:
         st, w = self.st, self.window
         if not w or not (st.step % st.cfg.log_every == 0 or finished):
             return
+        w = to_host(w)  # the window's device values, read in one transfer
         row = {k: nanmean([r.get(k, float("nan")) for r in w]) for k in {k for r in w for k in r}}
         row.update(step=st.step, lr=st.cfg.lr, energy_weight=st.objective.energy_weight, skipped_steps=st.skipped,
                    wall_time=self.seconds(), compute_flops=st.compute)

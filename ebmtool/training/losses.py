@@ -101,9 +101,10 @@ def ired_losses(model, batch: Batch, obj: Objective) -> dict:
 
 def included_mean(le: torch.Tensor, included: torch.Tensor, shard: Shard | None) -> torch.Tensor:
     """The energy loss's mean over examples with at least one valid negative (the others are excluded, and
-    counted); under a shard, the global mean times N, so the processes' mean is the one-process term."""
+    counted); under a shard, the global mean times N, so the processes' mean is the one-process term. Chosen on
+    the device (no host round-trip): exactly le.mean() when every example is included."""
     if shard is None or not dist.active():
-        return le.mean() if bool(included.all()) else (le * included).sum() / included.sum().clamp_min(1)
+        return torch.where(included.all(), le.mean(), (le * included).sum() / included.sum().clamp_min(1))
     n_inc = dist.all_reduce_sum(included.sum().double().reshape(1).cpu())[0].item()
     return le.mean() if n_inc == shard.total else (le * included).sum() * (dist.world_size() / max(n_inc, 1.0))
 
@@ -128,8 +129,8 @@ def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor):
         alpha = sans_mod.alpha_at(t, cfg.alpha, cfg.alpha_schedule, cfg.alpha_floor or 0.0, sched.levels)
         w = sans_mod.weights(e_neg, alpha, neg.valid)
         form = cfg.sans_loss
-        neg.diag["sans_alpha"] = float(alpha.mean()) if batch.shard is None or not dist.active() else \
-            float(dist.all_reduce_sum(alpha.double().sum().reshape(1).cpu())[0]) / neg.total
+        neg.diag["sans_alpha"] = alpha.mean() if batch.shard is None or not dist.active() else \
+            dist.all_reduce_sum(alpha.double().sum().reshape(1))[0] / neg.total
     else:
         w = sans_mod.uniform_weights(neg.valid)
         form = "pairwise"

@@ -44,7 +44,7 @@ class Negatives:
     y_neg: torch.Tensor
     valid: torch.Tensor  # (B, K): not a near-duplicate of its positive
     level: torch.Tensor | None  # (B, K): HNM's selected start level (NaN elsewhere); None without hnm
-    counts: torch.Tensor  # (sources, 4): candidates, duplicates, accepted and attempted refinement steps
+    counts: torch.Tensor  # (sources, 4) on the device: candidates, duplicates, accepted and attempted steps
     stages: list
     stage: curriculum_mod.Stage
     names: list[str]  # the stage's sources
@@ -54,6 +54,12 @@ class Negatives:
     offline_pos: torch.Tensor | None = None  # rows of this process's slice that took the file's negatives
     offline_file: torch.Tensor | None = None  # their rows in the file
     diag: dict = field(default_factory=dict)  # stage, k, offline_fraction
+
+
+def counts_row(*values, device) -> torch.Tensor:
+    """A row of Negatives.counts from ints the host knows and counts still on the device, without reading
+    the latter back (the logger reads them once per row)."""
+    return torch.stack([torch.as_tensor(v, device=device).to(torch.float64) for v in values])
 
 
 def discrete_reference(task, y, mask, k, gen, connectivity_form: str | None = None) -> NegativeBatch:
@@ -81,7 +87,7 @@ def assemble(model, batch, obj, eps) -> Negatives:
     names = [n for n, _ in stage.mix]
     neg = Negatives(torch.empty(b, k, d, device=dev), torch.empty(b, k, dtype=torch.bool, device=dev),
                     torch.full((b, k), math.nan, device=dev) if "hnm" in names else None,
-                    torch.zeros(len(names), 4, dtype=torch.float64), stages, stage, names, total,
+                    torch.zeros(len(names), 4, dtype=torch.float64, device=dev), stages, stage, names, total,
                     diag={"stage": float(si), "k": float(k)})
     assign = curriculum_mod.assign(stage, total, batch.neg_gen)  # global, on the CPU
     online = torch.ones(total, dtype=torch.bool)
@@ -123,7 +129,7 @@ def _from_source(model, batch, obj, eps, neg: Negatives, j: int, name: str, rows
             yy, mm = yy[rg], None if mm is None else mm[rg]
         nb = discrete_reference(task, yy, mm, k, batch.neg_gen, cfg.connectivity_negative)
         if dist.is_main():
-            neg.counts[j, :2] += torch.tensor([nb.candidates, nb.duplicates], dtype=torch.float64)
+            neg.counts[j, :2] += counts_row(nb.candidates, nb.duplicates, device=dev)
         if pos is not None:
             p = pos.to(dev)
             nb = NegativeBatch(nb.y_neg[p], nb.valid[p], 0, 0, nb.info)
@@ -137,8 +143,8 @@ def _from_source(model, batch, obj, eps, neg: Negatives, j: int, name: str, rows
         sx, sy, st_, se, sm = (x, y, t, eps, m) if loc is None else \
             (x[loc], y[loc], t[loc], eps[loc], None if m is None else m[loc])
         nb = generate(name, model, sx, sy, st_, se, obj.sched, k, obj.settings, batch.neg_gen, mask=sm, noise=noise)
-        neg.counts[j] += torch.tensor([nb.candidates, nb.duplicates, float(nb.info.get("accepted", 0)),
-                                       nb.info.get("attempted", 0)], dtype=torch.float64)
+        neg.counts[j] += counts_row(nb.candidates, nb.duplicates, nb.info.get("accepted", 0),
+                                    nb.info.get("attempted", 0), device=dev)
     if loc is None:
         neg.y_neg, neg.valid = nb.y_neg, nb.valid
     else:
