@@ -101,16 +101,34 @@ class EnergyMLP(nn.Module):
         return gain2, bias2, gain3, bias3
 
 
-def _silu_grad(dh, a):
-    """dh * silu'(a), silu'(a) = s (1 + a (1 - s)) with s = sigmoid(a).
+class SiluGrad(torch.autograd.Function):
+    """dh * silu'(a) as one recorded operation: torch's fused kernel forward, and an explicit backward with
+    silu''(a) = s (1 - s) (2 + a (1 - 2 s)), s = sigmoid(a). Written out as tensor ops instead, autograd would
+    record and differentiate five elementwise operations (training's denoising loss differentiates this
+    product once more); this is the same function with fewer passes over (B, width) tensors."""
 
-    With gradients recorded (training) it is written out as tensor ops, which autograd differentiates once more;
-    without (the sampler, descent) it is torch's fused kernel for the same formula, which records nothing. The
-    choice is torch's own for SiLU's derivative (its create_graph=True and plain forms respectively), so E and
-    dE/dy match autograd.grad bit for bit in float32 on a CPU."""
-    if torch.is_grad_enabled():
+    @staticmethod
+    def forward(ctx, dh, a):
+        ctx.save_for_backward(dh, a)
+        return torch.ops.aten.silu_backward(dh, a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, a = ctx.saved_tensors
         s = torch.sigmoid(a)
-        return dh * s * (1 + a * (1 - s))
+        one_minus_s = 1 - s
+        d_dh = s * (1 + a * one_minus_s)  # silu'(a)
+        d_a = dh * (s * one_minus_s) * (2 + a * (1 - 2 * s))  # dh * silu''(a)
+        return grad * d_dh, grad * d_a
+
+
+def _silu_grad(dh, a):
+    """dh * silu'(a), silu'(a) = s (1 + a (1 - s)) with s = sigmoid(a): torch's fused kernel for SiLU's
+    derivative, which is also what autograd computes for it, so E and dE/dy match autograd.grad bit for bit in
+    float32 on a CPU. With gradients recorded (training) it goes through SiluGrad, whose backward is explicit;
+    without (the sampler, descent) it records nothing."""
+    if torch.is_grad_enabled():
+        return SiluGrad.apply(dh, a)
     return torch.ops.aten.silu_backward(dh, a)
 
 
