@@ -128,7 +128,9 @@ class RunState:
         self.ema = EMA(self.model, cfg.ema_beta, cfg.ema_every, cfg.ema_start)
         self.meter = ComputeMeter(self.model, *data.dims())
         self.objective: Objective | None = None  # the loss's fixed inputs, set by the loop once the run is ready
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        # fused: torch's one-kernel Adam (CPU and CUDA), about 3x faster than the per-tensor loop; the same
+        # update up to float rounding
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
         self.step = 0
         self.compute = 0.0  # cumulative FLOPs (ebmtool.compute), inherited ones included
         self.last_step_flops = 0.0  # the previous step's, to see a budget's last step coming
@@ -181,6 +183,8 @@ class RunState:
         if not full:
             return
         groups = json.loads(ckpt.meta["ebmtool.optim_groups"])
+        for g in groups:  # how the update is computed is this code's choice, not the checkpoint's
+            g.update({k: self.opt.param_groups[0][k] for k in ("fused", "foreach") if k in self.opt.param_groups[0]})
         state = {}
         for k, v in ckpt.group("optim").items():
             i, name = k.split("/", 1)
