@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 from pathlib import Path
 
 import click
@@ -11,7 +9,6 @@ import click
 from ebmtool import distributed
 from ebmtool.artifacts import (
     check_output,
-    sha256_file,
     write_evaluation,
 )
 from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
@@ -38,15 +35,9 @@ from ebmtool.compute import parse_flops
 from ebmtool.config import (
     ON_NAN,
     check_given,
-    IRED_FIELDS,
     NO_STEP_CAP,
     RECIPES,
-    TrainConfig,
-    first_difference,
-    flag_name,
-    resume_overrides,
 )
-from ebmtool.curriculum import sources_of
 from ebmtool.devices import PRECISIONS, resolve_device
 from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.errors import InputError
@@ -55,9 +46,10 @@ from ebmtool.info import describe, format_description
 from ebmtool.negatives import CLAMP_MODES
 from ebmtool.negatives_file import negatives_k
 from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
-from ebmtool.tasks import TASK_NAMES, builtin_task
+from ebmtool.tasks import TASK_NAMES
 from ebmtool.training.loop import train as run_training
-from ebmtool.training.state import checkpoint_compute, run_is_complete
+from ebmtool.training.plan import plan_run
+from ebmtool.training.state import checkpoint_compute
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 
@@ -215,43 +207,14 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
     if seeds is not None:
         return _train_seeds(ctx, seeds, output)
     given, force = _given_flags(flags, budget, budget_of, resume)
-    if autoresume:
-        if resume is not None or output is None:
-            raise InputError("--autoresume takes the run directory from -o DIR (and excludes --resume)")
-        if overwrite:
-            raise InputError("--autoresume continues what DIR holds; --overwrite would discard it")
-        resume = _autoresume_target(ctx, recipe, init, output, given)
-        if resume == "complete":
-            click.echo(f"{output} already holds the finished run; nothing to do")
-            return
-    if resume is not None:
-        if init is not None and not autoresume:
-            raise InputError("--resume and --init exclude each other: resume continues a run, init starts a new one")
-        resume = resolve_checkpoint_path(resume)
-        if output is not None and Path(output).resolve() != resume.parent.resolve():
-            raise InputError("--resume continues in the checkpoint's own directory; leave out -o")
-        stored = TrainConfig.from_dict(load_checkpoint(resume).config)
-        if ctx.get_parameter_source("recipe").name == "COMMANDLINE" and recipe != stored.recipe:
-            raise InputError(f"--recipe {recipe} differs from the run's {stored.recipe}: a resumed run keeps its "
-                             "configuration (start a new run with --init to change it)")
-
-        given = resume_overrides(stored, {k: v for k, v in given.items() if k not in ("init", "init_sha256")})
-        output = resume.parent
-        cfg = TrainConfig()
-    else:
-        cfg = _new_config(recipe, init, given)
-        init = None if cfg.init is None else Path(cfg.init)
-        if output is None:
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            output = Path(distributed.broadcast_json(str(Path("runs") / f"{Path(cfg.task).stem}-{stamp}")))
-        inputs = (init, Path(cfg.task) if Path(cfg.task).is_file() else None,
-                  *(Path(p) for p in (cfg.offline_negatives, cfg.offline_weights) if p))
-        for target in (output / "ckpt.safetensors", output / "metrics.h5"):
-            check_output(target, True, inputs=inputs)  # never overwrite an input, even with --overwrite
-        if (output / "ckpt.safetensors").exists() and not overwrite:
-            raise InputError(f"{output} already holds a run; use --resume to continue it or --overwrite to "
-                             "start again")
-    result = run_training(cfg, output, resume=resume, overrides=given if resume else None, log=log, force=force,
+    source = ctx.get_parameter_source("recipe")  # None under --seeds' ctx.invoke: nothing was typed there
+    plan = plan_run(given, recipe=recipe, recipe_given=source is not None and source.name == "COMMANDLINE",
+                    init=init, resume=resume, output=output, overwrite=overwrite, autoresume=autoresume)
+    if plan.complete:
+        click.echo(f"{output} already holds the finished run; nothing to do")
+        return
+    output = plan.output
+    result = run_training(plan.config, output, resume=plan.resume, overrides=plan.overrides, log=log, force=force,
                           tensorboard=tensorboard)
     if not distributed.is_main():
         return  # process 0 reports for the job
@@ -283,25 +246,6 @@ def _given_flags(flags: dict, budget, budget_of, resume) -> tuple[dict, bool]:
     return given, force
 
 
-def _new_config(recipe: str, init, given: dict):
-    """The configuration of a new run from its recipe and the flags given (not yet resolved)."""
-    values = {**RECIPES[recipe], **given, "recipe": recipe}
-    task = builtin_task(values.get("task"))
-    if task is not None and not task.recipe_size_applies and "size" not in given:
-        values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
-    if init is not None:
-        init = resolve_checkpoint_path(init)
-        values.update(init=str(init), init_sha256=sha256_file(init) if init.exists() else None)
-        load_checkpoint(init)  # validate early: one sentence if it is not a checkpoint
-    cfg = TrainConfig(**values)
-    if cfg.supervise_energy:
-        ired_given = [f for f in IRED_FIELDS if f in given]
-        if ired_given and "ired" not in sources_of(cfg.stages()):
-            raise InputError(f"--{flag_name(ired_given[0])} is a setting of the ired source, which this run does "
-                             "not use")
-    return cfg
-
-
 def _budget_flags(budget, budget_of, given: dict) -> dict:
     """--budget FLOPS / --budget-of RUN as config fields; a budgeted run without --steps has no step cap."""
     if budget is None and budget_of is None:
@@ -320,29 +264,6 @@ def _budget_flags(budget, budget_of, given: dict) -> dict:
         raise InputError(f"{path} records no compute (it was written before ebmtool counted compute); "
                          "give --budget FLOPS instead")
     return {**out, "budget_flops": flops, "budget_of": str(path)}
-
-
-def _autoresume_target(ctx, recipe: str, init, output: Path, given: dict):
-    """--autoresume: None (start a new run), "complete" (nothing to do) or the checkpoint to continue; a run of
-    another configuration in OUTPUT is refused, naming the first difference."""
-
-
-
-    ckpt_path = Path(output) / "ckpt.safetensors"
-    if not ckpt_path.exists():
-        return None
-    ckpt = load_checkpoint(ckpt_path)
-    stored = TrainConfig.from_dict(ckpt.config)
-    new = _new_config(recipe, init, given)
-    if new.seed is None:
-        new.seed = stored.seed  # a seed drawn for the stored run is that run's seed
-    new = dataclasses.replace(new, curriculum_total=stored.curriculum_total, init_steps=stored.init_steps).validate()
-    name = first_difference(stored, new)
-    if name is not None:
-        raise InputError(f"{output} holds a run with another configuration: --{flag_name(name)} is "
-                         f"{getattr(stored, name)} there and {getattr(new, name)} here (use another -o, or "
-                         "--overwrite without --autoresume to start again)")
-    return "complete" if run_is_complete(ckpt, new) else ckpt_path
 
 
 def _train_seeds(ctx, seeds: str, output):
