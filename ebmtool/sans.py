@@ -88,4 +88,5 @@ def weight_stats(w: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str,
     ess = 1.0 / (w ** 2).sum(dim=1)
     n = rows.sum()
     zero = torch.zeros((), dtype=w.dtype, device=w.device)
-    return {"weight_entropy": torch.where(rows, ent, zero).sum() / n, "weight_ess": torch.where(rows, ess, zero).sum() / n}
+    return {"weight_entropy": torch.where(rows, ent, zero).sum() / n,
+            "weight_ess": torch.where(rows, ess, zero).sum() / n}

@@ -45,13 +45,25 @@ class ReadCounter:
         return read
 
 
-def _state(tmp_path, **kw):
-    return start_run(tiny(seed=0, steps=1000, log_every=10, **kw), tmp_path, None, None, False, lambda m: None)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def _state(tmp_path, device="cpu", **kw):
+    return start_run(tiny(seed=0, steps=1000, log_every=10, device=device, **kw), tmp_path, None, None, False,
+                     lambda m: None)
 
 
 @pytest.mark.parametrize("arm", sorted(ARMS))
 def test_a_step_outside_logged_rows_reads_the_device_once(arm, tmp_path, monkeypatch):
-    st = _state(tmp_path, **ARMS[arm])
+    _count_reads_of_eight_steps(_state(tmp_path, **ARMS[arm]), monkeypatch)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_step_reads_the_device_once_on_every_device(device, tmp_path, monkeypatch):
+    _count_reads_of_eight_steps(_state(tmp_path, device, **ARMS["anm_k2"]), monkeypatch)
+
+
+def _count_reads_of_eight_steps(st, monkeypatch):
     train_step(st, draw_batch(st, st.step))  # first-use work (caches) happens before counting
     counter = ReadCounter(monkeypatch)
     for _ in range(8):  # steps 2..9: none ends a row of 10
