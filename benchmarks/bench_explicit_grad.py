@@ -119,13 +119,16 @@ def sampler_cost(size: int, batch: int, rounds: int, arms: list[str]) -> dict:
 
 
 def train_step_cost(size: int, batch: int, rounds: int, arms: list[str]) -> dict:
+    """The loop's own step (train_step on a fresh RunState per arm, same seed, so the same initial weights),
+    its network switched to the arm's form."""
     steps = {}
-    sched = cosine_schedule()
     for a in arms:
-        cfg, data, model, opt = setup_training(size, batch, WIDTH)
-        model = _arm(model, a)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.99))
-        steps[a] = make_train_step(cfg, model, opt, data, sched)
+        _, _, st = setup_training(size, batch, WIDTH)
+        st.model = _arm(st.model, a)
+        st.meter.counter = st.model.counter  # the copy counts its own calls
+        st.opt = torch.optim.Adam(st.model.parameters(), lr=st.cfg.lr, betas=(st.cfg.beta1, st.cfg.beta2),
+                                  fused=True)
+        steps[a] = make_train_step(st)
     out = {}
     if "compiled" in steps:
         torch._dynamo.reset()
