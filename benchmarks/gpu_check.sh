@@ -1,6 +1,6 @@
 #!/bin/bash
-# One GPU session, as run on an H200 for the README: the CUDA tests (CPU vs CUDA, bf16 vs fp32), the stage
-# benchmarks on CUDA, a longer Sudoku run (bf16) with board_solved on the normal and the harder test split, and
+# One GPU session, as run on an H200 for the README: the CUDA tests (CPU vs CUDA, bf16 vs fp32, host reads per
+# step), the training step eager vs compiled (plain and with CUDA graphs), the stage benchmarks on CUDA, a longer Sudoku run (bf16) with board_solved on the normal and the harder test split, and
 # torchrun scaling on the machine's CPU cores. Run from the repository root:
 #   bash benchmarks/gpu_check.sh            (OUT=dir for the results; PY=python to use)
 # The Sudoku files are generated first when absent (DATA=dir, default .gpu/); generate them on a CPU machine
@@ -29,8 +29,15 @@ DATA=${DATA:-.gpu}; mkdir -p "$DATA"
 [ -f "$DATA/sudoku-test.h5" ] || $EBM data sudoku --split test -n 512 -o "$DATA/sudoku-test.h5"
 [ -f "$DATA/sudoku-test-harder.h5" ] || $EBM data sudoku --split test --harder -n 512 -o "$DATA/sudoku-test-harder.h5"
 
-log "cuda tests (devices: CPU vs CUDA, bf16 vs fp32)"
-OMP_NUM_THREADS=4 timeout 150 $PY -m pytest -q -p no:warnings -rs tests/test_devices.py -x 2>&1 | tail -15
+log "cuda tests (devices: CPU vs CUDA, bf16 vs fp32; one host read per training step on CUDA too)"
+OMP_NUM_THREADS=4 timeout 150 $PY -m pytest -q -p no:warnings -rs tests/test_devices.py tests/test_step_syncs.py -x 2>&1 | tail -15
+
+if [ -f benchmarks/bench_step.py ]; then
+  log "training step and sampler on $DEV: eager vs compiled explicit gradient vs compiled + CUDA graphs"
+  Q=""; [ "$SMOKE" = 1 ] && Q="--quick"
+  timeout 420 $PY -m benchmarks step --device $DEV $Q 2>&1 | tail -25
+  cp benchmarks/out/step*.json benchmarks/out/step*.md "$OUT"/ 2>/dev/null
+fi
 
 if [ -f benchmarks/bench_stages.py ]; then
   log "stage benchmarks on $DEV"

@@ -59,3 +59,16 @@ def test_linear_fit():
     f = linear_fit([1, 2, 4], [3.0, 5.0, 9.0])
     assert f["slope_s"] == pytest.approx(2.0) and f["intercept_s"] == pytest.approx(1.0) and f["r2"] == pytest.approx(1)
     assert f["per_unit_ratio_largest_to_smallest"] == pytest.approx((9 / 4) / 3)
+
+
+def test_the_step_benchmark_probe_measures_a_real_step_and_sampler():
+    """benchmarks/bench_step.py's per-process probe (what `python -m benchmarks step` runs in each tree), tiny."""
+    from benchmarks import bench_step
+
+    m = bench_step.probe({"size": 4, "batch": 16, "threads": 1, "sample": True, "width": 32}, quick=True)
+    assert m["bare_step_s"] > 0 and m["logged_step_s"] > 0 and m["sample_s_per_problem"] > 0
+    assert m["flops_per_step"] > 0 and 0 < m["fraction_of_limit"] < 2 and 0 < m["sample_fraction_of_limit"] < 2
+    report = bench_step.markdown({"against": None, "quick": True, "width": 32, "device": "cpu",
+                                  "settings": {"tiny": {"after": m}}, "load_average_at_start": [0.0],
+                                  "load_average_at_end": [0.0], "wall_seconds": 1.0})
+    assert "| tiny | after |" in report

@@ -1,0 +1,241 @@
+"""The training step and the sampler against the machine's limit, before and after a change, in one run.
+
+`python -m benchmarks step` measures this tree; with EBMTOOL_BENCH_AGAINST=REV (a git revision) it checks REV out
+into a temporary worktree and measures both, alternating between them round by round, so that a change of the
+machine's load hits both alike (these machines are shared). Per setting (inverse SIZE x SIZE, the paper's MLP,
+width 512, fp32, ired K = 1, T torch threads; each round a fresh process per tree):
+
+- bare step: median seconds of `train_step` with no logged row (the loop's own step, benchmarks.common);
+- logged step: mean seconds per step over rows of 10 steps with --log-every 10 semantics: every step's
+  diagnostics, the row's last step measuring the energy term's gradient share, and the row's values read to
+  the host (what the CLI's default pays), and its overhead over the bare step;
+- fraction of the matmul limit: the step's counted FLOPs (the library's rule, what `compute_flops` records)
+  per second over the dense fp32 matmul rate at (batch * (1 + K), width) x (width, width) measured in the same
+  process, as `python -m benchmarks stages` computes it;
+- sampler (settings with `sample`): seconds per problem of the annealed sampler at batch 256, its fraction of
+  the limit at (256, width) x (width, width), and a checksum of the answers (equal answers: equal checksums);
+- `--device cuda`: 20x20 at batch 256 and 2048, eager against `compile_explicit` (inductor) and against it with
+  CUDA graphs (mode="reduce-overhead"), first-step (compilation) seconds too; no recipe;
+- recipe (not with --quick, CPU only): `ebmtool train --seed 0` (the CPU recipe: 8x8, batch 256, 1,500 steps), one thread,
+  both trees' runs side by side (started together, as a study runs two jobs), wall seconds of training as the
+  command reports them, and the final validation MSE.
+
+Each figure is the median over rounds of the per-process medians; speed-up = before / after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = [  # name, size, batch, threads, measure the sampler too
+    {"name": "inverse 20x20, batch 64, 2 threads", "size": 20, "batch": 64, "threads": 2, "sample": False},
+    {"name": "inverse 20x20, batch 256, 2 threads", "size": 20, "batch": 256, "threads": 2, "sample": True},
+    {"name": "inverse 8x8, batch 256, 1 thread", "size": 8, "batch": 256, "threads": 1, "sample": False},
+]
+QUICK = [{"name": "inverse 8x8, batch 64, 1 thread", "size": 8, "batch": 64, "threads": 1, "sample": True}]
+# on a GPU: eager against the compiled explicit gradient (models.compile_explicit), plain and with CUDA graphs
+CUDA = [{"name": f"inverse 20x20, batch {b}, {arm}", "size": 20, "batch": b, "threads": 4, "sample": b == 256,
+         "device": "cuda", "compile": mode}
+        for b in (256, 2048) for arm, mode in (("eager", None), ("compiled", "default"),
+                                               ("compiled + CUDA graphs", "reduce-overhead"))]
+WIDTH, ROWS, LOG_EVERY = 512, 3, 10
+
+
+def probe(setting: dict, quick: bool) -> dict:
+    """One process's measurements of `setting`, with the ebmtool (and benchmarks.common) found on sys.path:
+    this tree's or the other revision's."""
+    import torch
+
+    from benchmarks.common import matmul_flops, setup_training, sync_for, timeit
+    from ebmtool.training import draw_batch, train_step
+    try:
+        from ebmtool.training.diagnostics import to_host  # rows keep device values until logged
+    except ImportError:  # a revision whose rows are floats already
+        def to_host(rows):
+            return rows
+
+    torch.set_num_threads(setting["threads"])
+    size, b, device, width = setting["size"], setting["batch"], setting.get("device", "cpu"), setting.get("width", WIDTH)
+    repeats, sync = (5 if quick else 15), sync_for(device)
+    _, _, st = setup_training(size, b, width, device)
+    if setting.get("compile"):
+        from ebmtool.models import compile_explicit
+
+        compile_explicit(st.model, **({} if setting["compile"] == "default" else {"mode": setting["compile"]}))
+
+    def bare():
+        train_step(st, draw_batch(st, st.step % 8))
+
+    compute0 = st.compute
+    t_first = time.perf_counter()
+    bare()
+    if sync:
+        sync()
+    t_first = time.perf_counter() - t_first  # with --compile: the compilation
+    flops = st.compute - compute0  # the rule's count of one step (every step of ired K = 1 costs the same)
+    t_bare = timeit(bare, repeats=repeats, warmup=3, sync=sync)["median_s"]
+    st.cfg.log_every = LOG_EVERY
+    st.step = (st.step // LOG_EVERY + 1) * LOG_EVERY  # the first timed row starts at a row boundary
+    rows, t0 = (1 if quick else ROWS), time.perf_counter()
+    for _ in range(rows):
+        window = [train_step(st, draw_batch(st, st.step % 8)).row for _ in range(LOG_EVERY)]
+        to_host(window)
+    if sync:
+        sync()
+    t_logged = (time.perf_counter() - t0) / (rows * LOG_EVERY)
+    limit = matmul_flops(b * 2, width, width, device=device)
+    out = {"bare_step_s": t_bare, "logged_step_s": t_logged, "logging_overhead": t_logged / t_bare - 1,
+           "first_step_s": t_first,
+           "flops_per_step": flops, "matmul_flops_per_s": limit, "fraction_of_limit": flops / t_bare / limit}
+    if setting["sample"]:
+        out.update(sampler(size, quick, device, setting.get("compile"), width))
+    return out
+
+
+def sampler(size: int, quick: bool, device: str = "cpu", compile_mode: str | None = None, width: int = WIDTH) -> dict:
+    """Seconds per problem of the sampler at batch 256, the network's initial weights of seed 0 (the same in
+    every tree, so equal answers mean an equal sampler)."""
+    import torch
+
+    from benchmarks.common import counted_flops, flop_rule, matmul_flops, sync_for, timeit
+    from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
+    from ebmtool.models import EnergyMLP, compile_explicit
+
+    b, d = 256, size * size
+    torch.manual_seed(0)
+    model = EnergyMLP(d, d, width).to(device).eval().requires_grad_(False)
+    if compile_mode:
+        compile_explicit(model, **({} if compile_mode == "default" else {"mode": compile_mode}))
+    x = torch.randn(b, d, generator=torch.Generator().manual_seed(1)).to(device)
+    sched = cosine_schedule().to(device)
+
+    def run():
+        return sample(model, x, sched, d, SamplerSettings(), torch.Generator().manual_seed(0))
+
+    model.counter.reset()
+    answers = run()
+    flops = counted_flops(flop_rule(model), model.counter)
+    t = timeit(run, repeats=2 if quick else 5, warmup=1, sync=sync_for(device))["median_s"]
+    limit = matmul_flops(b, width, width, device=device)
+    return {"sample_s_per_problem": t / b, "sample_fraction_of_limit": flops / t / limit,
+            "sample_answer_checksum": float(answers.double().abs().sum())}
+
+
+def _probe_in(tree: Path, setting: dict, quick: bool) -> dict:
+    """`probe` in a fresh interpreter whose ebmtool and benchmarks packages are `tree`'s."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(setting["threads"])}
+    out = subprocess.run([sys.executable, __file__, json.dumps(setting), "1" if quick else "0"], cwd=tree, env=env,
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"probe in {tree} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def recipe(trees: dict, steps: int) -> dict:
+    """`ebmtool train --seed 0 --steps STEPS` in every tree at once, one thread each."""
+    procs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, tree in trees.items():
+            env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "ebmtool", "train", "--seed", "0", "--steps", str(steps), "-o",
+                 str(Path(tmp) / name)], cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out = {}
+        for name, p in procs.items():
+            stdout, stderr = p.communicate()
+            if p.returncode:
+                raise RuntimeError(f"recipe run in {trees[name]} failed:\n{stderr[-3000:]}")
+            secs = re.search(r"trained \d+ steps in ([0-9.]+) s", stdout)
+            mse = re.search(r"validation mse ([0-9.e-]+)", stdout)
+            out[name] = {"train_seconds": float(secs.group(1)), "val_mse": float(mse.group(1)) if mse else None}
+    return out
+
+
+def run(quick: bool = False, device: str = "cpu") -> dict:
+    against = os.environ.get("EBMTOOL_BENCH_AGAINST")
+    settings = (QUICK if quick else SETTINGS) if device == "cpu" else [
+        {**s, "device": device} for s in (CUDA[:3] if quick else CUDA)]
+    t0, load0 = time.time(), os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"after": ROOT}
+        if against:
+            subprocess.run(["git", "worktree", "add", "--detach", "-f", f"{tmp}/before", against], cwd=ROOT,
+                           check=True, capture_output=True)
+            trees = {"before": Path(tmp) / "before", **trees}
+        try:
+            res = {"against": against, "quick": quick, "width": WIDTH, "device": device, "settings": {}}
+            for setting in settings:
+                per = {name: [] for name in trees}
+                for _ in range(1 if quick else 3):
+                    for name, tree in trees.items():
+                        per[name].append(_probe_in(tree, setting, quick))
+                res["settings"][setting["name"]] = {name: _medians(r) for name, r in per.items()}
+                print(f"  {setting['name']} done", file=sys.stderr)
+            if not quick and device == "cpu":
+                res["recipe"] = recipe(trees, 1500)
+        finally:
+            if against:
+                subprocess.run(["git", "worktree", "remove", "--force", f"{tmp}/before"], cwd=ROOT, capture_output=True)
+    res.update(load_average_at_start=load0, load_average_at_end=os.getloadavg(), wall_seconds=time.time() - t0)
+    return res
+
+
+def _medians(rounds: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} | {"rounds": len(rounds)}
+
+
+def markdown(r: dict) -> str:
+    trees = list(next(iter(r["settings"].values())))
+    lines = [f"## The training step and the sampler ({'vs ' + r['against'] if r['against'] else 'this tree'}, "
+             f"{r.get('device', 'cpu')})", "",
+             f"Width {r['width']}, fp32, ired K = 1; medians over {'1 round' if r['quick'] else '3 rounds'} of "
+             "fresh processes, the trees alternating. fraction = counted FLOP/s over the fp32 matmul rate at the "
+             "step's shapes, same process. logged = --log-every 10 (diagnostics every step, the gradient share "
+             "and one read of the row on its last step).", "",
+             "| setting | tree | bare step ms | logged step ms (overhead) | fraction of limit | sampler ms/problem "
+             "(fraction) | first step s |", "|---|---|---|---|---|---|---|"]
+    for name, per in r["settings"].items():
+        for tree in trees:
+            m = per[tree]
+            samp = f"{1e3 * m['sample_s_per_problem']:.2f} ({m['sample_fraction_of_limit']:.2f})" \
+                if "sample_s_per_problem" in m else ""
+            lines.append(f"| {name} | {tree} | {1e3 * m['bare_step_s']:.1f} | {1e3 * m['logged_step_s']:.1f} "
+                         f"({100 * m['logging_overhead']:+.0f} %) | {m['fraction_of_limit']:.2f} | {samp} | "
+                         f"{m.get('first_step_s', float('nan')):.2f} |")
+        if "before" in per:
+            b, a = per["before"], per["after"]
+            same = ""
+            if "sample_answer_checksum" in a:
+                same = ", sampler answers " + ("equal" if a["sample_answer_checksum"] == b["sample_answer_checksum"]
+                                               else f"differ (checksums {b['sample_answer_checksum']:.6g} / "
+                                                    f"{a['sample_answer_checksum']:.6g})")
+            lines.append(f"| {name} | speed-up | {b['bare_step_s'] / a['bare_step_s']:.2f}x | "
+                         f"{b['logged_step_s'] / a['logged_step_s']:.2f}x | | "
+                         + (f"{b['sample_s_per_problem'] / a['sample_s_per_problem']:.2f}x{same}" if same else "")
+                         + " | |")
+    if "recipe" in r:
+        lines += ["", "The CPU recipe end to end (`ebmtool train --seed 0`, 1,500 steps, 1 thread, the trees' runs "
+                  "side by side):", "", "| tree | training seconds | validation MSE |", "|---|---|---|"]
+        for tree, m in r["recipe"].items():
+            lines.append(f"| {tree} | {m['train_seconds']:.1f} | {m['val_mse']} |")
+        if "before" in r["recipe"]:
+            lines.append(f"| speed-up | {r['recipe']['before']['train_seconds'] / r['recipe']['after']['train_seconds']:.2f}x | |")
+    lines += ["", f"Load average {r['load_average_at_start'][0]:.2f} at the start, {r['load_average_at_end'][0]:.2f} "
+              f"at the end; {r['wall_seconds']:.0f} s. Reproduce: `EBMTOOL_BENCH_AGAINST={r['against'] or 'REV'} "
+              f"python -m benchmarks step{' --quick' if r['quick'] else ''}"
+              f"{' --device ' + r['device'] if r.get('device', 'cpu') != 'cpu' else ''}`."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # a probe: python bench_step.py SETTING_JSON QUICK (run by _probe_in)
+    sys.path[0] = os.environ.get("PYTHONPATH", sys.path[0])  # the measured tree's packages, not this file's folder
+    print(json.dumps(probe(json.loads(sys.argv[1]), sys.argv[2] == "1")))
