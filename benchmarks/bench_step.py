@@ -209,7 +209,7 @@ def markdown(r: dict) -> str:
             samp = f"{1e3 * m['sample_s_per_problem']:.2f} ({m['sample_fraction_of_limit']:.2f})" \
                 if "sample_s_per_problem" in m else ""
             lines.append(f"| {name} | {tree} | {1e3 * m['bare_step_s']:.1f} | {1e3 * m['logged_step_s']:.1f} "
-                         f"({100 * m['logging_overhead']:+.0f} %) | {m['fraction_of_limit']:.2f} | {samp} | "
+                         f"({100 * (m['logged_step_s'] / m['bare_step_s'] - 1):+.0f} %) | {m['fraction_of_limit']:.2f} | {samp} | "
                          f"{m.get('first_step_s', float('nan')):.2f} |")
         if "before" in per:
             b, a = per["before"], per["after"]
