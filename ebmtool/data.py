@@ -16,7 +16,7 @@ from ebmtool import rng
 from ebmtool.config import TrainConfig
 from ebmtool.errors import InputError
 from ebmtool.problems import Task
-from ebmtool.tasks import GENERATORS, resolve_task, split_user_data
+from ebmtool.tasks import resolve_task, split_user_data
 
 
 class TrainingData:
@@ -53,7 +53,7 @@ class TrainingData:
             return (torch.from_numpy(self.train.x[idx]).to(device), torch.from_numpy(self.train.y[idx]).to(device),
                     mask)
         stream = rng.numpy_stream(self.cfg.seed, *rng.FRESH_DATA, step)
-        x, y = GENERATORS[self.task.name](stream, self.cfg.batch_size, self.task.size, False)
+        x, y = self.task.draw(stream, self.cfg.batch_size)
         return (torch.from_numpy(x.astype(np.float32)).to(device),
                 torch.from_numpy(y.astype(np.float32)).to(device), None)
 

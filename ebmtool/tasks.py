@@ -44,11 +44,14 @@ class ContinuousTask(Task):
     def label(self) -> str:
         return f"{self.name} {self.size}x{self.size}"
 
+    def draw(self, rng: np.random.Generator, n: int, harder: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """n problems (x, y) from a given random stream: fixed splits and fresh training batches alike."""
+        return GENERATORS[self.name](rng, n, self.size, harder)
+
     def generate(self, n: int, split: str = "train", seed: int | None = None, harder: bool = False,
                  size: int | None = None) -> Problems:
         seed = split_seed(split, seed)
-        rng = stream(seed, split, harder)
-        x, y = GENERATORS[self.name](rng, n, self.size, harder)
+        x, y = self.draw(stream(seed, split, harder), n, harder)
         desc = {"task": self.name, "size": self.size, "split": split, "seed": seed, "harder": harder, "n": n}
         return Problems(x.astype(np.float32), y.astype(np.float32), None, desc)
 

@@ -3,6 +3,7 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from ebmtool.artifacts import read_dataset
 from ebmtool.errors import InputError
@@ -70,3 +71,20 @@ def test_user_data_file_is_read_and_validated(tmp_path):
         f["x"] = np.ones((3, 3))
     with pytest.raises(InputError, match="no 'inputs' or 'targets' dataset"):
         read_dataset(nokeys)
+
+
+def test_fresh_training_batches_are_a_pure_function_of_seed_and_step():
+    """--train-size 0: every step draws its own problems from the task, seeded by (seed, step)."""
+    from ebmtool.config import TrainConfig
+    from ebmtool.data import TrainingData
+
+    data = TrainingData(TrainConfig(task="inverse", size=4, train_size=0, batch_size=8, val_size=0, seed=3))
+    x0, y0 = data.batch(0, "cpu")
+    x0_again, y0_again = TrainingData(TrainConfig(task="inverse", size=4, train_size=0, batch_size=8, val_size=0,
+                                                  seed=3)).batch(0, "cpu")
+    x1, _ = data.batch(1, "cpu")
+    assert x0.shape == (8, 16) and y0.shape == (8, 16)
+    assert torch.equal(x0, x0_again) and torch.equal(y0, y0_again) and not torch.equal(x0, x1)
+    # an inverse problem: y is x's inverse
+    eye = torch.eye(4).expand(8, 4, 4)
+    assert torch.allclose(x0.view(8, 4, 4) @ y0.view(8, 4, 4), eye, atol=1e-3)
