@@ -27,6 +27,7 @@ import torch
 from benchmarks.common import counted_flops, flop_rule, make_train_step, matmul_flops, setup_training, timeit
 from ebmtool.diffusion import cosine_schedule
 from ebmtool.training.losses import Batch, Objective, energy_term, ired_losses
+from ebmtool import rng
 from ebmtool.rng import step_generator
 
 VARIANTS = [  # name, config overrides
@@ -51,10 +52,10 @@ def separate_passes(size, batch, width, k, repeats):
         x, y = data.batch(0, "cpu")
         t = torch.randint(0, 10, (batch,), generator=gen)
         eps = torch.randn(y.shape, generator=gen)
-        parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, 3)), Objective(cfg, sched, energy_weight=0.5))
+        parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, rng.NEGATIVES)), Objective(cfg, sched, energy_weight=0.5))
         terms = [parts["energy_term"]]
         for j in range(1, k):  # the other 15 negatives: generate one per positive and score it, pass by pass
-            ep, _, _ = energy_term(model, Batch(x, y, t, gen, step_generator(0, j, 3)), Objective(cfg, sched), eps)
+            ep, _, _ = energy_term(model, Batch(x, y, t, gen, step_generator(0, j, rng.NEGATIVES)), Objective(cfg, sched), eps)
             terms.append(0.5 * ep["loss_energy"].mean())
         total = parts["loss_denoise"].mean() + torch.stack(terms).mean()
         opt.zero_grad()
@@ -71,6 +72,7 @@ from ebmtool.diffusion import cosine_schedule
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.training.losses import Batch, Objective, ired_losses
+from ebmtool import rng
 from ebmtool.rng import step_generator
 from ebmtool.models import EnergyMLP
 cfg = TrainConfig(task="inverse", size={size}, seed=0, train_size={batch}, batch_size={batch}, width={width},
@@ -79,7 +81,7 @@ data = TrainingData(cfg); model = EnergyMLP(data.task.x_dim, data.task.y_dim, {w
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 x, y = data.batch(0, "cpu"); gen = step_generator(0, 0); t = torch.randint(0, 10, ({batch},), generator=gen)
 t0 = time.perf_counter()
-parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, 3)), Objective(cfg, cosine_schedule(), energy_weight=0.5))
+parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, rng.NEGATIVES)), Objective(cfg, cosine_schedule(), energy_weight=0.5))
 parts["loss_total"].backward()
 print(json.dumps({{"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "rss_before_step_gib": before / 2**20, "seconds": time.perf_counter() - t0}}))

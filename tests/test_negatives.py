@@ -16,6 +16,7 @@ from ebmtool.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, generate, hnm_levels, ired_negative, refine_renoised, renoise
 from ebmtool.data import TrainingData
 from ebmtool.training.losses import Batch, Objective, ired_losses
+from ebmtool import rng
 from ebmtool.rng import step_generator
 from ebmtool.training.loop import train
 from ebmtool.checkpoints import load_checkpoint
@@ -190,7 +191,7 @@ def test_examples_without_valid_negatives_leave_the_energy_term_and_are_counted(
     x, y = data.batch(0, "cpu")
     gen = step_generator(1, 0)
     t = torch.randint(0, 10, (32,), generator=gen)
-    parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(1, 0, 3)), Objective(cfg, SCHED, energy_weight=0.5))
+    parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(1, 0, rng.NEGATIVES)), Objective(cfg, SCHED, energy_weight=0.5))
     d = parts["diagnostics"]
     assert d["dup_fraction"] == 1.0 and d["excluded_fraction"] == 1.0
     assert parts["energy_term"].item() == 0.0  # nothing is learnt from duplicates
@@ -254,7 +255,7 @@ def test_one_energy_call_scores_positives_and_all_k_negatives():
     gen = step_generator(0, 0)
     t = torch.randint(0, 10, (32,), generator=gen)
     model.counter.reset()
-    parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, 3)), Objective(cfg, SCHED, energy_weight=0.5))
+    parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, rng.NEGATIVES)), Objective(cfg, SCHED, energy_weight=0.5))
     # denoise (1) + ired descent 2 steps (3 calls of B*K rows) + one scoring call of B(1+K) rows
     assert model.counter.calls == 5
     assert model.counter.rows == 32 + 3 * 32 * 8 + 32 * 9
