@@ -93,11 +93,17 @@ def record_for_torchrun(exc: BaseException) -> None:
 def main():
     """The entry point of `ebmtool` and `python -m ebmtool`. Under torchrun the command runs inside torch's
     `record` (torch.distributed.elastic.multiprocessing.errors), which writes an unhandled exception to torchrun's
-    error file; exit codes and messages are those of a run without torchrun."""
-    if under_torchrun():
-        record(_run)()
-    else:
+    error file; exit codes and messages are those of a run without torchrun. A process that succeeded leaves
+through distributed.exit_after_success."""
+    if not under_torchrun():
         _run()
+        return
+    try:
+        record(_run)()
+    except SystemExit as done:
+        if done.code not in (0, None) or not distributed.active():
+            raise
+    distributed.exit_after_success()
 
 
 def _run():
