@@ -177,7 +177,10 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 per = {name: [] for name in trees}
                 for _ in range(1 if quick else 3):
                     for name, tree in trees.items():
-                        per[name].append(_probe_in(tree, setting, quick))
+                        try:
+                            per[name].append(_probe_in(tree, setting, quick))
+                        except RuntimeError as exc:  # e.g. a compile mode this device refuses: say so, go on
+                            per[name].append({"error": str(exc).strip().splitlines()[-1][:300]})
                 res["settings"][setting["name"]] = {name: _medians(r) for name, r in per.items()}
                 print(f"  {setting['name']} done", file=sys.stderr)
             if not quick and device == "cpu":
@@ -190,6 +193,9 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
 
 
 def _medians(rounds: list[dict]) -> dict:
+    failed = [r["error"] for r in rounds if "error" in r]
+    if failed:
+        return {"error": failed[0], "rounds": len(rounds)}
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} | {"rounds": len(rounds)}
 
 
@@ -206,12 +212,15 @@ def markdown(r: dict) -> str:
     for name, per in r["settings"].items():
         for tree in trees:
             m = per[tree]
+            if "error" in m:
+                lines.append(f"| {name} | {tree} | failed: {m['error']} | | | | |")
+                continue
             samp = f"{1e3 * m['sample_s_per_problem']:.2f} ({m['sample_fraction_of_limit']:.2f})" \
                 if "sample_s_per_problem" in m else ""
             lines.append(f"| {name} | {tree} | {1e3 * m['bare_step_s']:.1f} | {1e3 * m['logged_step_s']:.1f} "
                          f"({100 * (m['logged_step_s'] / m['bare_step_s'] - 1):+.0f} %) | {m['fraction_of_limit']:.2f} | {samp} | "
                          f"{m.get('first_step_s', float('nan')):.2f} |")
-        if "before" in per:
+        if "before" in per and not any("error" in m for m in per.values()):
             b, a = per["before"], per["after"]
             same = ""
             if "sample_answer_checksum" in a:
