@@ -96,6 +96,11 @@ class EnergyMLP(nn.Module):
             return (*self.film2(temb).chunk(2, dim=-1), *self.film3(temb).chunk(2, dim=-1))
         levels, row_level = torch.unique(t, return_inverse=True)
         temb = self.time(levels)
+        if levels.shape[0] == 1 and not torch.is_grad_enabled():
+            # one level (every call of the sampler): rows of shape (1, width) that broadcast over the batch, the
+            # same products without gathering (B, width) copies; with gradients recorded the rows are gathered
+            # as below, so training's parameter gradients are summed the same way whatever the batch's levels
+            return (*self.film2(temb).chunk(2, dim=-1), *self.film3(temb).chunk(2, dim=-1))
         gain2, bias2 = F.embedding(row_level, self.film2(temb)).chunk(2, dim=-1)
         gain3, bias3 = F.embedding(row_level, self.film3(temb)).chunk(2, dim=-1)
         return gain2, bias2, gain3, bias3

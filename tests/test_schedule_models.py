@@ -99,3 +99,18 @@ def test_film_rows_of_the_cuda_path_equal_the_gathered_ones():
     t = torch.tensor([3, 0, 9, 3, 7, 0])
     for a, b in zip(m._film(t, per_row=True), m._film(t, per_row=False)):
         assert a.shape == (6, 32) and torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_one_level_without_gradients_broadcasts_its_film_rows_and_changes_nothing():
+    """A batch at one level (the sampler's every call) under no_grad gets (1, width) FiLM rows that broadcast,
+    instead of gathered (B, width) copies: the very same energies and input gradients."""
+    torch.manual_seed(0)
+    m = EnergyMLP(6, 5, width=32, time_dim=16)
+    x, y, t = torch.randn(7, 6), torch.randn(7, 5), torch.full((7,), 4)
+    with torch.no_grad():
+        assert m._film(t)[0].shape == (1, 32)
+        e_fast, g_fast = m.energy_and_grad(x, y, t)
+        e_fwd = m(x, y, t)
+    assert m._film(t)[0].shape == (7, 32)  # gradients recorded: gathered rows
+    e_ref, g_ref = m.energy_and_grad(x, y, t)
+    assert torch.equal(e_fast, e_ref.detach()) and torch.equal(g_fast, g_ref.detach()) and torch.equal(e_fwd, e_fast)
