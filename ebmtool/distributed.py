@@ -114,8 +114,8 @@ def shutdown() -> None:
 def exit_after_success() -> None:
     """End a process whose command succeeded under torchrun: wait for the others, take the process group down,
     flush, and leave with exit status 0 without the interpreter's teardown. In that teardown gloo's threads can
-    abort a process whose work is done (SIGABRT, "terminate called without an active exception", seen about
-    once in twenty CPU launches here), and torchrun would then report the whole job as failed."""
+    abort a process whose work is done (SIGABRT, "terminate called without an active exception": seen twice in
+    about seventy two-process CPU launches here), and torchrun would then report the whole job as failed."""
     barrier()
     shutdown()
     sys.stdout.flush()
