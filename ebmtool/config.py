@@ -33,7 +33,7 @@ RECIPES = {
 CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size", "budget_of")
 # Fields added after checkpoints existed: left out of the checksum at their default, so older checkpoints verify.
 LATER_FIELDS = {"blocks": None, "precision": "fp32", "budget_flops": None, "budget_of": None, "init_steps": None,
-                "connectivity_negative": None, "compile": False}
+                "connectivity_negative": None, "compile": False, "kappa_floor": 0.0}
 # Fields that follow from others (set by prepare), never compared as a user's choice.
 DERIVED_FIELDS = ("curriculum_total", "init_sha256", "init_steps", "offline_negatives_sha256",
                   "offline_weights_sha256", "offline_mismatch")
@@ -70,6 +70,7 @@ class TrainConfig:
     budget_of: str | None = None  # the run whose compute became budget_flops (recorded, not recomputed)
     k: int = 1  # negatives per positive
     dup_threshold: float = 1e-3  # clean-space RMS(y_neg - y) at or below which a negative is a near-duplicate
+    kappa_floor: float = 0.0  # every negative kept at kappa >= this (ebmtool.negatives.floor_kappa); 0 = off
     anm_steps: int | None = None
     anm_step_size: float | None = None
     anm_radius: float | None = None
@@ -193,6 +194,9 @@ class TrainConfig:
             raise InputError(f"--k must be at least 1, got {self.k}")
         if not (self.dup_threshold >= 0 and math.isfinite(self.dup_threshold)):
             raise InputError(f"--dup-threshold must be a non-negative number, got {self.dup_threshold}")
+        if not (self.kappa_floor == 0 or (self.kappa_floor >= 1 and math.isfinite(self.kappa_floor))):
+            raise InputError(f"--kappa-floor must be 0 (off) or at least 1 (a negative at least as far from the "
+                             f"noisy answer as its positive), got {self.kappa_floor}")
         for src, fields in SOURCE_FIELDS.items():
             for name in fields:
                 if src in used:
@@ -252,7 +256,7 @@ class TrainConfig:
             ired_steps=self.neg_steps, ired_noise=self.neg_noise_scale, clamp_mode=self.clamp_mode,
             **{n: getattr(self, n) if getattr(self, n) is not None else getattr(d, n)
                for fields in SOURCE_FIELDS.values() for n in fields},
-            dup_threshold=self.dup_threshold, **({"clean_clamp": clean_box} if clean_box is not None else {}))
+            dup_threshold=self.dup_threshold, kappa_floor=self.kappa_floor, **({"clean_clamp": clean_box} if clean_box is not None else {}))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -279,7 +283,8 @@ SOURCE_FIELDS = {"anm": ("anm_steps", "anm_step_size", "anm_radius", "anm_noise"
                  "hnm": ("hnm_candidates", "hnm_steps", "hnm_lambda"),
                  "gaussian": ("gaussian_scale",)}
 # Every negative-mining field with its default: any other value without energy supervision is an error.
-MINING_FIELDS = {"negatives": "ired", "curriculum": None, "k": 1, "dup_threshold": 1e-3, "neg_steps": 2,
+MINING_FIELDS = {"negatives": "ired", "curriculum": None, "k": 1, "dup_threshold": 1e-3, "kappa_floor": 0.0,
+                 "neg_steps": 2,
                  "neg_noise_scale": 3.0, "clamp_mode": "per-example", "sans": False, "alpha": None,
                  "alpha_schedule": None, "alpha_floor": None, "sans_loss": None, "margin": None,
                  **{n: None for fs in SOURCE_FIELDS.values() for n in fs}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 import shlex
 from pathlib import Path
@@ -43,10 +45,13 @@ def describe_run(run_dir: Path) -> dict:
     its last checkpoint."""
     live = run_dir / LIVE_LOG
     ckpt = run_dir / "ckpt.safetensors"
+    metrics = run_dir / "metrics.h5"  # sealed at checkpoints: the alarms of the curves saved so far
+    summary = metrics_summary(*read_metrics(metrics)) if metrics.exists() else {}
     return {"file": str(run_dir), "format": "directory", "kind": "run",
             "training_pid": lock_holder(run_dir / ".lock"),
             "live": live_progress(live) if live.exists() else None,
-            "checkpoint": _describe_checkpoint(ckpt) if ckpt.exists() else None}
+            "checkpoint": _describe_checkpoint(ckpt) if ckpt.exists() else None,
+            "alarms": summary.get("alarms", [])}
 
 
 def format_run(d: dict) -> list[str]:
@@ -72,6 +77,7 @@ def format_run(d: dict) -> list[str]:
                          f"(ema {ev.get('metric_ema', float('nan')):.4g})")
     if ck:
         lines.append(f"saved     step {ck['step']} in ckpt.safetensors ({format_flops(ck['compute_flops'])} FLOPs)")
+    lines += [f"ALARM     {a}" for a in d.get("alarms", [])]
     return lines
 
 
@@ -189,6 +195,12 @@ def _negative_alarms(f) -> list[str]:
     act = _finite(f, "active_fraction")
     if len(act) > 1 and np.all(act < 0.05):
         alarms.append("fewer than 5% of negative pairs have an active gradient throughout")
+    cos = np.asarray(f["grad_cosine"][()], dtype=np.float64) if "grad_cosine" in f else np.zeros(0)
+    cos = cos[len(cos) - math.ceil(len(cos) / 4):]  # the last quarter of the run's rows
+    cos = cos[np.isfinite(cos)]
+    if len(cos) and np.mean(cos < 0) >= COSINE_ALARM_SHARE:
+        alarms.append(f"the energy term's gradient opposes the denoiser's over the last quarter of the run (median "
+                      f"cosine {np.median(cos):.2f}): it trains the network against denoising")
     return alarms
 
 
@@ -211,6 +223,11 @@ def source_alarms(g) -> list[str]:
     dup = _finite(g, "dup_fraction")
     if len(dup) and dup.mean() > 0.5:
         alarms.append(f"{dup.mean():.0%} of its candidates were near-duplicates")
+    fn = _finite(g, "false_negative_fraction")
+    if len(fn) and fn.mean() > FALSE_NEGATIVE_ALARM:
+        alarms.append(f"{fn.mean():.0%} of its negatives are false negatives (kappa < 1: more probable than their "
+                      "positive under the true noisy density), which the energy term ranks backwards "
+                      "(train --kappa-floor moves them out)")
     acc = _finite(g, "accept_fraction")
     if len(acc) and acc.mean() < ACCEPT_ALARM:
         alarms.append(f"only {acc.mean():.1%} of its descent steps were accepted: its negatives barely move from "
@@ -218,6 +235,8 @@ def source_alarms(g) -> list[str]:
     return alarms
 
 
+FALSE_NEGATIVE_ALARM = 0.05  # mean false-negative fraction (kappa < 1) of a source above which info raises an alarm
+COSINE_ALARM_SHARE = 0.8  # share of the last quarter's rows with a negative gradient cosine that raises an alarm
 ACCEPT_ALARM = 0.05  # mean accepted fraction of a refining source's descent steps below which info raises an alarm
 
 

@@ -15,7 +15,7 @@ every negative exactly as the miner did, and scoring with the mining checkpoint 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
 from ebmtool.offline import family
 from ebmtool.compute import ComputeMeter
-from ebmtool.negatives import NegativeSettings, generate, renoise, rms
+from ebmtool.negatives import NegativeSettings, floor_kappa, generate, noise_to_signal, renoise, rms
 from ebmtool import sans as sans_mod
 
 SELECT = ("top", "sample")
@@ -56,6 +56,7 @@ class MineOptions:
     limit: int | None = None
     dup_threshold: float = 1e-3
     weights: str = "ema"
+    kappa_floor: float = 0.0  # negatives kept at kappa >= this (ebmtool.negatives.floor_kappa); 0 = off
 
     def validate(self):
         for name in ("k", "candidates", "batch_size"):
@@ -67,6 +68,8 @@ class MineOptions:
             raise InputError(f"--select must be one of {', '.join(SELECT)}")
         if self.limit is not None and self.limit < 1:
             raise InputError("--limit must be at least 1")
+        if not (self.kappa_floor == 0 or (self.kappa_floor >= 1 and math.isfinite(self.kappa_floor))):
+            raise InputError(f"--kappa-floor must be 0 (off) or at least 1, got {self.kappa_floor}")
         return self
 
 
@@ -120,7 +123,8 @@ def score_rows(model, sched, x, y, t, eps, y_neg, mask=None):
 
 
 COUNTS = ("candidates", "duplicates", "dup_negatives", "filtered_absolute_margin", "filtered_relative_margin",
-          "filtered_max_energy", "rows_not_enough", "flops", "accepted_steps", "attempted_steps")
+          "filtered_max_energy", "rows_not_enough", "flops", "accepted_steps", "attempted_steps", "floored",
+          "floor_dropped")
 
 
 def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None, clean_box: float | None = None):
@@ -136,6 +140,11 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
     meter.start()
     nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])),
                   mask=mask)
+    floored = short = torch.zeros_like(nb.valid)
+    if opts.kappa_floor:  # positive-aware: no negative more probable than its positive at (t, eps); no network call
+        y_neg, floored, short = floor_kappa(nb.y_neg, y, eps, noise_to_signal(sched, t), opts.kappa_floor,
+                                            settings.clean_clamp, mask)
+        nb = replace(nb, y_neg=y_neg, valid=nb.valid & ~short)
     e_pos, e_neg = score_rows(model, sched, x, y, t, eps, nb.y_neg, mask)
     flops = meter.flops()
     dist = rms(nb.y_neg - y[:, None, :])
@@ -154,6 +163,7 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
     counts["flops"] = int(round(flops))  # the network work of this batch (ebmtool.compute), summed into the file
     counts["accepted_steps"] = int(nb.info["accepted"])
     counts["attempted_steps"] = int(nb.info["attempted"])
+    counts["floored"], counts["floor_dropped"] = int(floored.sum()), int(short.sum())
     out = {"index": rows.astype(np.int64), "level": t.cpu().numpy().astype(np.int64),
            "eps": eps.cpu().numpy(), "positives": y.cpu().numpy(), "inputs": x.cpu().numpy(),
            "negatives": nb.y_neg.cpu().numpy(), "start_level": nb.info["level"].cpu().numpy().astype(np.int64),
@@ -297,7 +307,7 @@ def _partial_state(store: PartialNegatives, ident: dict, overwrite: bool) -> dic
     try:
         if store.open(ident, overwrite=overwrite) == "finished":
             with open_h5(store.output, "negatives") as f:
-                counts = {c: int(f.attrs[f"count_{c}"]) for c in COUNTS}
+                counts = {c: int(f.attrs.get(f"count_{c}", 0)) for c in COUNTS}  # older files: no floor counts
             return {"finished": True, "counts": counts}
     except InputError as exc:
         return {"error": str(exc)}

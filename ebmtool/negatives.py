@@ -39,6 +39,7 @@ import torch
 from ebmtool.diffusion import Schedule, descend, impose_mask, noised
 
 CLAMP_MODES = ("per-example", "first-example")
+FLOOR_MARGIN = 1e-4  # floor_kappa places a moved negative at kappa = floor * (1 + this)
 CLEAN_CLAMP = 2.0  # continuous answers live in [-2, 2] (the reference's clean-space clamp)
 DISCRETE_CLAMP = 1.0  # discrete answers are one-hot +-1: their negatives stay in [-1, 1]
 
@@ -81,6 +82,7 @@ class NegativeSettings:
     gaussian_scale: float = 1.0
     dup_threshold: float = 1e-3  # RMS(y_neg - y) at or below this is a near-duplicate of the positive
     clean_clamp: float = CLEAN_CLAMP  # clean-space box of anm/hnm/gaussian negatives (1 for discrete tasks)
+    kappa_floor: float = 0.0  # every negative is kept at kappa >= this (floor_kappa); 0 = no floor
 
 
 @dataclass
@@ -288,6 +290,56 @@ def generate(source: str, model, x, y, t, eps, sched: Schedule, k: int, settings
     dups = info.pop("candidate_duplicates", None)
     dups = (~valid).sum() if dups is None else dups  # a tensor: read when logged, not here
     return NegativeBatch(y_neg, valid, cands, dups, info)
+
+
+def noise_to_signal(sched: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """c_t = sqrt(1 - ab_t) / sqrt(ab_t) per example (B,): the clean-space length of one unit of noise at t."""
+    return sched.sqrt_1mab[t] / sched.sqrt_ab[t]
+
+
+def kappa(y_neg: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, c: torch.Tensor,
+          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """kappa (B, K) = ||x- - sqrt(ab_t) y|| / ||x+ - sqrt(ab_t) y||, each negative re-noised with its positive's eps.
+
+    When the answer is a function of the problem the true noisy density at t is N(sqrt(ab_t) y, (1 - ab_t) I), so
+    kappa < 1 means the "negative" is MORE probable than its positive: a false negative, which the contrastive
+    loss teaches the model to rank backwards. Divided by sqrt(ab_t) both lengths live in clean space:
+    ||y- - y + c_t eps|| / ||c_t eps||. With a mask only the free entries (mask = 0) count."""
+    ce = c[:, None] * eps
+    u = y_neg - y[:, None, :] + ce[:, None, :]
+    if mask is not None:
+        free = 1 - mask
+        ce, u = ce * free, u * free[:, None, :]
+    return u.norm(dim=2) / ce.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def floor_kappa(y_neg: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, c: torch.Tensor, floor: float,
+                box: float, mask: torch.Tensor | None = None):
+    """Positive-aware negatives: every negative with kappa < floor is moved radially, in noisy space, out to the
+    sphere kappa = floor around the noisy mode sqrt(ab_t) y, then clamped into the clean box (given entries keep
+    y's value). A negative sitting on the mode (no direction) moves along its positive's own noise. No network call.
+
+    Returns (y_neg', moved, short): `moved` (B, K) marks the negatives that were inside the floor, `short` those
+    the clean box pulled back below it, which the caller must drop (the floor never leaves a negative below it)."""
+    ce = c[:, None] * eps
+    free = None if mask is None else 1 - mask
+    if free is not None:
+        ce = ce * free
+    u = y_neg - y[:, None, :] + ce[:, None, :]
+    if free is not None:
+        u = u * free[:, None, :]
+    r_pos = ce.norm(dim=1, keepdim=True)  # (B, 1)
+    r = u.norm(dim=2)  # (B, K)
+    moved = r < floor * r_pos
+    own = (ce / r_pos.clamp_min(1e-30))[:, None, :].expand_as(u)
+    direction = torch.where((r > 1e-12 * r_pos)[..., None], u / r.clamp_min(1e-30)[..., None], own)
+    reach = floor * (1 + FLOOR_MARGIN) * r_pos  # just outside the sphere, so rounding cannot leave one below it
+    y_new = (y[:, None, :] + direction * reach[..., None] - ce[:, None, :]).clamp(-box, box)
+    if mask is not None:
+        y_new = torch.where(mask[:, None, :] > 0, y[:, None, :], y_new)
+    y_out = torch.where(moved[..., None], y_new, y_neg)
+    short = moved & (kappa(y_out, y, eps, c, mask) < floor)
+    return y_out.detach(), moved, short
 
 
 def renoise(sched: Schedule, y_neg: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -131,7 +131,7 @@ class PartialNegatives:
         return self.chunks[-1]["end"] if self.chunks else 0
 
     def counts(self, names) -> dict:
-        return {c: sum(int(ch["counts"][c]) for ch in self.chunks) for c in names}
+        return {c: sum(int(ch["counts"].get(c, 0)) for ch in self.chunks) for c in names}  # older journals: 0
 
     def _read_journal(self) -> list[dict] | None:
         """The journal's records up to its first torn or unverifiable line; None when there is no journal.

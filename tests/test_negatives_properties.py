@@ -80,9 +80,11 @@ def test_p_hard_counts_negatives_below_their_positive():
     e_pos = torch.tensor([1.0, 1.0])
     e_neg = torch.tensor([[0.5, 2.0], [3.0, 4.0]])  # one negative of four has a lower energy than its positive
     ratio = torch.ones(2, 2)
-    s = diagnostics.pair_stats(e_pos, e_neg, ratio, torch.ones(2, 2, dtype=torch.bool))
+    kap = torch.tensor([[0.5, 2.0], [3.0, 4.0]])  # the hard pair's negative is nearer the mode: a false negative
+    s = diagnostics.pair_stats(e_pos, e_neg, ratio, torch.ones(2, 2, dtype=torch.bool), kap)
+    assert s["p_hard_false"] == 0.25 and s["p_hard_true"] == 0.0 and s["false_negative_fraction"] == 0.25
     assert s["p_hard"] == 0.25 and s["margin"] == pytest.approx((-0.5 + 1 + 2 + 3) / 4)
-    s = diagnostics.pair_stats(e_pos, e_neg, ratio, torch.tensor([[False, True], [True, True]]))
+    s = diagnostics.pair_stats(e_pos, e_neg, ratio, torch.tensor([[False, True], [True, True]]), kap)
     assert s["p_hard"] == 0.0  # the hard one is invalid: not counted
 
 

@@ -115,6 +115,10 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
 @click.option("--dup-threshold", type=float, default=None,
               help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted.",
               show_default=train_default("dup_threshold"))
+@click.option("--kappa-floor", type=float, default=None, show_default=train_default("kappa_floor"),
+              help="Positive-aware negatives: move every negative (any source, offline too) out to kappa >= this, "
+              "kappa = |x- - sqrt(ab_t) y| / |x+ - sqrt(ab_t) y|, so none is more probable than its positive; "
+              "no network call. 0 = off.")
 @click.option("--anm-steps", type=click.IntRange(min=0), default=None, show_default=train_default("anm_steps"),
               help="ANM descent steps.")
 @click.option("--anm-step-size", type=float, default=None, show_default=train_default("anm_step_size"),

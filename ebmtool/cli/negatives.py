@@ -19,6 +19,7 @@ from ebmtool.cli.common import (
     print_json,
     table,
 )
+from ebmtool.config import TrainConfig
 from ebmtool.devices import resolve_device
 from ebmtool.errors import InputError
 from ebmtool.evaluate import WEIGHTS
@@ -35,6 +36,7 @@ from ebmtool.mining import (
     write_scores,
     write_weights,
 )
+from ebmtool.preflight import preflight as run_preflight
 from ebmtool.sans import ALPHA_SCHEDULES, DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 
 
@@ -69,6 +71,9 @@ def _summary(rows, header) -> dict:
               help="Per negative: the best candidate, or one drawn with probability softmax(deception score).")
 @click.option("--dup-threshold", type=float, default=1e-3, show_default=True,
               help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted.")
+@click.option("--kappa-floor", type=float, default=0.0, show_default=True,
+              help="Positive-aware negatives: move every negative out to kappa >= this at its row's (t, eps), so "
+              "none is more probable than its positive (recorded in the file's provenance). 0 = off.")
 @click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of levels, noises and candidates (row i's level and noise depend only on (seed, i)).")
@@ -78,7 +83,8 @@ def _summary(rows, header) -> dict:
 @json_option
 @overwrite_option
 def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, absolute_margin, relative_margin,
-                   max_energy, select, dup_threshold, weights, seed, batch_size, limit, device, as_json, overwrite):
+                   max_energy, select, dup_threshold, kappa_floor, weights, seed, batch_size, limit, device, as_json,
+                   overwrite):
     """Mine K hard negatives (HNM) for every training problem of a checkpoint.
 
     A killed run leaves OUTPUT.partial (crash-safe); rerunning with the same options continues it.
@@ -91,7 +97,7 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
     opts = MineOptions(k=k, candidates=candidates, refine_steps=refine_steps, lam=lam,
                        absolute_margin=absolute_margin, relative_margin=relative_margin, max_energy=max_energy,
                        select=select, seed=seed, batch_size=batch_size, limit=limit, dup_threshold=dup_threshold,
-                       weights=weights)
+                       weights=weights, kappa_floor=kappa_floor)
     res = mine(checkpoint, output, opts, data=data, device=_device(device), overwrite=overwrite, log=log)
     if not distributed.is_main():
         return
@@ -115,6 +121,9 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
                        ("filtered_relative_margin", "--relative-margin"), ("filtered_max_energy", "--max-energy")):
         if c[name]:
             click.echo(f"filtered by {knob}: {c[name]} ({c[name] / pairs:.1%})")
+    if kappa_floor:
+        click.echo(f"moved out to kappa >= {kappa_floor:g}: {c['floored']} ({c['floored'] / pairs:.1%}); dropped "
+                   f"where the clean box kept them below it: {c['floor_dropped']} ({c['floor_dropped'] / pairs:.1%})")
     if c["rows_not_enough"]:
         click.echo(f"could not find {k} valid negatives for {c['rows_not_enough']} problems "
                    f"({c['rows_not_enough'] / max(res.rows, 1):.1%}); relax --absolute-margin/--relative-margin, "
@@ -205,3 +214,55 @@ def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, as_json, ove
     click.echo(table(rows, ["per row (mean)", "value", "uniform"]))
     if not has.all():
         click.echo(f"{int((~has).sum())} rows have no valid negative (all weights 0; the energy term skips them)")
+
+
+@cli.command("preflight")
+@click.option("--task", default="inverse", show_default=True, help="A built-in task whose answer is known.")
+@click.option("--size", type=click.IntRange(min=2), default=None, show_default="8 (the cpu recipe's) for matrix tasks",
+              help="Matrix size.")
+@click.option("--anm", is_flag=True, default=False, help="Shorthand for --negatives-from anm.")
+@click.option("--negatives-from", "negatives", default=None, metavar="SOURCE[:FRACTION],...",
+              help="The source(s) to check, as for train (default: ired).")
+@click.option("--k", type=click.IntRange(min=1), default=None, help="Negatives per positive (as for train).")
+@click.option("--kappa-floor", type=float, default=None, help="The floor to check (as for train; 0 = off).")
+@click.option("--neg-steps", type=click.IntRange(min=0), default=None, help="As for train.")
+@click.option("--anm-steps", type=click.IntRange(min=0), default=None, help="As for train.")
+@click.option("--anm-step-size", type=float, default=None, help="As for train.")
+@click.option("--anm-radius", type=float, default=None, help="As for train.")
+@click.option("--anm-noise", type=float, default=None, help="As for train.")
+@click.option("--hnm-candidates", type=click.IntRange(min=1), default=None, help="As for train.")
+@click.option("--hnm-steps", type=click.IntRange(min=0), default=None, help="As for train.")
+@click.option("--hnm-lambda", type=float, default=None, help="As for train.")
+@click.option("--gaussian-scale", type=float, default=None, help="As for train.")
+@click.option("--dup-threshold", type=float, default=None, help="As for train.")
+@click.option("-n", "n", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Test problems per noise level.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the noise and draws.")
+@json_option
+def preflight_command(task, size, anm, n, seed, as_json, **flags):
+    """Check a negative source against the exact energy of a task, in seconds, before training with it.
+
+    Runs the source with these settings against E*(x, z, t) = |z - sqrt(ab_t) y|^2 / (2 sqrt(1 - ab_t)), the
+    energy of a perfectly trained model, and prints per noise level the false-negative fraction P(kappa < 1)
+    (negatives more probable than their positive), the near-duplicate fraction and the mean kappa. A source that
+    descends the energy collapses toward the noisy mode under a perfect energy: a high false-negative fraction
+    means a trained model will be taught to rank true answers backwards (try --kappa-floor).
+
+    \b
+    Example: ebmtool preflight --anm --k 16
+    """
+    given = {key: v for key, v in flags.items() if v is not None}
+    if anm:
+        if "negatives" in given:
+            raise InputError("--anm is shorthand for --negatives-from anm; give one of them")
+        given["negatives"] = "anm"
+    result = run_preflight(TrainConfig(task=task, size=size, **given), n=n, seed=seed)  # size None: the task's own
+    if as_json:
+        print_json(result.as_dict())
+        return
+    click.echo(f"{result.source}, K = {result.k}, against the exact energy of {result.task} ({n} test problems "
+               "per level)")
+    header = ["level", "false negatives", "near-duplicates", "mean kappa", "floored", "dropped"]
+    click.echo(table([[r["level"], f"{r['false_negative_fraction']:.1%}", f"{r['near_duplicate_fraction']:.1%}",
+                       f"{r['kappa']:.3f}", f"{r['floored_fraction']:.1%}", f"{r['dropped_fraction']:.1%}"]
+                      for r in result.rows], header))

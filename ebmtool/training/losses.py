@@ -16,9 +16,9 @@ from ebmtool import distributed as dist
 from ebmtool import sans as sans_mod
 from ebmtool.config import TrainConfig
 from ebmtool.diffusion import Schedule, energy_and_grad, impose_mask, noised
-from ebmtool.negatives import NegativeSettings, renoise, repeat_rows
+from ebmtool.negatives import NegativeSettings, kappa, noise_to_signal, renoise, repeat_rows
 from ebmtool.problems import Task
-from ebmtool.training.diagnostics import energy_diagnostics
+from ebmtool.training.diagnostics import energy_diagnostics, level_losses
 from ebmtool.training.negatives import Shard, assemble
 
 
@@ -88,6 +88,7 @@ def ired_losses(model, batch: Batch, obj: Objective) -> dict:
         eps_shared = standard_normal(y, batch.gen, batch.shard)
         energy_parts, diag, included = energy_term(model, batch, obj, eps_shared)
         parts.update(energy_parts)
+    diag.update(level_losses(parts["loss_denoise"], t, sched.levels, batch.shard is not None))
     for k, v in parts.items():
         assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts
     total = parts["loss_denoise"].mean()
@@ -139,9 +140,10 @@ def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor):
         w[neg.offline_pos] = obj.offline.weights[neg.offline_file].to(x.device)  # the file's weights replace uniform
     loss_e = sans_mod.loss(form, e_pos, e_neg, w, cfg.margin or 0.0)
     norm_ratio = (x_neg.norm(dim=2) / x_pos.norm(dim=1)[:, None].clamp_min(1e-12)).detach()
+    kap = kappa(neg.y_neg, y, eps, noise_to_signal(sched, t), mask)
     e_neg_d = e_neg.detach()
     parts = {"loss_energy": loss_e, "energy_pos": e_pos.detach(), "energy_neg": (w * e_neg_d).sum(dim=1),
              "norm_ratio": (w * norm_ratio).sum(dim=1)}
-    diag = energy_diagnostics(neg, e_pos.detach(), e_neg_d, norm_ratio, w.detach(), k,
-                                          batch.shard is not None, cfg.hnm_candidates, sched.levels)
+    diag = energy_diagnostics(neg, e_pos.detach(), e_neg_d, norm_ratio, kap, w.detach(),
+                              batch.shard is not None, cfg.hnm_candidates, sched.levels)
     return parts, diag, included

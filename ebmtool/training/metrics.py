@@ -17,6 +17,7 @@ from ebmtool import curriculum as curriculum_mod
 from ebmtool import distributed as dist
 from ebmtool.artifacts import atomic_path, jsonable, open_h5, provenance, write_h5
 from ebmtool.config import REFINING_SOURCES, TrainConfig
+from ebmtool.diffusion import NUM_LEVELS
 from ebmtool.errors import InputError
 from ebmtool.negatives import NegativeSettings, hnm_levels
 
@@ -26,22 +27,27 @@ TENSORBOARD_DIR = "tensorboard"
 METRIC_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin",
                   "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "skipped_steps", "step_seconds",
                   "wall_time", "compute_flops")
+LEVEL_COLUMNS = tuple(f"loss_denoise_t{i}" for i in range(NUM_LEVELS))  # the denoising loss per noise level
+# the geometry of the pairs (ebmtool.negatives.kappa) and the two terms' gradients (diagnostics.backward_terms)
+PAIR_COLUMNS = ("p_hard_true", "p_hard_false", "kappa", "false_negative_fraction")
 NEGATIVE_COLUMNS = ("stage", "k", "active_fraction", "dup_fraction", "excluded_fraction", "weight_entropy",
-                    "weight_ess", "sans_alpha", "grad_share_energy")
+                    "weight_ess", "sans_alpha", "grad_share_energy", "grad_cosine", "grad_ratio_energy",
+                    *PAIR_COLUMNS)
 SOURCE_COLUMNS = ("fraction", "configured", "energy_pos", "energy_neg", "margin", "p_hard", "active_fraction",
-                  "dup_fraction", "norm_ratio", "seconds")
+                  "dup_fraction", "norm_ratio", "seconds", *PAIR_COLUMNS)
 
 
 def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
     """Columns of metrics.h5 for this run: the core ones, the negatives' diagnostics, and per source
     `source/<name>/<metric>` for every source the run's curriculum uses."""
     if not cfg.supervise_energy:
-        return METRIC_COLUMNS
-    cols = list(METRIC_COLUMNS) + list(NEGATIVE_COLUMNS)
+        return METRIC_COLUMNS + LEVEL_COLUMNS
+    floored = ("floored_fraction",) if cfg.kappa_floor else ()
+    cols = list(METRIC_COLUMNS) + list(LEVEL_COLUMNS) + list(NEGATIVE_COLUMNS) + list(floored)
     if cfg.offline_negatives:
         cols.append("offline_fraction")
     for name in curriculum_mod.sources_of(cfg.stages()):
-        cols += [f"source/{name}/{c}" for c in SOURCE_COLUMNS]
+        cols += [f"source/{name}/{c}" for c in SOURCE_COLUMNS + floored]
         if name in REFINING_SOURCES:
             cols.append(f"source/{name}/accept_fraction")
         if name == "hnm":

@@ -16,7 +16,7 @@ import torch
 
 from ebmtool import curriculum as curriculum_mod
 from ebmtool import distributed as dist
-from ebmtool.negatives import NegativeBatch, draw_noise, generate, repeat_rows
+from ebmtool.negatives import NegativeBatch, draw_noise, floor_kappa, generate, noise_to_signal, repeat_rows
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class Negatives:
     seconds: dict = field(default_factory=dict)  # source -> seconds spent generating
     offline_pos: torch.Tensor | None = None  # rows of this process's slice that took the file's negatives
     offline_file: torch.Tensor | None = None  # their rows in the file
+    floored: torch.Tensor | None = None  # (B, K): moved out to the kappa floor (None without a floor)
+    floor_dropped: torch.Tensor | None = None  # (B, K): moved, but the clean box kept them below it: dropped
     diag: dict = field(default_factory=dict)  # stage, k, offline_fraction
 
 
@@ -107,7 +109,19 @@ def assemble(model, batch, obj, eps) -> Negatives:
         t0 = time.perf_counter()
         _from_source(model, batch, obj, eps, neg, j, name, rows_g, start)
         neg.seconds[name] = time.perf_counter() - t0
+    if obj.settings.kappa_floor > 0:
+        apply_floor(neg, batch, obj, eps)
     return neg
+
+
+def apply_floor(neg: Negatives, batch, obj, eps) -> None:
+    """Every negative of the batch, whatever its source (offline rows included), kept at kappa >= the floor;
+    negatives the clean box pulls back below it are dropped (invalid). No network call, no random draw."""
+    s = obj.settings
+    c = noise_to_signal(obj.sched, batch.t)
+    neg.y_neg, neg.floored, neg.floor_dropped = floor_kappa(neg.y_neg, batch.y, eps, c, s.kappa_floor, s.clean_clamp,
+                                                            batch.mask)
+    neg.valid = neg.valid & ~neg.floor_dropped
 
 
 def _from_source(model, batch, obj, eps, neg: Negatives, j: int, name: str, rows_g, start: int) -> None:

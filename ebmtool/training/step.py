@@ -16,7 +16,7 @@ import torch
 from ebmtool import distributed as dist
 from ebmtool import rng
 from ebmtool.devices import autocast
-from ebmtool.training.diagnostics import backward_with_grad_share
+from ebmtool.training.diagnostics import backward_terms
 from ebmtool.training.losses import Batch, ired_losses
 from ebmtool.training.negatives import Shard
 from ebmtool.training.signals import STOP_SIGNALS
@@ -108,8 +108,9 @@ def train_step(st: RunState, batch: Batch, signum: int | None = None) -> StepRes
     """One optimiser step: the objective, backward, gradient average and clip, one cross-process agreement
     (non-finite losses or gradient norm, stop signals, losses, compute), then Adam, EMA and the step counter.
     A non-finite loss or gradient norm takes no step (result.fault names it): the caller decides whether that
-    stops the run. Outside a row's last step the agreement is the step's only host round-trip; on a row's last
-    step the two terms are back-propagated apart to measure the energy term's gradient share. The row's values
+    stops the run. Outside a row's last step the agreement is the step's only host round-trip. The two terms are
+    back-propagated apart at every step (the same arithmetic whatever is logged); a row's last step also measures
+    their gradients' share, cosine and norm ratio. The row's values
     that the host does not know yet stay tensors (`diagnostics.to_host` reads a window of rows at once)."""
     cfg, world = st.cfg, dist.world_size()
     started = time.perf_counter()
@@ -122,8 +123,8 @@ def train_step(st: RunState, batch: Batch, signum: int | None = None) -> StepRes
     # takes the previous step's (agreed) instead, so all decide alike whether to measure the share
     logging = ends_log_row(st, flops if world == 1 else st.last_step_flops)
     st.opt.zero_grad(set_to_none=True)
-    if logging and "energy_term" in parts:
-        parts["diagnostics"]["grad_share_energy"] = backward_with_grad_share(st.model, parts)
+    if "energy_term" in parts:
+        parts["diagnostics"].update(backward_terms(st.model, parts, measure=logging))
     else:
         parts["loss_total"].backward()
     dist.average_gradients(st.model.parameters())  # one flattened all-reduce (not DDP: see ebmtool.distributed)
