@@ -170,8 +170,11 @@ def refine_renoised(model, x, y0, t, eps, sched: Schedule, steps: int, *, step_s
 
 
 def _keep_given(y_cand, y, mask):
-    """Given entries (mask = 1) of a clean-space candidate set to the positive's."""
-    return y_cand if mask is None else torch.where(mask > 0, y, y_cand)
+    """Given entries (mask = 1) of a clean-space candidate set to the positive's ((B, K, D) candidates take a
+    (B, D) mask)."""
+    if mask is None:
+        return y_cand
+    return torch.where((mask if y_cand.dim() == mask.dim() else mask[:, None, :]) > 0, y, y_cand)
 
 
 def _ired(model, x, y, t, eps, sched, k, s: NegativeSettings, gen, mask=None, noise=None):
@@ -315,29 +318,34 @@ def kappa(y_neg: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, c: torch.Tens
 
 def floor_kappa(y_neg: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, c: torch.Tensor, floor: float,
                 box: float, mask: torch.Tensor | None = None):
-    """Positive-aware negatives: every negative with kappa < floor is moved radially, in noisy space, out to the
-    sphere kappa = floor around the noisy mode sqrt(ab_t) y, then clamped into the clean box (given entries keep
-    y's value). A negative sitting on the mode (no direction) moves along its positive's own noise. No network call.
+    """Positive-aware negatives: every negative with kappa < floor is moved out to kappa = floor. No network call.
+
+    In clean units the noisy mode sqrt(ab_t) y sits at q = y - c_t eps and kappa = |y- - q| / (c_t |eps|). A
+    negative inside the floor is first moved radially away from q out to the floor's sphere (the smallest move);
+    if the clean box cuts that point back inside, it moves instead along the segment from the clamped point to the
+    box corner farthest from q, just as far as the floor needs (the box is convex: the whole segment is inside).
+    Given entries (mask = 1) keep y's value. A negative sitting on q moves along its positive's own noise.
 
     Returns (y_neg', moved, short): `moved` (B, K) marks the negatives that were inside the floor, `short` those
-    the clean box pulled back below it, which the caller must drop (the floor never leaves a negative below it)."""
-    ce = c[:, None] * eps
-    free = None if mask is None else 1 - mask
-    if free is not None:
-        ce = ce * free
-    u = y_neg - y[:, None, :] + ce[:, None, :]
-    if free is not None:
-        u = u * free[:, None, :]
-    r_pos = ce.norm(dim=1, keepdim=True)  # (B, 1)
+    that no point of the box lifts to the floor (at high noise levels the box can be too small), which the caller
+    must drop: the floor never leaves a negative below it."""
+    free = torch.ones_like(y) if mask is None else 1 - mask
+    ce = c[:, None] * eps * free
+    q = (y - ce)[:, None, :]  # the noisy mode in clean units (given entries: y itself)
+    u = (y_neg - q) * free[:, None, :]
+    reach = (floor * (1 + FLOOR_MARGIN) * ce.norm(dim=1))[:, None]  # (B, 1): just outside the floor's sphere
     r = u.norm(dim=2)  # (B, K)
-    moved = r < floor * r_pos
-    own = (ce / r_pos.clamp_min(1e-30))[:, None, :].expand_as(u)
-    direction = torch.where((r > 1e-12 * r_pos)[..., None], u / r.clamp_min(1e-30)[..., None], own)
-    reach = floor * (1 + FLOOR_MARGIN) * r_pos  # just outside the sphere, so rounding cannot leave one below it
-    y_new = (y[:, None, :] + direction * reach[..., None] - ce[:, None, :]).clamp(-box, box)
-    if mask is not None:
-        y_new = torch.where(mask[:, None, :] > 0, y[:, None, :], y_new)
-    y_out = torch.where(moved[..., None], y_new, y_neg)
+    moved = r < floor * ce.norm(dim=1)[:, None]
+    own = (ce / ce.norm(dim=1, keepdim=True).clamp_min(1e-30))[:, None, :].expand_as(u)
+    direction = torch.where((r > 1e-12 * reach)[..., None], u / r.clamp_min(1e-30)[..., None], own)
+    radial = _keep_given((q + direction * reach[..., None]).clamp(-box, box), y[:, None, :], mask)
+    far = _keep_given(torch.where(q < 0, box, -box).expand_as(u), y[:, None, :], mask)  # the farthest corner
+    d0, v = (radial - q) * free[:, None, :], (far - radial) * free[:, None, :]
+    a, b = (v * v).sum(2), 2 * (d0 * v).sum(2)
+    c0 = (d0 * d0).sum(2) - reach ** 2  # < 0 where the clamp pulled the radial point back inside the floor
+    lam = ((-b + (b * b - 4 * a * c0).clamp_min(0).sqrt()) / (2 * a).clamp_min(1e-30)).clamp(0, 1)
+    lifted = torch.where((c0 > 0)[..., None], radial, radial + lam[..., None] * (far - radial))
+    y_out = torch.where(moved[..., None], lifted.clamp(-box, box), y_neg)
     short = moved & (kappa(y_out, y, eps, c, mask) < floor)
     return y_out.detach(), moved, short
 

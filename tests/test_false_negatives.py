@@ -244,3 +244,20 @@ def test_the_cosine_alarm_reads_the_last_quarter():
     sick = {"step": steps, "grad_cosine": np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, -0.3, -0.4])}
     assert not any("opposes" in a for a in metrics_summary(healthy, {})["alarms"])
     assert any("median cosine -0.35" in a for a in metrics_summary(sick, {})["alarms"])
+
+
+def test_the_floor_drops_only_negatives_no_point_of_the_box_can_lift():
+    """`short` is exactly where even the box corner farthest from the noisy mode is inside the floor."""
+    gen = torch.Generator().manual_seed(2)
+    b, d, box, floor = 600, 4, 2.0, 1.2
+    t = torch.arange(b) % SCHED.levels
+    y = (torch.rand(b, d, generator=gen) * 2 - 1) * box
+    eps = torch.randn(b, d, generator=gen)
+    c = noise_to_signal(SCHED, t)
+    y_neg = (y - c[:, None] * eps).clamp(-box, box)[:, None, :]  # as near the mode as the box allows
+    out, moved, short = floor_kappa(y_neg, y, eps, c, floor, box)
+    q = y - c[:, None] * eps
+    corner = torch.where(q < 0, box, -box)[:, None, :]
+    reachable = kappa(corner, y, eps, c)[:, 0] >= floor * (1 + 1e-3)
+    assert moved.all() and not short[reachable, 0].any()
+    assert short.any() and (t[short[:, 0]] >= 7).all()  # only where the noise dwarfs the box
