@@ -40,7 +40,9 @@ from ebmtool.diffusion import cosine_schedule, energy, noised
 from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
 from ebmtool.negatives import ired_negative
 from ebmtool.progress import bar_log, progress_bar
-from ebmtool.training.metrics import read_metrics
+from ebmtool.training.metrics import WHY_COLUMNS, read_metrics, tail_means
+
+DIAGNOSTICS = ("loss_denoise", "p_hard", *WHY_COLUMNS)  # compare's training-diagnostics table: why an arm differs
 
 DEFAULT_SEED = 20240614  # seed of `ebmtool compare`'s bootstrap and permutation draws when none is given
 ENERGY_SAMPLE_SEED = 0  # t, noise and negatives of the energy histograms: the same for every model
@@ -99,6 +101,24 @@ def read_curves(ckpt_path: Path) -> dict[str, np.ndarray] | None:
     if "step" in eval_columns and "mse_ema" in eval_columns:
         out["eval/step"] = np.asarray(eval_columns["step"])
         out["eval/mse_ema"] = np.asarray(eval_columns["mse_ema"], dtype=np.float64)
+    return out
+
+
+def group_diagnostics(gs: list[Group]) -> dict[str, dict[str, float]]:
+    """Per arm, the mean over its runs of each run's tail mean (last 10 % of logged rows) of DIAGNOSTICS, read
+    from the metrics.h5 beside each checkpoint (runs without one left out; an arm without any: {})."""
+    out = {}
+    for g in gs:
+        per_run = []
+        for r in g.runs:
+            path = Path(r.path).parent / "metrics.h5"
+            if path.exists():
+                per_run.append(tail_means(read_metrics(path)[0], DIAGNOSTICS))
+        out[g.name] = {}
+        for c in DIAGNOSTICS:
+            v = np.array([d[c] for d in per_run if c in d], dtype=np.float64)
+            if v.size:
+                out[g.name][c] = float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
     return out
 
 
@@ -292,6 +312,7 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
                   config_diff=diff, identical_replicates=identical, energies=energy_summary,
                   trivial_baselines=trivial, eval_seconds=eval_seconds,
                   warnings=list(diff["warnings"]) + environment_warnings(gs) + reused + identical)
+    report["diagnostics"] = group_diagnostics(gs)
     curves = {r.name: read_curves(r.path) for g in gs for r in g.runs}
     extras = {"groups": gs, "errors": errors, "energies": energies, "curves": curves, "problems": problems}
     return report, extras

@@ -85,6 +85,27 @@ def md_table(rows, header) -> str:
     return "\n".join(lines)
 
 
+def diagnostics_rows(report: dict) -> tuple[list[list[str]], list[str]]:
+    """(rows, header) of compare's training-diagnostics table: the columns any arm logged."""
+    diag = report["diagnostics"]
+    cols = [c for c in dict.fromkeys(c for d in diag.values() for c in d)]
+    return [[arm, *(fmt_number(d[c]) if c in d else "–" for c in cols)] for arm, d in diag.items()], ["arm", *cols]
+
+
+def arm_mean_table(values: dict[str, list[dict]], cols, missing: str = "–") -> str:
+    """A Markdown table, one row per arm: its number of runs, then per column the mean over the runs' finite
+    values (`missing` where no run has the column, n/a where none is finite)."""
+    rows = []
+    for arm, runs in values.items():
+        row = [arm, str(len(runs))]
+        for c in cols:
+            vals = [r[c] for r in runs if c in r]
+            finite = [v for v in vals if math.isfinite(v)]
+            row.append(missing if not vals else fmt_number(sum(finite) / len(finite)) if finite else "n/a")
+        rows.append(row)
+    return md_table(rows, ["arm", "runs", *cols])
+
+
 def format_markdown(report: dict) -> str:
     rows = summary_lines(report)
     desc = report["problems"]
@@ -109,6 +130,11 @@ def format_markdown(report: dict) -> str:
             md_table([[r["name"], r["path"], str(r["step"]), str(r["seed"]), _flops(r["compute_flops"]),
                         fmt_number(r["mean"]), _ci(r["ci_low"], r["ci_high"]), r["sha256"][:12]] for r in report["runs"]],
                       ["run", "checkpoint", "step", "seed", "compute", report["metric"], "CI", "sha256"])]
+    if report.get("diagnostics"):
+        out += ["", "## Training diagnostics", "", "Tail means (last 10 % of each run's logged rows), averaged over the "
+                "arm's runs. kappa < 1 marks a false negative (more probable than its positive); grad_cosine < 0 "
+                "means the energy term's gradient opposes the denoiser's.", "",
+                md_table(*diagnostics_rows(report))]
     if report["energies"]:
         out += ["", "Energies of positives and IRED negatives (same t and noise for every model):", "",
                 md_table([[k, fmt_number(v["mean_e_pos"]), fmt_number(v["mean_e_neg"]), fmt_number(v["p_hard"], 3)]

@@ -23,11 +23,18 @@ import numpy as np
 
 from ebmtool.artifacts import atomic_path
 from ebmtool.checkpoints import load_checkpoint
-from ebmtool.reporting import fmt_number, fmt_p, md_table
+from ebmtool.reporting import arm_mean_table, fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
 from ebmtool.evaluate import WEIGHTS as WEIGHT_SETS
 from ebmtool.stats import scipy_stats
-from ebmtool.training.metrics import read_metrics, source_columns
+from ebmtool.training.metrics import (
+    LEVEL_COLUMNS,
+    TAIL_FRACTION,
+    WHY_COLUMNS,
+    read_metrics,
+    source_columns,
+    tail_means,
+)
 
 SPLITS = ("test", "harder")
 VERDICT_WEIGHTS = "model"  # the report's default verdict weights: raw (weights_statement says why)
@@ -35,7 +42,6 @@ WEIGHTS = (VERDICT_WEIGHTS, *(w for w in WEIGHT_SETS if w != VERDICT_WEIGHTS))  
 REPORT_NAME = "REPORT.md"
 DIAGNOSTIC_COLUMNS = ("loss_denoise", "loss_energy", "p_hard", "margin", "norm_ratio", "grad_share_energy",
                       "dup_fraction")
-TAIL_FRACTION = 0.1  # diagnostics: mean over the last 10 % of a run's logged rows (the trained state, not warm-up)
 MISSING = "–"  # a column no run of the arm logged
 RUN_DIR = re.compile(r"s(\d+)")
 WEIGHT_WORDS = {"model": "raw (model)", "ema": "EMA"}
@@ -94,25 +100,18 @@ def read_arms_file(study_dir: Path) -> dict[str, str]:
     return arms
 
 
-def tail_means(metrics_path: Path) -> tuple[dict[str, float], float | None]:
+def run_tail_means(metrics_path: Path) -> tuple[dict[str, float], float | None]:
     """(column -> mean over the last TAIL_FRACTION of rows, last wall_time) of one metrics.h5.
 
-    Columns: DIAGNOSTIC_COLUMNS and every source/<name>/accept_fraction the file has. A column of only NaN there
-    gives nan (logged but undefined, e.g. no hard negative); an absent column is absent.
+    Columns: DIAGNOSTIC_COLUMNS, WHY_COLUMNS, LEVEL_COLUMNS and every source/<name>/accept_fraction the file has.
+    A column of only NaN there gives nan (logged but undefined, e.g. no hard negative); an absent column is absent.
     """
-    out: dict[str, float] = {}
     columns, _ = read_metrics(metrics_path)
-    rows = columns["step"].shape[0] if "step" in columns else 0
-    if rows == 0:
-        return out, None
-    tail = max(1, math.ceil(TAIL_FRACTION * rows))
+    if "step" not in columns or columns["step"].shape[0] == 0:
+        return {}, None
     sources = [f"source/{s}/accept_fraction" for s, g in source_columns(columns).items() if "accept_fraction" in g]
-    for col in (*DIAGNOSTIC_COLUMNS, *sorted(sources)):
-        if col in columns and columns[col].shape == (rows,):
-            a = np.asarray(columns[col][rows - tail:], dtype=np.float64)
-            a = a[np.isfinite(a)]
-            out[col] = float(a.mean()) if a.size else float("nan")
-    wall = float(columns["wall_time"][rows - 1]) if "wall_time" in columns else float("nan")
+    out = tail_means(columns, (*DIAGNOSTIC_COLUMNS, *WHY_COLUMNS, *LEVEL_COLUMNS, *sorted(sources)), TAIL_FRACTION)
+    wall = float(columns["wall_time"][-1]) if "wall_time" in columns else float("nan")
     return out, wall if math.isfinite(wall) else None
 
 
@@ -126,7 +125,7 @@ def read_run(run_dir: Path, arm: str, seed: int) -> RunInfo:
         except (ValueError, TypeError):
             raise InputError(f"{ckpt_path}: its ebmtool.compute_flops metadata is not a number") from None
     metrics = run_dir / "metrics.h5"
-    diag, wall = tail_means(metrics) if metrics.exists() else ({}, None)
+    diag, wall = run_tail_means(metrics) if metrics.exists() else ({}, None)
     cfg = ck.config
     return RunInfo(arm, seed, ck.step, compute, wall, ckpt_path.stat().st_mtime, diag,
                    (cfg.get("ema_beta"), cfg.get("ema_every")))
@@ -287,19 +286,12 @@ def trivial_lines(task: str, split: str, reports: dict[str, dict], verdict_weigh
     return out
 
 
-def diagnostics_table(runs: list[RunInfo], order: list[str]) -> str:
-    sources = sorted({c for r in runs for c in r.diagnostics if c.startswith("source/")})
-    cols = [*DIAGNOSTIC_COLUMNS, *sources]
-    rows = []
-    for arm in order:
-        arm_runs = [r for r in runs if r.arm == arm]
-        row = [arm, str(len(arm_runs))]
-        for c in cols:
-            vals = [r.diagnostics[c] for r in arm_runs if c in r.diagnostics]
-            finite = [v for v in vals if math.isfinite(v)]
-            row.append(MISSING if not vals else num(float(np.mean(finite))) if finite else "n/a")
-        rows.append(row)
-    return md_table(rows, ["arm", "runs", *cols])
+def diagnostics_table(runs: list[RunInfo], order: list[str], cols) -> str:
+    """One row per arm: the mean over its seeds of each run's tail mean of `cols` (sources' columns appended
+    when `cols` is DIAGNOSTIC_COLUMNS)."""
+    if cols == DIAGNOSTIC_COLUMNS:
+        cols = [*cols, *sorted({c for r in runs for c in r.diagnostics if c.startswith("source/")})]
+    return arm_mean_table({arm: [r.diagnostics for r in runs if r.arm == arm] for arm in order}, cols)
 
 
 def cost_table(costs: dict[str, dict], baseline: str, order: list[str]) -> str:
@@ -414,7 +406,11 @@ def task_section(t: TaskStudy, study_dir: Path, listed: dict[str, str], verdict_
     if run_arms:
         out += ["### Training diagnostics", "",
                 f"Mean over the last {round(TAIL_FRACTION * 100)} % of each run's logged rows, then over its "
-                "seeds (seeds without a finite value left out).", "", diagnostics_table(t.runs, run_arms), "",
+                "seeds (seeds without a finite value left out).", "",
+                diagnostics_table(t.runs, run_arms, DIAGNOSTIC_COLUMNS), "", "Why: false negatives (kappa < 1: negatives more "
+                "probable than their positive; docs/negatives.md, \"False negatives\") and the cosine between the denoising and energy terms' gradients:", "",
+                diagnostics_table(t.runs, run_arms, WHY_COLUMNS), "", "Denoising loss per noise level:", "",
+                diagnostics_table(t.runs, run_arms, LEVEL_COLUMNS), "",
                 "### Compute and cost", "", "Steps and compute from checkpoint metadata (`ebmtool.step`, "
                 "`ebmtool.compute_flops`), wall time from the last metrics row.", "",
                 cost_table(costs, baseline, run_arms), ""]

@@ -58,7 +58,7 @@ def test_the_study_completes_with_a_report(study):
     assert "anm1" in report and "ired (baseline)" in report
     assert len(list((out / "inverse").glob("compare-*.json"))) == 4  # test/harder x model/ema
     arms = (out / "arms.txt").read_text().splitlines()
-    assert arms == ["ired: --steps STEPS", "anm1: --anm --budget-of ired"]
+    assert arms == ["ired: --steps 30", "anm1: --anm --budget-of ired"]  # the value, not the variable name
 
 
 def test_every_training_ran_under_the_launcher_prefix(study):

@@ -8,7 +8,7 @@ import pytest
 
 from ebmtool.artifacts import provenance, write_h5
 from ebmtool.cli import cli
-from ebmtool.study import arm_order, num, seed_ci, tail_means, write_report
+from ebmtool.study import arm_order, num, run_tail_means, seed_ci, write_report
 from ebmtool.training.loop import train
 from ebmtool.training.state import checkpoint_compute
 from helpers import tiny
@@ -131,7 +131,7 @@ def test_tail_means_reads_source_columns(tmp_path):
             "source/anm/p_hard": np.ones(rows)}
     path = tmp_path / "metrics.h5"
     write_h5(path, "metrics", data, {}, provenance("train"))
-    diag, wall = tail_means(path)
+    diag, wall = run_tail_means(path)
     assert diag["p_hard"] == pytest.approx(np.linspace(0, 1, rows)[-2:].mean())
     assert diag["source/anm/accept_fraction"] == 0.75 and np.isnan(diag["margin"])
     assert "loss_energy" not in diag and "source/anm/p_hard" not in diag and wall == rows - 1

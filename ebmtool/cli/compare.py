@@ -24,7 +24,7 @@ from ebmtool.devices import resolve_device
 from ebmtool.errors import RunError
 from ebmtool.evaluate import WEIGHTS
 from ebmtool.plots import FIGURE_FORMATS, check_plot_dir, write_all
-from ebmtool.reporting import fmt_number, format_markdown, summary_lines
+from ebmtool.reporting import diagnostics_rows, fmt_number, format_markdown, summary_lines
 
 
 def _parse_group(ctx, param, values):
@@ -151,6 +151,9 @@ def format_text(report: dict) -> str:
                "and the Holm p < alpha, and only across seeds (one seed: 'checkpoints differ')")
     out.append("compute = training FLOPs (mean over the arm's runs); x base = over the baseline arm's")
     out.append("trivial predictors: " + ", ".join(f"{k} {fmt_number(v)}" for k, v in report["trivial_baselines"].items()))
+    if report.get("diagnostics"):
+        out += ["", "training diagnostics (tail means; kappa < 1: a false negative; grad_cosine < 0: the energy "
+                "term opposes the denoiser):", table(*diagnostics_rows(report))]
     for note in report["notes"]:
         out.append(f"note: {note}")
     for w in report["warnings"]:

@@ -57,6 +57,28 @@ def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
     return tuple(cols)
 
 
+# Why an arm trains as it does, in one table of compare and report: false negatives and the two terms' gradients.
+WHY_COLUMNS = ("kappa", "false_negative_fraction", "p_hard_true", "p_hard_false", "grad_cosine", "grad_ratio_energy",
+               "floored_fraction")
+TAIL_FRACTION = 0.1  # tail means: the last 10 % of a run's logged rows (the trained state, not warm-up)
+
+
+def tail_means(columns: dict[str, np.ndarray], names, fraction: float = TAIL_FRACTION) -> dict[str, float]:
+    """{name: mean of its finite values over the last `fraction` of the rows} for the `names` read_metrics'
+    columns hold (nan where a column holds no finite value there; an absent column is absent)."""
+    rows = columns["step"].shape[0] if "step" in columns else 0
+    out: dict[str, float] = {}
+    if rows == 0:
+        return out
+    tail = max(1, math.ceil(fraction * rows))
+    for col in names:
+        if col in columns and columns[col].shape == (rows,):
+            a = np.asarray(columns[col][rows - tail:], dtype=np.float64)
+            a = a[np.isfinite(a)]
+            out[col] = float(a.mean()) if a.size else float("nan")
+    return out
+
+
 EVAL_COLUMNS = ("step", "metric_model", "metric_ema", "mse_model", "mse_ema", "mse_ref_scaled_model",
                 "mse_ref_scaled_ema")
 
