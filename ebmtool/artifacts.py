@@ -56,9 +56,13 @@ def atomic_path(target: Path):
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # a temporary file left by a killed process of the same pid
+        mode = _umask_mode(tmp)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if os.stat(tmp).st_mode & 0o777 != mode:
+            os.chmod(tmp, mode)  # writers that create their file 0600 (safetensors) follow the umask too
         os.replace(tmp, target)
     except OSError as exc:
         kept = "the previous file is unchanged" if target.exists() else "nothing was written"
@@ -66,6 +70,13 @@ def atomic_path(target: Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask_mode(path: Path) -> int:
+    """Create `path` empty, as open() would (0666 less the umask), and return its permission bits: the mode every
+    file ebmtool writes ends with, read without changing the process's umask."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    return os.stat(path).st_mode & 0o777
 
 
 def jsonable(obj):
