@@ -144,10 +144,20 @@ def _git(*args) -> str | None:
     return out.stdout.decode() if out.returncode == 0 else None
 
 
+def _own_checkout() -> bool:
+    """Whether this package is the `ebmtool/` folder of a git checkout's top level (an editable install or a run
+    from the source tree). An installed copy inside another project's repository (a virtual environment there) is
+    not: that repository's commit says nothing about ebmtool's code."""
+    top = _git("rev-parse", "--show-toplevel")
+    return top is not None and (Path(top.strip()) / "ebmtool").resolve() == Path(__file__).resolve().parent
+
+
 def code_version() -> dict:
-    """ebmtool version, git commit and a hash of uncommitted changes (when running from a checkout)."""
-    commit = _git("rev-parse", "HEAD")
-    diff = _git("diff", "HEAD", "--", ".")
+    """ebmtool's version, and its git commit and a hash of uncommitted changes when running from its own
+    checkout (anything else records "not a git checkout")."""
+    own = _own_checkout()
+    commit = _git("rev-parse", "HEAD") if own else None
+    diff = _git("diff", "HEAD", "--", ".") if own else None
     return {
         "ebmtool_version": __version__,
         "git_commit": commit.strip() if commit else "not a git checkout",
