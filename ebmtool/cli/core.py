@@ -15,6 +15,7 @@ from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
     checkpoint_argument,
+    command_line,
     device_option,
     json_option,
     log,
@@ -40,7 +41,7 @@ from ebmtool.config import (
 )
 from ebmtool.devices import PRECISIONS, resolve_device
 from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
-from ebmtool.errors import InputError
+from ebmtool.errors import InputError, Interrupted
 from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint
 from ebmtool.info import describe, format_description
 from ebmtool.negatives import CLAMP_MODES
@@ -289,8 +290,12 @@ def _train_seeds(ctx, seeds: str, output):
     for s in values:
         if distributed.is_main():
             log(f"--seeds: seed {s} -> {Path(output) / f'seed-{s}'}")
-        ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}",
-                              "autoresume": not ctx.params.get("overwrite")})  # finished seeds are skipped
+        try:
+            ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}",
+                                  "autoresume": not ctx.params.get("overwrite")})  # finished seeds are skipped
+        except Interrupted as exc:  # the same command without --overwrite continues this seed and trains the rest
+            raise Interrupted(f"{exc.saved}; continue every seed with: {command_line(ctx, drop=('overwrite',))}",
+                              exc.exit_code, saved=exc.saved).on_every_process() from None
 
 
 # ------------------------------------------------------------------------------------------------ eval

@@ -273,8 +273,9 @@ def interrupt(st: RunState, out_dir: Path, signum: int, bar):
     save(st, out_dir)
     dist.barrier()  # nobody exits while process 0 writes
     ckpt = out_dir / "ckpt.safetensors"
-    raise Interrupted(f"{signal.Signals(signum).name}: saved a resumable checkpoint at step {st.step} in {ckpt}; "
-                      f"continue with: ebmtool train --resume {ckpt}", 128 + int(signum)).on_every_process()
+    saved = f"{signal.Signals(signum).name}: saved a resumable checkpoint at step {st.step} in {ckpt}"
+    raise Interrupted(f"{saved}; continue with: ebmtool train --resume {ckpt}", 128 + int(signum),
+                      saved=saved).on_every_process()
 
 
 def finished(st: RunState) -> bool:
