@@ -13,6 +13,7 @@ import numpy as np
 from ebmtool.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.compute import format_flops
+from ebmtool.config import steps_text
 from ebmtool.evaluate import checkpoint_model
 from ebmtool.models import parameter_count
 from ebmtool.training.metrics import LIVE_LOG, live_progress, read_metrics, source_columns
@@ -266,7 +267,8 @@ def format_description(d: dict) -> str:
                   *environment_lines(d["environment"]),
                   "tensors   " + ", ".join(f"{k}: {v}" for k, v in sorted(d["tensor_groups"].items())),
                   "config"]
-        lines += [f"  {k} = {json.dumps(v)}" for k, v in sorted(d["config"].items())]
+        lines += [f"  {k} = {steps_text(d['config']) if k == 'steps' else json.dumps(v)}"
+                  for k, v in sorted(d["config"].items())]
         return "\n".join(lines)
     prov = d.get("provenance", {})
     if prov:
