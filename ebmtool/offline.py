@@ -17,6 +17,10 @@ from ebmtool.negatives_file import read_negatives
 from ebmtool.errors import InputError
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %" if x >= 0.01 or x == 0 else f"{100 * x:.1g} %"
+
+
 def family(task_label: str, dims: dict, data_fingerprint: str) -> str:
     """A checkpoint family: same task, same network shape, same training data (any step, any init)."""
     spec = json.dumps({"task": task_label, "dims": dims, "data": data_fingerprint}, sort_keys=True)
@@ -31,6 +35,25 @@ class OfflineNegatives:
     valid: torch.Tensor  # (M, K)
     weights: torch.Tensor | None  # (M, K), rows summing to 1 over valid negatives (0 for rows without any)
     file_row: np.ndarray  # (N_train,) file row of each training row, -1 where the file has none
+
+    @property
+    def covered(self) -> int:
+        """Training problems the file has negatives for (a file mined with --limit covers only its first rows)."""
+        return int((self.file_row >= 0).sum())
+
+    def announce(self, cfg, log) -> None:
+        """The start line of a run with this file, and a warning when it covers part of the training set: only
+        covered rows take offline negatives, so the realised fraction is the requested one times the coverage."""
+        n, covered, fraction = len(self.file_row), self.covered, cfg.offline_fraction
+        log(f"offline negatives {cfg.offline_negatives}" + (f" weighted by {cfg.offline_weights}"
+                                                            if cfg.offline_weights else "")
+            + f": K = {cfg.k}, {covered:,} of the {n:,} training problems ({_pct(covered / n)}), for "
+            f"{_pct(fraction)} of each batch")
+        if covered < n:
+            log(f"warning: {cfg.offline_negatives} covers {covered:,} of the {n:,} training problems, so about "
+                f"{_pct(fraction * covered / n)} of each batch will use its negatives instead of the "
+                f"{_pct(fraction)} asked for (--negatives-fraction); mine every training problem (no --limit) to "
+                "reach it")
 
     def rows_for(self, idx: np.ndarray, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch positions (among the first round(F * B)) that the file covers, and their file rows."""

@@ -160,6 +160,8 @@ def announce(st: RunState, out_dir: Path, log) -> None:
         + (f", {world} processes x {cfg.batch_size // world} examples (global batch {cfg.batch_size})"
            if world > 1 else ""))
     log("config " + json.dumps(cfg.to_dict(), sort_keys=True))
+    if st.objective.offline is not None:
+        st.objective.offline.announce(cfg, log)
     if cfg.supervise_energy:
         total = cfg.curriculum_total or cfg.steps
         log("negatives " + "; ".join(
