@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool.artifacts import open_h5, sha256_file
+from ebmtool.artifacts import open_h5, safetensors_metadata, sha256_file
 from ebmtool.negatives_file import read_negatives
 from ebmtool.errors import InputError
 
@@ -25,6 +25,16 @@ def family(task_label: str, dims: dict, data_fingerprint: str) -> str:
     """A checkpoint family: same task, same network shape, same training data (any step, any init)."""
     spec = json.dumps({"task": task_label, "dims": dims, "data": data_fingerprint}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def mined_seed(attrs: dict) -> int | None:
+    """The seed of the run a negatives file was mined from (its training data's seed), when that checkpoint is
+    still where the file's provenance says; None otherwise."""
+    ckpt = ((attrs.get("provenance") or {}).get("inputs") or {}).get("checkpoint") or {}
+    try:
+        return int(safetensors_metadata(Path(ckpt["path"]))["ebmtool.seed"])
+    except (KeyError, ValueError, InputError, OSError):
+        return None
 
 
 @dataclass
@@ -112,6 +122,17 @@ class OfflineNegatives:
                 raise InputError(f"{wpath} does not have one weight row per row of {path} (shape {w.shape}, "
                                  f"expected {a['valid'].shape})")
             weights = torch.from_numpy(w.astype(np.float32))
+        n = len(data.train)
+        index = a["index"].astype(np.int64)
+        in_range = (index >= 0) & (index < n)
+        differ = ~(a["positives"][in_range] == data.train.y[index[in_range]]).all(axis=1)
+        if differ.any():  # negatives are defined by their positive: no --force makes other problems' fit
+            seed = mined_seed(attrs)
+            raise InputError(f"{path}: the positives stored with {int(differ.sum())} of its {int(in_range.sum())} rows "
+                             "differ from this run's training problems at the same index, so its negatives belong "
+                             "to other problems and no --force makes them fit; train on the problems they were mined "
+                             "on" + (f" (their run's --seed {seed}, which --init of that run keeps)" if seed is not None
+                                     else "") + ", or mine them on this run's training set")
         if mismatches:
             if not force and mismatches != (cfg.offline_mismatch or []):
                 raise InputError(f"{mismatches[0]}; pass --force to use it anyway (the mismatch is recorded in the "
@@ -119,14 +140,6 @@ class OfflineNegatives:
             cfg.offline_mismatch = mismatches
             for m in mismatches:
                 log(f"warning (--force): {m}")
-        n = len(data.train)
-        index = a["index"].astype(np.int64)
-        in_range = (index >= 0) & (index < n)
-        differ = ~(a["positives"][in_range] == data.train.y[index[in_range]]).all(axis=1)
-        if differ.any():  # negatives are defined by their positive: no --force makes other problems' fit
-            raise InputError(f"{path}: the positives stored with {int(differ.sum())} of its {int(in_range.sum())} rows "
-                             "differ from this run's training problems at the same index, so its negatives belong "
-                             "to other problems (mine them on this run's training set)")
         file_row = np.full(n, -1, dtype=np.int64)
         file_row[index[in_range]] = np.nonzero(in_range)[0]
         return cls(torch.from_numpy(a["negatives"]), torch.from_numpy(a["valid"].astype(bool)), weights, file_row)
