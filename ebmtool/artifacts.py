@@ -8,16 +8,10 @@ the target and `os.replace` it, so a killed run never leaves a half-written file
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -28,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.errors import InputError, RunError
 from ebmtool.problems import Problems
+from ebmtool.provenance import code_version, environment, provenance, sha256_file  # noqa: F401 (their home was here)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # ebmtool's HDF5 files start with a 512-byte user block (HDF5 skips it; h5py and h5dump read such files as usual)
@@ -56,9 +51,13 @@ def atomic_path(target: Path):
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # a temporary file left by a killed process of the same pid
+        mode = _umask_mode(tmp)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if os.stat(tmp).st_mode & 0o777 != mode:
+            os.chmod(tmp, mode)  # writers that create their file 0600 (safetensors) follow the umask too
         os.replace(tmp, target)
     except OSError as exc:
         kept = "the previous file is unchanged" if target.exists() else "nothing was written"
@@ -66,6 +65,13 @@ def atomic_path(target: Path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask_mode(path: Path) -> int:
+    """Create `path` empty, as open() would (0666 less the umask), and return its permission bits: the mode every
+    file ebmtool writes ends with, read without changing the process's umask."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    return os.stat(path).st_mode & 0o777
 
 
 def jsonable(obj):
@@ -115,66 +121,6 @@ def check_output(path: Path, overwrite: bool, inputs: tuple[Path, ...] = ()) -> 
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; pass --overwrite to replace it")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _git(*args) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.decode() if out.returncode == 0 else None
-
-
-def code_version() -> dict:
-    """ebmtool version, git commit and a hash of uncommitted changes (when running from a checkout)."""
-    commit = _git("rev-parse", "HEAD")
-    diff = _git("diff", "HEAD", "--", ".")
-    return {
-        "ebmtool_version": __version__,
-        "git_commit": commit.strip() if commit else "not a git checkout",
-        "git_dirty_hash": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else "clean",
-    }
-
-
-ENVIRONMENT_PACKAGES = ("numpy", "h5py", "safetensors", "scipy")
-
-
-def environment(device=None) -> dict:
-    """What a reviewer needs beside the code to trust a figure: the command line, library versions, the device
-    and the machine. `device` (a torch.device or string) is the device the work ran on, when there is one."""
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                **{name: importlib.metadata.version(name) for name in ENVIRONMENT_PACKAGES}}
-    dev = None if device is None else torch.device(device)
-    if dev is not None and dev.type == "cuda":
-        versions.update(cuda=torch.version.cuda, cudnn=str(torch.backends.cudnn.version()))
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = (platform.processor() or platform.machine()) if dev is not None else None
-    return {"argv": list(sys.argv), "versions": versions, "device": None if dev is None else str(dev),
-            "device_name": name, "host": socket.gethostname(), "threads": torch.get_num_threads()}
-
-
-def provenance(command: str, config: dict | None = None, inputs: dict[str, Path] | None = None, **extra) -> dict:
-    """What every artifact records: tool and code version, command, configuration and input file hashes."""
-    rec = {
-        "command": command,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "format_version": FORMAT_VERSION,
-        **code_version(),
-        "config": config or {},
-        "inputs": {k: {"path": str(v), "sha256": sha256_file(Path(v))} for k, v in (inputs or {}).items()},
-        "environment": environment(extra.pop("device", None)),
-    }
-    rec.update(extra)
-    return rec
 
 
 def write_h5(path: Path, kind: str, datasets: dict[str, np.ndarray], attrs: dict, prov: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -122,12 +123,30 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, meta, tensors)
 
 
+SEED_DIR = re.compile(r"seed-(\d+)")  # train --seeds writes OUTPUT/seed-<s>/
+
+
+def seed_runs(path: Path) -> list[Path]:
+    """The run directories `train --seeds` made under `path` (seed-<s>/ holding a checkpoint or a live log), by
+    seed; [] for any other directory."""
+    found = [(int(m.group(1)), d) for d in Path(path).iterdir() if d.is_dir() and (m := SEED_DIR.fullmatch(d.name))
+             and ((d / "ckpt.safetensors").exists() or (d / "metrics.jsonl").exists())]
+    return [d for _, d in sorted(found)]
+
+
+def seeds_hint(path: Path, runs: list[Path]) -> str:
+    """What to do with a --seeds parent where one run is expected."""
+    return (f"{path} holds the runs of train --seeds ({', '.join(d.name for d in runs)}), not one run: name one "
+            f"({runs[0]}), or compare them as an arm with --group {path.name}='{path}/seed-*'")
+
+
 def resolve_checkpoint_path(path: Path) -> Path:
     """Accept a run directory wherever a checkpoint is expected: DIR means DIR/ckpt.safetensors."""
     path = Path(path)
     if path.is_dir():
         cand = path / "ckpt.safetensors"
         if not cand.exists():
-            raise InputError(f"{path} is a directory without a ckpt.safetensors")
+            runs = seed_runs(path)
+            raise InputError(seeds_hint(path, runs) if runs else f"{path} is a directory without a ckpt.safetensors")
         return cand
     return path

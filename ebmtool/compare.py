@@ -130,7 +130,7 @@ def evaluate_groups(groups: list[Group], *, n: int = 1024, harder: bool = False,
     """
 
     runs = [r for g in groups for r in g.runs]
-    task, problems, desc = evaluation_problems(runs[0].ckpt, data=data, split="test", harder=harder, n=n)
+    task, problems, desc = evaluation_problems(runs[0].ckpt, data=data, harder=harder, n=n)
     if task.reference_negative_source:
         energy_n = 0  # the energy probe uses the continuous IRED negative; these tasks have their own
     errors, energies = {}, {}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ebmtool import curriculum as curriculum_mod
 from ebmtool import sans as sans_mod
+from ebmtool.compute import format_flops
 from ebmtool.errors import InputError
 from ebmtool.negatives import CLAMP_MODES, NegativeSettings
 from ebmtool.tasks import builtin_task
@@ -38,6 +39,15 @@ LATER_FIELDS = {"blocks": None, "precision": "fp32", "budget_flops": None, "budg
 DERIVED_FIELDS = ("curriculum_total", "init_sha256", "init_steps", "offline_negatives_sha256",
                   "offline_weights_sha256", "offline_mismatch")
 NO_STEP_CAP = 10**9  # --steps of a budgeted run when none is given: the budget alone ends it
+
+
+def steps_text(config: dict) -> str:
+    """A configuration's `steps` as shown to a reader: a budgeted run without a step cap trains until its budget,
+    and NO_STEP_CAP is only how the configuration says so."""
+    steps, budget = config.get("steps"), config.get("budget_flops")
+    if budget is not None and isinstance(steps, int) and steps >= NO_STEP_CAP:
+        return f"until the budget ({format_flops(budget)} FLOPs)"
+    return str(steps)
 
 
 

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 
-from ebmtool.config import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig
+from ebmtool.config import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig, steps_text
 from ebmtool.errors import InputError
 from ebmtool.arms import Group, Run
 from ebmtool.negatives import NegativeSettings
@@ -57,6 +57,7 @@ def unset_defaults() -> dict:
 def normalised_config(run: Run, defaults: dict) -> dict:
     """The run's configuration with unset negative-mining fields at their defaults, plus 'trained_steps'."""
     cfg = {**run.ckpt.config, "trained_steps": run.ckpt.step}
+    cfg["steps"] = steps_text(cfg)  # a budgeted run without a step cap: its budget, not the cap
     for key, value in defaults.items():
         if cfg.get(key) is None:
             cfg[key] = value

@@ -34,6 +34,7 @@ class InputError(EbmtoolError):
 class Interrupted(EbmtoolError):
     """The run was stopped by a signal after saving what it had (exit 130 for SIGINT, 143 for SIGTERM)."""
 
-    def __init__(self, message: str, exit_code: int = 130):
+    def __init__(self, message: str, exit_code: int = 130, saved: str | None = None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.saved = saved  # what was saved, without the command that continues (a caller may know a better one)

@@ -118,9 +118,15 @@ def checkpoint_task(ckpt):
     return task
 
 
-def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
-    """The held-out problems for a checkpoint: a data file, or the task's fixed split (seeded, shared)."""
+def evaluation_problems(ckpt, *, data=None, split=None, harder=False, n=1024):
+    """The held-out problems for a checkpoint: a data file, or the task's fixed split (seeded, shared; `split`
+    None is the test split). A split asked for beside a data file is refused: it would be ignored."""
     task = checkpoint_task(ckpt)
+    if data is not None and (harder or split is not None):
+        flag = "--harder" if harder else f"--split {split}"
+        raise InputError(f"--data {data} gives the problems to evaluate on, so {flag} (a split of the task's own "
+                         "problems) would not apply; leave it out, or leave out --data")
+    split = EVAL_SPLITS[0] if split is None else split
     if data is not None:
         problems = read_dataset(data)
         made_for = problems.description.get("task")
@@ -131,7 +137,10 @@ def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
         if problems.x.shape[1] != task.x_dim or problems.y.shape[1] != task.y_dim:
             raise InputError(f"{data}: problems of shape {problems.x.shape[1]} -> {problems.y.shape[1]} do not fit "
                              f"the checkpoint's model ({task.x_dim} -> {task.y_dim})")
-        return task, problems.subset(n) if n else problems, {"data": str(data), "fingerprint": problems.fingerprint}
+        desc = {"data": str(data), "fingerprint": problems.fingerprint,
+                "made_as": {k: problems.description[k] for k in ("task", "size", "split", "harder")
+                            if k in problems.description}}
+        return task, problems.subset(n) if n else problems, desc
     if task.path:
         if harder:
             raise InputError("--harder needs a built-in task; this checkpoint was trained on a data file "
@@ -141,6 +150,19 @@ def evaluation_problems(ckpt, *, data=None, split="test", harder=False, n=1024):
     problems = task.generate(n, split, harder=harder)
     desc = {"task": task.label, "split": split, "harder": harder, "n": n, "fingerprint": problems.fingerprint}
     return task, problems, desc
+
+
+def problems_label(desc: dict) -> str:
+    """Where held-out problems came from, for a report's first lines: the task and its split, or the data file
+    with what its provenance says it holds."""
+    if "data" not in desc:
+        return f"{desc.get('task')}, {desc.get('split')}{' harder' if desc.get('harder') else ''}"
+    made = desc.get("made_as") or {}
+    if "task" not in made:
+        return f"{desc['data']} (data file)" if "split" not in desc else f"{desc['data']}, {desc['split']}"
+    size = f" {made['size']}" if made.get("size") is not None else ""
+    return (f"{desc['data']} (data file of {made['task']}{size}, {made.get('split', 'no')} split"
+            f"{', harder' if made.get('harder') else ''})")
 
 
 # ------------------------------------------------------------------------------------------------ a checkpoint
@@ -156,7 +178,7 @@ class Evaluation:
     problems: Problems
 
 
-def evaluate_checkpoint(path: Path, *, data=None, split: str = EVAL_SPLITS[0], harder: bool = False, n: int = 1024,
+def evaluate_checkpoint(path: Path, *, data=None, split: str | None = None, harder: bool = False, n: int = 1024,
                         weights: str = WEIGHT_CHOICES[0], batch_size: int = 256, device="cpu",
                         precision: str = "fp32") -> Evaluation:
     """Sample a checkpoint's EMA and/or raw weights on its held-out problems (a progress bar on a terminal's

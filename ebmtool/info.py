@@ -11,21 +11,42 @@ from pathlib import Path
 import numpy as np
 
 from ebmtool.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.checkpoints import load_checkpoint, seed_runs
 from ebmtool.compute import format_flops
-from ebmtool.evaluate import checkpoint_model
+from ebmtool.config import steps_text
+from ebmtool.errors import InputError
+from ebmtool.evaluate import checkpoint_model, problems_label
 from ebmtool.models import parameter_count
 from ebmtool.training.metrics import LIVE_LOG, live_progress, read_metrics, source_columns
 from ebmtool.locks import lock_holder
 from ebmtool.training.state import checkpoint_compute
 
 
+INFO_READS = ("checkpoints, ebmtool's HDF5 files, run directories and the parents of train --seeds runs, a run's "
+              f"{LIVE_LOG} and compare's --json-file reports")
+COMPARE_KEYS = ("baseline", "groups", "comparisons", "metric", "direction", "problems", "weights")
+
+
 def describe(path: Path) -> dict:
     """A JSON-able description: kind, provenance, and a summary of the contents."""
     path = Path(path)
-    if path.is_dir() and ((path / "ckpt.safetensors").exists() or (path / LIVE_LOG).exists()):
-        return describe_run(path)
-    fmt = sniff(path)
+    if path.is_dir():
+        if (path / "ckpt.safetensors").exists() or (path / LIVE_LOG).exists():
+            return describe_run(path)
+        runs = seed_runs(path)
+        if runs:
+            return describe_seeds(path, runs)
+        raise InputError(f"{path} is a directory that holds no run; info reads {INFO_READS}")
+    text = describe_text(path)
+    if text is not None:
+        return text
+    try:
+        fmt = sniff(path)
+    except InputError:
+        if path.is_file() and path.stat().st_size:
+            raise InputError(f"{path} is neither a safetensors nor an HDF5 file nor a text file ebmtool wrote; info "
+                             f"reads {INFO_READS}") from None
+        raise
     kind = artifact_kind(path)
     if fmt == "safetensors":
         return _describe_checkpoint(path)
@@ -52,6 +73,68 @@ def describe_run(run_dir: Path) -> dict:
             "live": live_progress(live) if live.exists() else None,
             "checkpoint": _describe_checkpoint(ckpt) if ckpt.exists() else None,
             "alarms": summary.get("alarms", [])}
+
+
+def describe_seeds(path: Path, runs: list[Path]) -> dict:
+    """The parent of `train --seeds` runs: each seed's run, and the --group that compares them as one arm."""
+    return {"file": str(path), "format": "directory", "kind": "seeds", "runs": [describe_run(d) for d in runs],
+            "group": f"--group {path.name}='{path}/seed-*'"}
+
+
+def describe_text(path: Path) -> dict | None:
+    """A text file ebmtool wrote (a run's live log, a compare --json-file report), or None for any other file."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        if fh.read(1) != b"{":
+            return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+    except (ValueError, UnicodeDecodeError):
+        first = None
+    if isinstance(first, dict) and first.get("kind") == "run":
+        return {"file": str(path), "format": "jsonl", "kind": "live log",
+                "training_pid": lock_holder(path.parent / ".lock"), "live": live_progress(path), "checkpoint": None}
+    try:
+        rep = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(rep, dict) or any(k not in rep for k in COMPARE_KEYS):
+        return None
+    comps = {c["variant"]: c for c in rep["comparisons"]}
+    arms = [{"name": g["name"], "n_seeds": g["n_seeds"], "mean": g["mean"], "ci": [g["ci_low"], g["ci_high"]],
+             **({"diff": comps[g["name"]]["primary"]["mean_diff"], "verdict": comps[g["name"]]["verdict"]}
+                if g["name"] in comps else {})} for g in rep["groups"]]
+    return {"file": str(path), "format": "json", "kind": "compare report", "task": rep.get("task"),
+            "metric": rep["metric"], "direction": rep["direction"], "problems": problems_label(rep["problems"]),
+            "n_problems": rep.get("n_problems"), "weights": rep["weights"], "baseline": rep["baseline"], "arms": arms,
+            "warnings": rep.get("warnings", [])}
+
+
+def format_seeds(d: dict) -> list[str]:
+    """The lines of `ebmtool info` for a --seeds parent: one per seed, then how to compare them."""
+    lines = []
+    for run in d["runs"]:
+        ck, pid = run["checkpoint"], run["training_pid"]
+        state = f"training now (process {pid})" if pid else "not training"
+        saved = f"saved step {ck['step']} of {steps_text(ck['config'])}, {format_flops(ck['compute_flops'])} FLOPs" \
+            if ck else "no checkpoint yet"
+        lines.append(f"{Path(run['file']).name:<9} {state}; {saved}")
+    return lines + [f"compare   these runs are one arm of seeds: ebmtool compare {d['group']} --group OTHER=..."]
+
+
+def format_compare(d: dict) -> list[str]:
+    """The lines of `ebmtool info` for a compare report: the problems, the baseline, each arm's mean and verdict."""
+    lines = [f"task      {d['task']}; metric {d['metric']} ({d['direction']} is better)",
+             f"problems  {d['problems']}, {d['n_problems']} problems, {d['weights']} weights",
+             f"baseline  {d['baseline']}"]
+    for a in d["arms"]:
+        seeds = f"{a['n_seeds']} seed{'s' if a['n_seeds'] != 1 else ''}"
+        vs = f"; diff {a['diff']:+.4g}, verdict {a['verdict']}" if "verdict" in a else ""
+        lines.append(f"arm       {a['name']}: {d['metric']} {a['mean']:.4g} [{a['ci'][0]:.4g}, {a['ci'][1]:.4g}], "
+                     f"{seeds}{vs}")
+    return lines + [f"WARNING   {w}" for w in d["warnings"]]
 
 
 def format_run(d: dict) -> list[str]:
@@ -252,8 +335,9 @@ def environment_lines(env: dict | None) -> list[str]:
 
 def format_description(d: dict) -> str:
     lines = [f"file      {d['file']}", f"kind      {d['kind']} ({d['format']})"]
-    if d["kind"] == "run":
-        return "\n".join(lines + format_run(d))
+    text = {"run": format_run, "live log": format_run, "seeds": format_seeds, "compare report": format_compare}
+    if d["kind"] in text:
+        return "\n".join(lines + text[d["kind"]](d))
     if d["kind"] == "checkpoint":
         m = d["model"]
         lines += [f"task      {d['task']}", f"step      {d['step']}", f"seed      {d['seed']}",
@@ -266,7 +350,8 @@ def format_description(d: dict) -> str:
                   *environment_lines(d["environment"]),
                   "tensors   " + ", ".join(f"{k}: {v}" for k, v in sorted(d["tensor_groups"].items())),
                   "config"]
-        lines += [f"  {k} = {json.dumps(v)}" for k, v in sorted(d["config"].items())]
+        lines += [f"  {k} = {steps_text(d['config']) if k == 'steps' else json.dumps(v)}"
+                  for k, v in sorted(d["config"].items())]
         return "\n".join(lines)
     prov = d.get("provenance", {})
     if prov:

@@ -12,15 +12,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool.artifacts import open_h5, sha256_file
+from ebmtool.artifacts import open_h5, safetensors_metadata, sha256_file
 from ebmtool.negatives_file import read_negatives
 from ebmtool.errors import InputError
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %" if x >= 0.01 or x == 0 else f"{100 * x:.1g} %"
 
 
 def family(task_label: str, dims: dict, data_fingerprint: str) -> str:
     """A checkpoint family: same task, same network shape, same training data (any step, any init)."""
     spec = json.dumps({"task": task_label, "dims": dims, "data": data_fingerprint}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def mined_seed(attrs: dict) -> int | None:
+    """The seed of the run a negatives file was mined from (its training data's seed), when that checkpoint is
+    still where the file's provenance says; None otherwise."""
+    ckpt = ((attrs.get("provenance") or {}).get("inputs") or {}).get("checkpoint") or {}
+    try:
+        return int(safetensors_metadata(Path(ckpt["path"]))["ebmtool.seed"])
+    except (KeyError, ValueError, InputError, OSError):
+        return None
 
 
 @dataclass
@@ -31,6 +45,25 @@ class OfflineNegatives:
     valid: torch.Tensor  # (M, K)
     weights: torch.Tensor | None  # (M, K), rows summing to 1 over valid negatives (0 for rows without any)
     file_row: np.ndarray  # (N_train,) file row of each training row, -1 where the file has none
+
+    @property
+    def covered(self) -> int:
+        """Training problems the file has negatives for (a file mined with --limit covers only its first rows)."""
+        return int((self.file_row >= 0).sum())
+
+    def announce(self, cfg, log) -> None:
+        """The start line of a run with this file, and a warning when it covers part of the training set: only
+        covered rows take offline negatives, so the realised fraction is the requested one times the coverage."""
+        n, covered, fraction = len(self.file_row), self.covered, cfg.offline_fraction
+        log(f"offline negatives {cfg.offline_negatives}" + (f" weighted by {cfg.offline_weights}"
+                                                            if cfg.offline_weights else "")
+            + f": K = {cfg.k}, {covered:,} of the {n:,} training problems ({_pct(covered / n)}), for "
+            f"{_pct(fraction)} of each batch")
+        if covered < n:
+            log(f"warning: {cfg.offline_negatives} covers {covered:,} of the {n:,} training problems, so about "
+                f"{_pct(fraction * covered / n)} of each batch will use its negatives instead of the "
+                f"{_pct(fraction)} asked for (--negatives-fraction); mine every training problem (no --limit) to "
+                "reach it")
 
     def rows_for(self, idx: np.ndarray, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch positions (among the first round(F * B)) that the file covers, and their file rows."""
@@ -89,6 +122,17 @@ class OfflineNegatives:
                 raise InputError(f"{wpath} does not have one weight row per row of {path} (shape {w.shape}, "
                                  f"expected {a['valid'].shape})")
             weights = torch.from_numpy(w.astype(np.float32))
+        n = len(data.train)
+        index = a["index"].astype(np.int64)
+        in_range = (index >= 0) & (index < n)
+        differ = ~(a["positives"][in_range] == data.train.y[index[in_range]]).all(axis=1)
+        if differ.any():  # negatives are defined by their positive: no --force makes other problems' fit
+            seed = mined_seed(attrs)
+            raise InputError(f"{path}: the positives stored with {int(differ.sum())} of its {int(in_range.sum())} rows "
+                             "differ from this run's training problems at the same index, so its negatives belong "
+                             "to other problems and no --force makes them fit; train on the problems they were mined "
+                             "on" + (f" (their run's --seed {seed}, which --init of that run keeps)" if seed is not None
+                                     else "") + ", or mine them on this run's training set")
         if mismatches:
             if not force and mismatches != (cfg.offline_mismatch or []):
                 raise InputError(f"{mismatches[0]}; pass --force to use it anyway (the mismatch is recorded in the "
@@ -96,14 +140,6 @@ class OfflineNegatives:
             cfg.offline_mismatch = mismatches
             for m in mismatches:
                 log(f"warning (--force): {m}")
-        n = len(data.train)
-        index = a["index"].astype(np.int64)
-        in_range = (index >= 0) & (index < n)
-        differ = ~(a["positives"][in_range] == data.train.y[index[in_range]]).all(axis=1)
-        if differ.any():  # negatives are defined by their positive: no --force makes other problems' fit
-            raise InputError(f"{path}: the positives stored with {int(differ.sum())} of its {int(in_range.sum())} rows "
-                             "differ from this run's training problems at the same index, so its negatives belong "
-                             "to other problems (mine them on this run's training set)")
         file_row = np.full(n, -1, dtype=np.int64)
         file_row[index[in_range]] = np.nonzero(in_range)[0]
         return cls(torch.from_numpy(a["negatives"]), torch.from_numpy(a["valid"].astype(bool)), weights, file_row)

@@ -6,6 +6,7 @@ import math
 
 
 from ebmtool import stats as S
+from ebmtool.evaluate import problems_label
 
 def fmt_number(v, digits=4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -109,11 +110,9 @@ def arm_mean_table(values: dict[str, list[dict]], cols, missing: str = "–") ->
 def format_markdown(report: dict) -> str:
     rows = summary_lines(report)
     desc = report["problems"]
-    where = desc.get("task", desc.get("data"))
     out = [f"# Comparison: {report['task']}", "",
            f"Primary metric **{report['metric']}** ({report['direction']} is better), declared by the task. "
-           f"{report['n_problems']} held-out problems ({where}, {desc.get('split', '')}"
-           f"{', harder' if desc.get('harder') else ''}; fingerprint `{desc.get('fingerprint', '')[:12]}`), "
+           f"{report['n_problems']} held-out problems ({problems_label(desc)}; fingerprint `{desc.get('fingerprint', '')[:12]}`), "
            f"{report['weights']} weights. Baseline: **{report['baseline']}**.", "",
            "## Configuration differences", "", md_table(rows["diff"], rows["diff_header"]), "",
            "## Results", "", md_table(rows["groups"], rows["groups_header"]), ""]

@@ -422,6 +422,20 @@ def task_section(t: TaskStudy, study_dir: Path, listed: dict[str, str], verdict_
     return out + answer_lines(t, order, costs, verdict_weights) + [""]
 
 
+def check_runs(t: TaskStudy) -> None:
+    """Every run a task's compare results name must be in the study: the report's diagnostics and compute come
+    from them, so without them it would print n/a where a committed report has numbers (as in a fresh clone,
+    where the run directories are not committed)."""
+    have = {(r.arm, r.seed) for r in t.runs}
+    named = sorted({(g["name"], s) for rep in t.reports.values() for g in rep["groups"] for s in g["seeds"]})
+    missing = [f"{arm}/s{seed}" for arm, seed in named if (arm, seed) not in have]
+    if missing:
+        raise InputError(f"{t.path}: {len(missing)} of the {len(named)} runs its compare results name are missing "
+                         f"(first {missing[0]}/ckpt.safetensors), and the report's diagnostics and compute come from "
+                         "them; train them (run directories are not committed: `make study` trains and resumes "
+                         "them) before writing the report")
+
+
 def format_report(study_dir: Path, *, weights_for_verdicts: str = "model") -> str:
     """The whole report as Markdown; deterministic for the same files."""
     if weights_for_verdicts not in WEIGHTS:
@@ -430,6 +444,8 @@ def format_report(study_dir: Path, *, weights_for_verdicts: str = "model") -> st
     tasks = read_study(study_dir)
     listed = read_arms_file(study_dir)
     done = [t for t in tasks if t.reports]
+    for t in done:
+        check_runs(t)
     out = [f"# Study report: {study_dir.name}", "",
            f"{len(done)} of {len(tasks)} tasks compared. Every number below is read from the compare JSONs, the "
            "checkpoints and the metrics files of this directory; numbers have 4 significant digits, `n/a` means "
@@ -451,10 +467,13 @@ def format_report(study_dir: Path, *, weights_for_verdicts: str = "model") -> st
     return "\n".join(out) + "\n"
 
 
-def write_report(study_dir: Path, *, weights_for_verdicts: str = "model") -> Path:
-    """Write STUDY/REPORT.md atomically (a reader never sees half a report) and return its path."""
-    text = format_report(study_dir, weights_for_verdicts=weights_for_verdicts)
+def write_report(study_dir: Path, *, weights_for_verdicts: str = "model", overwrite: bool = True) -> Path:
+    """Write STUDY/REPORT.md atomically (a reader never sees half a report) and return its path; an existing
+    report is replaced only with `overwrite` (it may hold edits, or be a committed report)."""
+    text = format_report(study_dir, weights_for_verdicts=weights_for_verdicts)  # first: missing runs say so
     target = Path(study_dir) / REPORT_NAME
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} already exists; pass --overwrite to replace it")
     with atomic_path(target) as tmp:
         tmp.write_text(text)
     return target

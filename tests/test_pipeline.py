@@ -33,3 +33,48 @@ def test_makefile_pipeline(tmp_path):
     assert control.config["k"] == refined.config["k"] == 2
     q = subprocess.run(["make", "-q", "-C", str(ROOT / "examples"), *tiny], capture_output=True, text=True)
     assert q.returncode == 0  # every target is a file: nothing left to do
+
+
+@pytest.mark.skipif(shutil.which("make") is None or not EBMTOOL.exists(), reason="needs make and the ebmtool script")
+def test_a_ctrl_c_base_run_is_resumed_not_used(tmp_path):
+    """Ctrl-C during the base run, then make again: the base finishes its steps before anything is mined from it
+    (a target means a finished stage, not a checkpoint that exists)."""
+    import signal
+    import time
+
+    import json
+
+    import h5py
+
+    from ebmtool.artifacts import safetensors_metadata, sha256_file
+    from ebmtool.checkpoints import load_checkpoint
+
+    steps = 60  # with a checkpoint (and its fsync) every step: seconds, long enough to be interrupted
+    tiny = ["SIZE=4", f"STEPS={steps}", "REFINE_STEPS=2", "K=2", "CANDIDATES=2", "REFINE=1", "EVAL_N=8",
+            f"OUT={tmp_path}", f"EBMTOOL={EBMTOOL}",
+            "EXTRA=--width 32 --train-size 128 --batch-size 32 --val-size 4 --eval-every 0 --ckpt-every 1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = ["make", "-C", str(ROOT / "examples"), *tiny]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    ckpt = tmp_path / "base" / "ckpt.safetensors"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the base run ended before it was interrupted"
+        try:
+            if int(safetensors_metadata(ckpt)["ebmtool.step"]) >= 2:
+                break
+        except Exception:
+            pass
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground process group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    stopped = load_checkpoint(ckpt).step
+    assert stopped < steps and not (tmp_path / "negs.h5").exists()
+    r = subprocess.run([*cmd, str(tmp_path / "negs.h5")], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert load_checkpoint(ckpt).step == steps  # continued to the end, then mined from
+    with h5py.File(tmp_path / "negs.h5", "r") as f:
+        mined_from = json.loads(f.attrs["provenance"])["inputs"]["checkpoint"]["sha256"]
+    assert mined_from == sha256_file(ckpt)

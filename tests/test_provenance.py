@@ -57,3 +57,47 @@ def test_compare_names_runs_of_another_torch_version_or_device(run, tmp_path):
     warns = environment_warnings(mixed)
     assert warns[0] == f"the runs were trained with different torch versions: {torch.__version__} (a); 9.9.9 (b)"
     assert warns[1].startswith("the runs were trained with different devices: ") and "cuda:0 (GPU X) (b)" in warns[1]
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_an_installed_copy_inside_another_repository_records_no_commit(tmp_path):
+    """Installed (files copied into site-packages) into a virtual environment inside another git repository, the
+    package must not record that repository's commit as its own."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import ebmtool
+
+    other = tmp_path / "project"
+    site = other / ".venv" / "lib" / "site-packages"
+    shutil.copytree(Path(ebmtool.__file__).parent, site / "ebmtool", ignore=shutil.ignore_patterns("__pycache__"))
+    _git(other, "init", "-q")
+    _git(other, "add", "-A")
+    _git(other, "commit", "-q", "-m", "another project, with a copy of ebmtool in it")
+    code = "import json; from ebmtool.artifacts import code_version; print(json.dumps(code_version()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
+                         capture_output=True, text=True, check=True).stdout
+    got = json.loads(out)
+    assert got["git_commit"] == "not a git checkout" and got["git_dirty_hash"] == "clean"
+    assert got["ebmtool_version"] == ebmtool.__version__
+
+
+def test_a_checkout_records_its_own_commit():
+    from pathlib import Path
+
+    import ebmtool
+    from ebmtool.artifacts import code_version
+
+    repo = Path(ebmtool.__file__).parent.parent
+    if not (repo / ".git").exists():
+        pytest.skip("not run from a git checkout of ebmtool")
+    assert code_version()["git_commit"] == _git(repo, "rev-parse", "HEAD")

@@ -143,10 +143,48 @@ def test_arm_order():
 
 
 def test_cli(runner, study, tmp_path):
-    res = runner.invoke(cli, ["report", str(study)])
+    res = runner.invoke(cli, ["report", str(study), "--overwrite"])
     assert res.exit_code == 0 and res.stdout == f"wrote {study / 'REPORT.md'}\n"
-    res = runner.invoke(cli, ["report", str(study), "--verdict-weights", "ema"])
+    res = runner.invoke(cli, ["report", str(study), "--verdict-weights", "ema", "--overwrite"])
     assert res.exit_code == 0 and "use the **EMA weights**" in (study / "REPORT.md").read_text()
     res = runner.invoke(cli, ["report", str(tmp_path / "nope")])
     assert res.exit_code == 2
     assert res.output.strip() == f"Error: {tmp_path / 'nope'}: no such study directory"
+
+
+def test_report_never_replaces_an_existing_one_without_overwrite(runner, study):
+    before = (study / "REPORT.md").read_text() if (study / "REPORT.md").exists() else None
+    if before is None:
+        assert runner.invoke(cli, ["report", str(study)]).exit_code == 0
+        before = (study / "REPORT.md").read_text()
+    (study / "REPORT.md").write_text(before + "a hand-written note\n")
+    res = runner.invoke(cli, ["report", str(study)])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (study / "REPORT.md").read_text() == before + "a hand-written note\n"
+    res = runner.invoke(cli, ["report", str(study), "--overwrite"])
+    assert res.exit_code == 0 and (study / "REPORT.md").read_text() == write_report(study).read_text()
+
+
+def test_a_study_whose_runs_are_missing_says_so(runner, study, tmp_path):
+    """As in a fresh clone: the compare results are committed, the run directories are not."""
+    clone = tmp_path / "clone"
+    shutil.copytree(study / "inverse", clone / "inverse", ignore=shutil.ignore_patterns("s[0-9]*"))
+    (clone / "REPORT.md").write_text("the committed report\n")
+    for args in (["report", str(clone)], ["report", str(clone), "--overwrite"]):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 2, res.output
+        lines = [ln for ln in res.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "4 of the 4 runs" in lines[0] and "missing" in lines[0]
+        assert "/s0/ckpt.safetensors" in lines[0]
+        assert (clone / "REPORT.md").read_text() == "the committed report\n"
+
+
+def test_the_committed_cpu_study_report_is_left_intact(runner, tmp_path):
+    from pathlib import Path
+
+    committed = Path(__file__).parent.parent / "studies" / "cpu"
+    copy = tmp_path / "cpu"
+    shutil.copytree(committed, copy)
+    res = runner.invoke(cli, ["report", str(copy), "--overwrite"])
+    assert res.exit_code == 2 and "missing" in res.output
+    assert (copy / "REPORT.md").read_bytes() == (committed / "REPORT.md").read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -76,3 +77,21 @@ def _fmt(c) -> str:
         return f"{c:.4g}" if abs(c) < 1e5 else f"{c:.3e}"
     return str(c)
 
+
+
+def command_line(ctx: click.Context, drop: tuple[str, ...] = ()) -> str:
+    """The command as typed, rebuilt from the parameters given on the command line (less `drop`): what a message
+    can tell the user to run again."""
+    words = ["ebmtool", ctx.info_name]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if param.name in drop or source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if not isinstance(param, click.Option):
+            words.append(str(value))
+        elif param.is_flag:
+            words.append(max(param.opts if value or not param.secondary_opts else param.secondary_opts, key=len))
+        else:
+            words += [max(param.opts, key=len), str(value)]
+    return shlex.join(words)

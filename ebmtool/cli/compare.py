@@ -22,7 +22,7 @@ from ebmtool.compare import DEFAULT_SEED
 from ebmtool.compare import compare as run_compare
 from ebmtool.devices import resolve_device
 from ebmtool.errors import RunError
-from ebmtool.evaluate import WEIGHTS
+from ebmtool.evaluate import WEIGHTS, problems_label
 from ebmtool.plots import FIGURE_FORMATS, check_plot_dir, write_all
 from ebmtool.reporting import diagnostics_rows, fmt_number, format_markdown, summary_lines
 
@@ -133,10 +133,8 @@ def format_text(report: dict) -> str:
     """The report as plain text tables for stdout."""
     rows = summary_lines(report)
     desc = report["problems"]
-    where = desc.get("task", desc.get("data"))
     out = [f"task        {report['task']}; primary metric {report['metric']} ({report['direction']} is better)",
-           f"problems    {where}, {desc.get('split', '')}{' harder' if desc.get('harder') else ''}, "
-           f"{report['n_problems']} problems (fingerprint {desc.get('fingerprint', '')[:12]}), "
+           f"problems    {problems_label(desc)}, {report['n_problems']} problems (fingerprint {desc.get('fingerprint', '')[:12]}), "
            f"{report['weights']} weights",
            "", "configuration (what differs between the runs):"]
     out.append(table(rows["diff"], rows["diff_header"]) if len(rows["diff"]) > 1 or report["config_diff"]["keys"]

@@ -15,6 +15,7 @@ from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
     checkpoint_argument,
+    command_line,
     device_option,
     json_option,
     log,
@@ -40,8 +41,8 @@ from ebmtool.config import (
 )
 from ebmtool.devices import PRECISIONS, resolve_device
 from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
-from ebmtool.errors import InputError
-from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint
+from ebmtool.errors import InputError, Interrupted
+from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint, problems_label
 from ebmtool.info import describe, format_description
 from ebmtool.negatives import CLAMP_MODES
 from ebmtool.negatives_file import negatives_k
@@ -289,8 +290,12 @@ def _train_seeds(ctx, seeds: str, output):
     for s in values:
         if distributed.is_main():
             log(f"--seeds: seed {s} -> {Path(output) / f'seed-{s}'}")
-        ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}",
-                              "autoresume": not ctx.params.get("overwrite")})  # finished seeds are skipped
+        try:
+            ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}",
+                                  "autoresume": not ctx.params.get("overwrite")})  # finished seeds are skipped
+        except Interrupted as exc:  # the same command without --overwrite continues this seed and trains the rest
+            raise Interrupted(f"{exc.saved}; continue every seed with: {command_line(ctx, drop=('overwrite',))}",
+                              exc.exit_code, saved=exc.saved).on_every_process() from None
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -298,8 +303,9 @@ def _train_seeds(ctx, seeds: str, output):
 @cli.command("eval")
 @checkpoint_argument
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Evaluate on this HDF5 data file.")
-@click.option("--split", type=click.Choice(EVAL_SPLITS), default=EVAL_SPLITS[0], show_default=True)
-@click.option("--harder", is_flag=True, help="The out-of-distribution split of the task.")
+@click.option("--split", type=click.Choice(EVAL_SPLITS), default=None, show_default=EVAL_SPLITS[0],
+              help="The task's held-out split (not with --data).")
+@click.option("--harder", is_flag=True, help="The out-of-distribution split of the task (not with --data).")
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Number of held-out problems.")
 @click.option("--weights", type=click.Choice(WEIGHT_CHOICES), default=WEIGHT_CHOICES[0], show_default=True,
@@ -326,21 +332,21 @@ def eval_cmd(checkpoint, data, split, harder, n, weights, batch_size, device, pr
     if output is not None:
         write_evaluation(output, ev.errors, ev.baselines, step=rep["step"], checkpoint=checkpoint,
                          checkpoint_sha256=rep["sha256"],
-                         config={"split": split, "harder": harder, "n": n, "weights": weights},
+                         config={"split": rep["problems"].get("split"), "harder": harder, "n": n,
+                                 "weights": weights, "data": None if data is None else str(data)},
                          problems=rep["problems"])
     if as_json:
         print_json(rep)
     else:
-        click.echo(format_evaluation(ev, harder))
+        click.echo(format_evaluation(ev))
 
 
-def format_evaluation(ev, harder: bool) -> str:
+def format_evaluation(ev) -> str:
     """`ebmtool eval`'s text report: the checkpoint, the problems, one row per weights set and per baseline."""
     rep, task = ev.report, ev.task
     desc, results, baselines, seconds = rep["problems"], rep["results"], rep["baselines"], rep["seconds"]
-    where = desc.get("task", desc.get("data"))
     out = [f"checkpoint  {rep['checkpoint']} (step {rep['step']}, sha256 {rep['sha256'][:12]})",
-           f"problems    {where}, {desc.get('split', '')}{' harder' if harder else ''}, {len(ev.problems)} problems"]
+           f"problems    {problems_label(desc)}, {len(ev.problems)} problems"]
     cols = [task.metric] + sorted(k for k in next(iter(results.values())) if k != task.metric)
     rows = [[f"model ({w} weights)", *(r[c] for c in cols)] for w, r in results.items()]
     rows += [[f"baseline: {k}", v, *([""] * (len(cols) - 1))] for k, v in baselines.items()]

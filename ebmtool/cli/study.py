@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ebmtool.cli import cli
+from ebmtool.cli.common import overwrite_option
 from ebmtool.study import WEIGHTS, write_report
 
 
@@ -15,10 +16,12 @@ from ebmtool.study import WEIGHTS, write_report
 @click.option("--verdict-weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True,
               help="Which compare JSONs give the verdicts: raw weights (the EMA lags at CPU budgets) or EMA; the "
               "other set's means are reported beside them.")
-def report(study_dir, verdict_weights):
+@overwrite_option
+def report(study_dir, verdict_weights, overwrite):
     """Write STUDY_DIR/REPORT.md: per task and split the arms' means, differences to the baseline with intervals
     and verdicts (from the compare JSONs), trivial predictors, training diagnostics, compute and wall time.
 
-    Trains and evaluates nothing. Example: ebmtool report studies/negatives
+    Trains and evaluates nothing; needs the study's run directories, and replaces an existing REPORT.md only with
+    --overwrite. Example: ebmtool report studies/negatives --overwrite
     """
-    click.echo(f"wrote {write_report(study_dir, weights_for_verdicts=verdict_weights)}")
+    click.echo(f"wrote {write_report(study_dir, weights_for_verdicts=verdict_weights, overwrite=overwrite)}")

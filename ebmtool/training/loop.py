@@ -160,6 +160,8 @@ def announce(st: RunState, out_dir: Path, log) -> None:
         + (f", {world} processes x {cfg.batch_size // world} examples (global batch {cfg.batch_size})"
            if world > 1 else ""))
     log("config " + json.dumps(cfg.to_dict(), sort_keys=True))
+    if st.objective.offline is not None:
+        st.objective.offline.announce(cfg, log)
     if cfg.supervise_energy:
         total = cfg.curriculum_total or cfg.steps
         log("negatives " + "; ".join(
@@ -273,8 +275,9 @@ def interrupt(st: RunState, out_dir: Path, signum: int, bar):
     save(st, out_dir)
     dist.barrier()  # nobody exits while process 0 writes
     ckpt = out_dir / "ckpt.safetensors"
-    raise Interrupted(f"{signal.Signals(signum).name}: saved a resumable checkpoint at step {st.step} in {ckpt}; "
-                      f"continue with: ebmtool train --resume {ckpt}", 128 + int(signum)).on_every_process()
+    saved = f"{signal.Signals(signum).name}: saved a resumable checkpoint at step {st.step} in {ckpt}"
+    raise Interrupted(f"{saved}; continue with: ebmtool train --resume {ckpt}", 128 + int(signum),
+                      saved=saved).on_every_process()
 
 
 def finished(st: RunState) -> bool:

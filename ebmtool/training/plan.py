@@ -87,17 +87,24 @@ def new_plan(given: dict, *, recipe: str, init, output, overwrite: bool) -> RunP
     return RunPlan(cfg, output)
 
 
+# What a run started with --init takes from the init's run unless given: its seed and training data (so negatives
+# mined from the init fit the new run) and its model shape (so its weights fit).
+INIT_KEEPS = ("seed", "task", "size", "train_size", "width", "blocks", "time_dim")
+
+
 def new_config(recipe: str, init, given: dict) -> TrainConfig:
     """The configuration of a new run from its recipe and the flags given (not yet resolved); an ired setting
-    given for a run that does not use the ired source is refused."""
+    given for a run that does not use the ired source is refused. With --init, INIT_KEEPS come from the init's
+    run unless given."""
     values = {**RECIPES[recipe], **given, "recipe": recipe}
-    task = builtin_task(values.get("task"))
-    if task is not None and not task.recipe_size_applies and "size" not in given:
-        values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
     if init is not None:
         init = resolve_checkpoint_path(init)
+        stored = load_checkpoint(init).config  # validate early: one sentence if it is not a checkpoint
+        values.update({k: stored[k] for k in INIT_KEEPS if k not in given and k in stored})
         values.update(init=str(init), init_sha256=sha256_file(init) if init.exists() else None)
-        load_checkpoint(init)  # validate early: one sentence if it is not a checkpoint
+    task = builtin_task(values.get("task"))
+    if task is not None and not task.recipe_size_applies and "size" not in given and init is None:
+        values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
     cfg = TrainConfig(**values)
     if cfg.supervise_energy:
         ired_given = [f for f in IRED_FIELDS if f in given]

@@ -29,10 +29,11 @@ from ebmtool.training.losses import Objective
 
 
 class EMA:
-    """ema_pytorch's schedule with beta 0.995, update_every 10.
+    """ema-pytorch's schedule (0.8.3, tested against it bit for bit) with beta 0.995, update_every 10.
 
-    Update call s (0-based): nothing unless s % every == 0; a plain copy while s <= start (100);
-    then decay = min(beta, 1 - (1 + s - start - 1)^(-2/3)) and ema <- decay * ema + (1 - decay) * theta.
+    Update call s (0-based): nothing unless s % every == 0; a plain copy while s <= start (100); then
+    decay = min(beta, 1 - (1 + s - start)^(-2/3)), computed in float32 as ema-pytorch does, and
+    ema <- lerp(ema, theta, 1 - decay). Matching it exactly keeps the EMA weights the reference's.
     """
 
     def __init__(self, model, beta=0.995, every=10, start=100):
@@ -42,6 +43,12 @@ class EMA:
         self.beta, self.every, self.start = beta, every, start
         self.updates = 0
 
+    def decay(self, s: int) -> float:
+        """The decay of update call s > start: ema-pytorch counts the call before computing it (hence s + 1)
+        and evaluates its power in float32 (a step tensor clamped to a float)."""
+        epoch = (torch.tensor(s + 1) - self.start - 1).clamp(min=0.0)
+        return (1 - (1 + epoch) ** (-2 / 3)).clamp(min=0.0, max=self.beta).item()
+
     @torch.no_grad()
     def update(self, model):
         s = self.updates
@@ -49,13 +56,12 @@ class EMA:
         if s % self.every:
             return
         if s <= self.start:
-            decay = 0.0
-        else:
-            decay = min(self.beta, 1 - (1 + s - self.start - 1) ** (-2 / 3))
+            for e, p in zip(self.model.parameters(), model.parameters()):
+                e.copy_(p.detach())
+            return
+        weight = 1.0 - self.decay(s)
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-
-
+            e.lerp_(p.detach(), weight)
 
 
 def rng_meta() -> dict[str, str]:
