@@ -188,6 +188,9 @@ def arm_order(arms, baseline: str, listed) -> list[str]:
     return [baseline] * (baseline in arms) + rest + sorted(arms - {baseline} - set(rest))
 
 
+NONNEGATIVE_METRICS = ("mse", "accuracy", "error_rate")  # metrics that cannot be below 0: their intervals stop at 0
+
+
 def seed_ci(per_seed, confidence: float) -> tuple[float | None, float | None]:
     """t interval of the mean across seeds (None with one seed: no spread to estimate)."""
     a = np.asarray(per_seed, dtype=np.float64)
@@ -196,6 +199,15 @@ def seed_ci(per_seed, confidence: float) -> tuple[float | None, float | None]:
 
     half = float(scipy_stats().t.ppf(0.5 + confidence / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size))
     return float(a.mean()) - half, float(a.mean()) + half
+
+
+def seed_ci_text(per_seed, confidence: float, metric: str) -> str:
+    """seed_ci as the report prints it: a metric that cannot be negative (an MSE) gets its lower end clipped at 0
+    and marked, where few seeds make the t interval reach below it."""
+    lo, hi = seed_ci(per_seed, confidence)
+    if lo is not None and lo < 0 and metric in NONNEGATIVE_METRICS:
+        return f"[0 (clipped; t interval {num(lo)}), {num(hi)}]"
+    return _ci(lo, hi)
 
 
 def _ci(lo, hi) -> str:
@@ -242,7 +254,7 @@ def results_table(rep: dict, other: dict | None, order: list[str], other_weights
         o = other_groups.get(arm)
         row = [arm + (" (baseline)" if arm == rep["baseline"] else ""),
                f"{g['n_seeds']} ({', '.join(map(str, g['seeds']))})", num(g["mean"]),
-               _ci(*seed_ci(g["per_seed"], rep["confidence"]))]
+               seed_ci_text(g["per_seed"], rep["confidence"], rep["metric"])]
         if c is None:
             row += [MISSING] * 5
         else:

@@ -100,3 +100,9 @@ def test_an_interrupted_study_finishes_with_the_same_numbers(study, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "train inverse ired seed 0" not in r.stdout  # finished before the interrupt: not retrained
     assert _means(out) == _means(study / "out")
+
+
+def test_a_study_whose_compare_would_have_one_checkpoint_is_refused_before_training(tmp_path):
+    r = _make(tmp_path / "out", "ARMS=ired", "SEEDS=0")
+    assert r.returncode != 0 and "compare needs at least two" in r.stderr
+    assert not (tmp_path / "out").exists()  # nothing was trained

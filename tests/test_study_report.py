@@ -188,3 +188,10 @@ def test_the_committed_cpu_study_report_is_left_intact(runner, tmp_path):
     res = runner.invoke(cli, ["report", str(copy), "--overwrite"])
     assert res.exit_code == 2 and "missing" in res.output
     assert (copy / "REPORT.md").read_bytes() == (committed / "REPORT.md").read_bytes()
+
+
+def test_an_mse_interval_from_two_seeds_stops_at_zero():
+    from ebmtool.study import seed_ci_text
+    text = seed_ci_text([0.01, 0.05], 0.95, "mse")  # the t interval with 1 degree of freedom reaches far below 0
+    assert text.startswith("[0 (clipped; t interval -") and text.endswith("]")
+    assert not seed_ci_text([0.01, 0.011, 0.012], 0.95, "mse").startswith("[0 (clipped")
