@@ -1,0 +1,45 @@
+"""The repository's own hygiene: what the documented commands write is ignored by git, so a checkpoint never
+shows up as a file to commit."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md")),
+         ROOT / "examples" / "Makefile", ROOT / "studies" / "Makefile"]
+# a make command of the pipeline or the study with the OUT it writes to
+MAKE_OUT = re.compile(r"make (?:-C examples|(?:-j \d+ )?study|-f studies/Makefile)\b[^\n`]*?\bOUT=(\S+)")
+
+
+def makefile_default_out(makefile: Path) -> str:
+    return re.search(r"^OUT\s*\?=\s*(\S+)", makefile.read_text(encoding="utf-8"), re.MULTILINE).group(1)
+
+
+def written_checkpoints() -> list[str]:
+    """A checkpoint inside every output folder the Makefiles default to and the docs' make commands name (paths
+    relative to the repository; absolute folders are outside it)."""
+    pipeline = [f"examples/{makefile_default_out(ROOT / 'examples' / 'Makefile')}"]
+    study = [makefile_default_out(ROOT / "studies" / "Makefile")]
+    for page in PAGES:
+        for line in page.read_text(encoding="utf-8").splitlines():
+            for out in MAKE_OUT.findall(line):
+                if not out.startswith("/"):
+                    (pipeline if "-C examples" in line else study).append(out)
+    return [f"{d}/base/ckpt.safetensors" for d in pipeline] + [f"{d}/inverse/ired/s0/ckpt.safetensors" for d in study]
+
+
+def test_the_docs_make_commands_are_found():
+    assert len(written_checkpoints()) >= 3, written_checkpoints()
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
+@pytest.mark.parametrize("path", written_checkpoints())
+def test_checkpoints_the_documented_commands_write_are_ignored_by_git(path):
+    r = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
+    assert r.returncode == 0, f"{path} would show as an untracked file: add its folder to .gitignore"
