@@ -119,7 +119,7 @@ class TrainConfig:
     offline_negatives_sha256: str | None = None
     offline_weights: str | None = None
     offline_weights_sha256: str | None = None
-    offline_fraction: float | None = None  # default 0.5 with --negatives
+    offline_fraction: float | None = None  # default 0.5 with --offline-negatives
     offline_mismatch: list | None = None  # provenance mismatches accepted with --force (recorded, never silent)
 
     def validate(self):
@@ -152,16 +152,15 @@ class TrainConfig:
         if self.offline_negatives is None:
             for name in ("offline_weights", "offline_fraction"):
                 if getattr(self, name) is not None:
-                    raise InputError(f"--{'weights' if name == 'offline_weights' else 'negatives-fraction'} needs "
-                                     "--negatives FILE")
+                    raise InputError(f"--{flag_name(name)} needs --offline-negatives FILE")
             return
         if not self.supervise_energy:
-            raise InputError("--negatives has no effect without energy supervision (--no-supervise-energy)")
+            raise InputError("--offline-negatives has no effect without energy supervision (--no-supervise-energy)")
         self.offline_fraction = 0.5 if self.offline_fraction is None else self.offline_fraction
         if not 0 < self.offline_fraction <= 1:
-            raise InputError(f"--negatives-fraction must be in (0, 1], got {self.offline_fraction}")
+            raise InputError(f"--offline-fraction must be in (0, 1], got {self.offline_fraction}")
         if self.offline_weights is not None and self.sans:
-            raise InputError("--weights gives the offline negatives' weights; --sans weights online negatives "
+            raise InputError("--offline-weights gives the offline negatives' weights; --sans weights online negatives "
                              "only and cannot be combined with it")
 
     def _validate_discrete(self):

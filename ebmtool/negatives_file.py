@@ -356,6 +356,6 @@ class PartialNegatives:
 
 
 def negatives_k(path: Path) -> int:
-    """K, the negatives per problem a negatives file holds (`train --negatives FILE` takes its K by default)."""
+    """K, the negatives per problem a negatives file holds (`train --offline-negatives FILE` takes its K by default)."""
     with open_h5(path, "negatives") as f:
         return int(f["negatives"].shape[1])

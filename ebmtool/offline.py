@@ -78,7 +78,8 @@ class OfflineNegatives:
         set, weights for other negatives, scores from another checkpoint family) are one InputError sentence
         unless `force`; then they are recorded in cfg.offline_mismatch (so the checkpoint says so)."""
         if data.train is None:
-            raise InputError("--negatives needs a fixed training set (--train-size > 0): rows are matched by index")
+            raise InputError("--offline-negatives needs a fixed training set (--train-size > 0): rows are matched by "
+                             "index")
         path = Path(cfg.offline_negatives)
         sha = sha256_file(path) if path.exists() else None
         negs = read_negatives(path)

@@ -1,5 +1,5 @@
 """The offline-negatives pipeline on discrete tasks, through the CLI: train -> mine-negatives -> score -> weights
--> train --negatives -> compare. Mined Sudoku negatives keep every given cell and stay in the box +-1."""
+-> train --offline-negatives -> compare. Mined Sudoku negatives keep every given cell and stay in the box +-1."""
 
 import h5py
 import numpy as np
@@ -41,7 +41,7 @@ def test_offline_pipeline_on_a_discrete_task(runner, tmp_path, flags):
     r = ok(runner, ["score", base, negs, "-o", scores, "--device", "cpu"])
     assert "p_hard" in r.output
     ok(runner, ["weights", scores, "--alpha", "1", "-o", weights])
-    ok(runner, ["train", *flags, "--steps", "2", "--seed", "0", "--negatives", negs, "--weights", weights,
+    ok(runner, ["train", *flags, "--steps", "2", "--seed", "0", "--offline-negatives", negs, "--offline-weights", weights,
                 "-o", refined])
     r = ok(runner, ["compare", base, refined, "-n", "4", "--device", "cpu", "--bootstrap", "200", "--permutations", "200"])
     assert "refined" in r.output

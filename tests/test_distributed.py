@@ -227,7 +227,7 @@ def test_mine_score_and_offline_training_sharded_equal_one_process(single, tmp_p
             assert f.attrs[key] == v, key
 
     # offline negatives + a mix of online sources (anm, hnm) + SANS, K = 2: every per-source draw is sliced
-    extra = ["--negatives", str(tmp_path / "negs1.h5"), "--negatives-from", "ired:0.4,anm:0.3,hnm:0.3", "--sans"]
+    extra = ["--offline-negatives", str(tmp_path / "negs1.h5"), "--negatives-from", "ired:0.4,anm:0.3,hnm:0.3", "--sans"]
     cfg = TrainConfig(**{**CFG, "offline_negatives": str(tmp_path / "negs1.h5"), "negatives": "ired:0.4,anm:0.3,hnm:0.3",
                          "sans": True, "k": 2})
     train(cfg, tmp_path / "off1", log=_quiet)

@@ -1,4 +1,4 @@
-"""Offline negatives: mine-negatives (resumable), score, weights, train --negatives and its provenance checks."""
+"""Offline negatives: mine-negatives (resumable), score, weights, train --offline-negatives and its provenance checks."""
 
 import json
 
@@ -150,8 +150,8 @@ def _train(runner, tmp_path, *extra, seed="1"):
 
 
 def test_train_uses_offline_negatives_and_weights(base, runner, tmp_path):
-    r = _train(runner, tmp_path, "--init", str(base / "base" / "ckpt.safetensors"), "--negatives",
-               str(base / "negs.h5"), "--weights", str(base / "weights.h5"), "--negatives-fraction", "1")
+    r = _train(runner, tmp_path, "--init", str(base / "base" / "ckpt.safetensors"), "--offline-negatives",
+               str(base / "negs.h5"), "--offline-weights", str(base / "weights.h5"), "--offline-fraction", "1")
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "run" / "metrics.h5", "r") as f:
         frac = f["offline_fraction"][()]
@@ -159,6 +159,19 @@ def test_train_uses_offline_negatives_and_weights(base, runner, tmp_path):
     # 192 of the 256 training rows were mined: about 3/4 of each batch takes offline negatives
     assert (frac > 0.4).all() and (frac < 1).all()
     assert cfg["k"] == 3 and cfg["offline_mismatch"] is None and cfg["offline_weights_sha256"]
+
+
+def test_the_old_spelling_of_offline_fraction_still_works(base, runner, tmp_path):
+    """--negatives-fraction was renamed --offline-fraction; the old spelling means nothing else, so it still works
+    (with a note). --negatives and --weights, which were ambiguous, are refused (tests/test_flag_names.py)."""
+    r = _train(runner, tmp_path, "--offline-negatives", str(base / "negs.h5"), "--negatives-fraction", "0.25")
+    assert r.exit_code == 0, r.output
+    assert "note: --negatives-fraction is now --offline-fraction" in r.stderr
+    with h5py.File(tmp_path / "run" / "metrics.h5", "r") as f:
+        assert json.loads(f.attrs["provenance"])["config"]["offline_fraction"] == 0.25
+    r = _train(runner, tmp_path, "--offline-negatives", str(base / "negs.h5"), "--negatives-fraction", "0.25",
+               "--offline-fraction", "0.5", "--overwrite")
+    assert r.exit_code == 2 and "give --offline-fraction alone" in r.output
 
 
 def test_offline_rows_take_the_files_negatives(base):
@@ -197,13 +210,13 @@ def test_provenance_mismatch_exits_2_unless_forced(base, runner, tmp_path, case)
     negs, weights, seed = base / "negs.h5", base / "weights.h5", "1"
     if case == "data":  # negatives mined on another training set (another seed)
         seed, expect = "2", "was mined on another training set"
-        extra = ["--negatives", str(negs)]
+        extra = ["--offline-negatives", str(negs)]
     elif case == "negatives":  # weights computed for other negatives
         other = tmp_path / "other-negs.h5"
         mine(base / "base" / "ckpt.safetensors", other, MineOptions(**{**OPTS.__dict__, "seed": 6}))
-        extra, expect = ["--negatives", str(other), "--weights", str(weights)], "holds weights for other negatives"
+        extra, expect = ["--offline-negatives", str(other), "--offline-weights", str(weights)], "holds weights for other negatives"
     else:  # scores from another checkpoint family (other model shape)
-        extra, expect = ["--negatives", str(negs), "--weights", str(weights)], "another checkpoint family"
+        extra, expect = ["--offline-negatives", str(negs), "--offline-weights", str(weights)], "another checkpoint family"
     flags = list(TINY_FLAGS)
     if case == "family":
         flags[flags.index("--width") + 1] = "16"
@@ -225,11 +238,11 @@ def test_provenance_mismatch_exits_2_unless_forced(base, runner, tmp_path, case)
 
 
 def test_offline_flag_validation(base, runner, tmp_path):
-    r = _train(runner, tmp_path, "--weights", str(base / "weights.h5"))
-    assert r.exit_code == 2 and "--weights needs --negatives" in r.output
-    r = _train(runner, tmp_path, "--negatives", str(base / "negs.h5"), "--negatives-fraction", "1.5")
-    assert r.exit_code == 2 and "--negatives-fraction must be in (0, 1]" in r.output
-    r = _train(runner, tmp_path, "--negatives", str(base / "negs.h5"), "--k", "2")
+    r = _train(runner, tmp_path, "--offline-weights", str(base / "weights.h5"))
+    assert r.exit_code == 2 and "--offline-weights needs --offline-negatives" in r.output
+    r = _train(runner, tmp_path, "--offline-negatives", str(base / "negs.h5"), "--offline-fraction", "1.5")
+    assert r.exit_code == 2 and "--offline-fraction must be in (0, 1]" in r.output
+    r = _train(runner, tmp_path, "--offline-negatives", str(base / "negs.h5"), "--k", "2")
     assert r.exit_code == 2 and "K = 3" in r.output
 
 

@@ -10,6 +10,7 @@ import click
 from ebmtool.artifacts import json_text
 from ebmtool.checkpoints import resolve_checkpoint_path
 from ebmtool.devices import PRECISIONS
+from ebmtool.errors import InputError
 
 
 def log(msg: str):
@@ -37,6 +38,40 @@ def device_option(f):
 def precision_option(f):
     return click.option("--precision", type=click.Choice(PRECISIONS), default=None, show_default=PRECISIONS[0],
                         help="bf16: autocast the network's matrix products on CUDA (CUDA only).")(f)
+
+
+RENAMED_PREFIX = "renamed__"  # the parameter name of a hidden option that holds an old flag's spelling
+RENAMED: dict[str, str] = {}  # parameter name -> the old spelling that still works
+
+
+def renamed_option(old: str, new_name: str | None, advice: str = "", **kw):
+    """A hidden option for a flag's old spelling. With `new_name` (the new option's parameter name) the old
+    spelling still works, with a note (`take_renamed`); without one it would be ambiguous, and giving it is an
+    error in one sentence whose `advice` names the new flags."""
+    def refuse(ctx, param, value):
+        if value is not None and new_name is None:
+            raise InputError(f"{old} was renamed: {advice}")
+        return value
+
+    if new_name is not None:
+        RENAMED[new_name] = old
+    return click.option(old, f"{RENAMED_PREFIX}{new_name or old.strip('-').replace('-', '_')}", default=None,
+                        hidden=True, callback=refuse, **kw)
+
+
+def take_renamed(params: dict, log) -> dict:
+    """`params` with the values of old spellings (renamed_option) moved to their new parameter; both is an error."""
+    out = {k: v for k, v in params.items() if not k.startswith(RENAMED_PREFIX)}
+    for key, value in params.items():
+        name = key[len(RENAMED_PREFIX):]
+        if not key.startswith(RENAMED_PREFIX) or value is None:
+            continue
+        new = "--" + name.replace("_", "-")
+        if out.get(name) is not None:
+            raise InputError(f"{RENAMED[name]} is the old spelling of {new}: give {new} alone")
+        log(f"note: {RENAMED[name]} is now {new} (the old spelling still works)")
+        out[name] = value
+    return out
 
 
 def seed_option(help_text="Seed; drawn at random and recorded when not given."):

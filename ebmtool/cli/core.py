@@ -22,8 +22,11 @@ from ebmtool.cli.common import (
     overwrite_option,
     precision_option,
     print_json,
+    RENAMED_PREFIX,
+    renamed_option,
     seed_option,
     table,
+    take_renamed,
 )
 from ebmtool.cli.defaults import (
     TRAIN_DEFAULTS,
@@ -59,7 +62,22 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
 
 
 
-@cli.command()
+class TrainCommand(click.Command):
+    """`train` takes no arguments: words left over after the options are an error, with a hint where they are
+    the rest of a --seeds list written with spaces."""
+
+    def parse_args(self, ctx, args):
+        rest = super().parse_args(ctx, args)
+        if ctx.args:
+            extra = ctx.args
+            if ctx.params.get("seeds") is not None and all(a.isdigit() for a in extra):
+                raise InputError(f"--seeds takes one comma-separated list: --seeds "
+                                 f"{','.join([ctx.params['seeds'], *extra])}")
+            ctx.fail(f"Got unexpected extra argument{'s' if len(extra) > 1 else ''} ({' '.join(extra)})")
+        return rest
+
+
+@cli.command(cls=TrainCommand, context_settings={"allow_extra_args": True})
 @click.option("--task", default=None, show_default=train_default("task"),
               help=f"Built-in task ({', '.join(TASK_NAMES)}) or an HDF5 data file with `inputs` and `targets`.")
 @click.option("--recipe", type=click.Choice(tuple(RECIPES)), default=TRAIN_DEFAULTS["recipe"], show_default=True,
@@ -151,16 +169,24 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
               help="Weighted loss form.")
 @click.option("--margin", type=float, default=None, show_default=train_default("margin"),
               help="Margin gamma of --sans-loss logistic.")
-@click.option("--negatives", "offline_negatives", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--offline-negatives", "offline_negatives", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, metavar="FILE",
               help="Offline negatives (from mine-negatives, on this run's training data) for a fraction of each "
               "batch; --k defaults to the file's K.")
-@click.option("--weights", "offline_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--offline-weights", "offline_weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE",
               help="SANS weights for the offline negatives (from `ebmtool weights`), replacing uniform weights.")
-@click.option("--negatives-fraction", "offline_fraction", type=float, default=None,
+@click.option("--offline-fraction", "offline_fraction", type=float, default=None,
               show_default=train_default("offline_fraction"),
               help="Fraction of each batch's examples that use the offline negatives.")
+@renamed_option("--negatives-fraction", "offline_fraction", type=float)
+@renamed_option("--negatives", None, "give mined negatives with --offline-negatives FILE, or negative sources "
+                "with --negatives-from SOURCE")
+@renamed_option("--weights", None, "give the offline negatives' SANS weights with --offline-weights FILE "
+                "(--weights ema|model chooses the weight set of eval and compare)")
 @click.option("--force", is_flag=True, default=None,
-              help="Use --negatives/--weights files whose provenance does not match this run (recorded).")
+              help="Use --offline-negatives/--offline-weights files whose provenance does not match this run "
+              "(recorded).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
               show_default=per_task(task_width),
               help="Network width: MLP width; Sudoku CNN channels; graph hidden size.")
@@ -209,8 +235,9 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
       ebmtool train --anm --k 4 --budget-of runs/quick -o runs/anm      (the same compute as runs/quick)
     """
     distributed.init_from_env()  # under torchrun: join the other processes (a no-op otherwise)
+    flags = take_renamed(flags, log)
     if seeds is not None:
-        return _train_seeds(ctx, seeds, output)
+        return _train_seeds(ctx, seeds, output, flags)
     given, force = _given_flags(flags, budget, budget_of, resume)
     source = ctx.get_parameter_source("recipe")  # None under --seeds' ctx.invoke: nothing was typed there
     plan = plan_run(given, recipe=recipe, recipe_given=source is not None and source.name == "COMMANDLINE",
@@ -271,7 +298,7 @@ def _budget_flags(budget, budget_of, given: dict) -> dict:
     return {**out, "budget_flops": flops, "budget_of": str(path)}
 
 
-def _train_seeds(ctx, seeds: str, output):
+def _train_seeds(ctx, seeds: str, output, flags: dict):
     """--seeds 0,1,2: the same configuration once per seed, into OUTPUT/seed-<s>/ (replicates for compare)."""
     try:
         values = [int(s) for s in seeds.split(",") if s.strip()]
@@ -290,8 +317,9 @@ def _train_seeds(ctx, seeds: str, output):
     for s in values:
         if distributed.is_main():
             log(f"--seeds: seed {s} -> {Path(output) / f'seed-{s}'}")
+        params = {k: v for k, v in ctx.params.items() if not k.startswith(RENAMED_PREFIX)}
         try:
-            ctx.invoke(train, **{**ctx.params, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}",
+            ctx.invoke(train, **{**params, **flags, "seeds": None, "seed": s, "output": Path(output) / f"seed-{s}",
                                   "autoresume": not ctx.params.get("overwrite")})  # finished seeds are skipped
         except Interrupted as exc:  # the same command without --overwrite continues this seed and trains the rest
             raise Interrupted(f"{exc.saved}; continue every seed with: {command_line(ctx, drop=('overwrite',))}",

@@ -88,7 +88,7 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
 
 
 def inherited_compute(cfg: TrainConfig) -> float:
-    """Compute a new run starts with: its --init checkpoint's and the mining of its --negatives file, so a
+    """Compute a new run starts with: its --init checkpoint's and the mining of its --offline-negatives file, so a
     refined run is charged for everything that produced it."""
     total = 0.0
     if cfg.init:

@@ -30,7 +30,7 @@ class Objective:
     sched: Schedule
     task: Task | None = None  # None: a continuous task without element weights (tests, benchmarks)
     energy_weight: float = 0.5  # λ of the energy term
-    offline: object | None = None  # ebmtool.offline.OfflineNegatives of --negatives FILE
+    offline: object | None = None  # ebmtool.offline.OfflineNegatives of --offline-negatives FILE
     settings: NegativeSettings = field(init=False)
 
     def __post_init__(self):
