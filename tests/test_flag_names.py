@@ -53,3 +53,23 @@ def test_a_seeds_list_with_spaces_gets_the_comma_form(runner, tmp_path):
     assert r.exit_code == 2 and "Error: --seeds takes one comma-separated list: --seeds 0,1,2" in r.output
     r = invoke(runner, ["train", "--steps", "3", "extra"])  # other stray words keep click's own message
     assert r.exit_code == 2 and "Got unexpected extra argument (extra)" in r.output
+
+
+TRAIN_GROUPS = ["Task, model and budget", "Run directory, seeds and resuming", "Energy term and negatives",
+                "Settings of the negative sources", "SANS", "Offline negatives", "EMA",
+                "Logging, evaluation and checkpoints", "Device and speed"]
+
+
+def test_train_help_shows_every_option_in_a_group(runner):
+    from click_option_group import GroupedOption
+
+    train = cli.commands["train"]
+    loose = [p.opts[0] for p in train.params if isinstance(p, click.Option) and not p.hidden
+             and not isinstance(p, GroupedOption) and p.name != "help"]
+    assert not loose, f"train options outside a group of its --help: {loose}"
+    r = invoke(runner, ["train", "--help"])
+    assert r.exit_code == 0
+    options = r.output.split("\nOptions:\n", 1)[1]
+    headings = [line.strip().rstrip(":") for line in options.splitlines()
+                if line.startswith("  ") and not line.startswith("   ") and line.strip().endswith(":")]
+    assert headings == TRAIN_GROUPS

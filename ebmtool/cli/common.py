@@ -26,8 +26,12 @@ def _ckpt_cb(ctx, param, value):
     return resolve_checkpoint_path(value) if value is not None else None
 
 
-def overwrite_option(f):
-    return click.option("--overwrite", is_flag=True, help="Replace an existing output file.")(f)
+def overwrite_option(f=None, *, option=click.option):
+    """--overwrite. `@overwrite_option(option=optgroup.option)` puts it in a group of options (click-option-group),
+    as `train --help` shows them; so do precision_option and seed_option."""
+    if f is None:
+        return lambda g: overwrite_option(g, option=option)
+    return option("--overwrite", is_flag=True, help="Replace an existing output file.")(f)
 
 
 def device_option(f):
@@ -35,8 +39,10 @@ def device_option(f):
                         help="auto (CUDA when available), cpu, or cuda[:N].")(f)
 
 
-def precision_option(f):
-    return click.option("--precision", type=click.Choice(PRECISIONS), default=None, show_default=PRECISIONS[0],
+def precision_option(f=None, *, option=click.option):
+    if f is None:
+        return lambda g: precision_option(g, option=option)
+    return option("--precision", type=click.Choice(PRECISIONS), default=None, show_default=PRECISIONS[0],
                         help="bf16: autocast the network's matrix products on CUDA (CUDA only).")(f)
 
 
@@ -74,8 +80,8 @@ def take_renamed(params: dict, log) -> dict:
     return out
 
 
-def seed_option(help_text="Seed; drawn at random and recorded when not given."):
-    return click.option("--seed", type=click.IntRange(min=0), default=None, help=help_text)
+def seed_option(help_text="Seed; drawn at random and recorded when not given.", option=click.option):
+    return option("--seed", type=click.IntRange(min=0), default=None, help=help_text)
 
 
 def json_option(f):
