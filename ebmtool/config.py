@@ -316,6 +316,25 @@ def check_given(given: dict) -> None:
                          "negatives are only used by the energy term")
 
 
+def beside_defaults(config: dict) -> tuple[dict, dict]:
+    """A stored configuration as people read it: (the fields that differ from TrainConfig's defaults, i.e. what was
+    set or what the run resolved, such as its seed and a used source's settings; the fields at their defaults).
+    Empty (None) fields are in neither: they belong to unused sources or mean "the task's own value"."""
+    defaults = TrainConfig().to_dict()
+    changed = {k: v for k, v in config.items() if v is not None and (k not in defaults or v != defaults[k])}
+    kept = {k: v for k, v in config.items() if v is not None and k not in changed}
+    return changed, kept
+
+
+def format_settings(settings: dict, config: dict | None = None) -> str:
+    """key=value pairs in key order (JSON values, so strings are quoted and lists readable); with the whole
+    `config`, steps as steps_text shows them (a budgeted run's step cap is not a number of steps)."""
+    def shown(k, v):
+        text = steps_text(config) if k == "steps" and config is not None else str(v)
+        return json.dumps(v) if text == str(v) else json.dumps(text)
+    return " ".join(f"{k}={shown(k, v)}" for k, v in sorted(settings.items()))
+
+
 def first_difference(stored: TrainConfig, new: TrainConfig) -> str | None:
     """The first field (in declaration order) in which two resolved configurations compute differently: cadence
     and derived fields do not count. None when they are the same run."""

@@ -6,6 +6,7 @@ import math
 
 import json
 import shlex
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from ebmtool.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
 from ebmtool.checkpoints import load_checkpoint, seed_runs
 from ebmtool.compute import format_flops
-from ebmtool.config import steps_text
+from ebmtool.config import beside_defaults, format_settings, steps_text
 from ebmtool.errors import InputError
 from ebmtool.evaluate import checkpoint_model, problems_label
 from ebmtool.models import parameter_count
@@ -333,6 +334,16 @@ def environment_lines(env: dict | None) -> list[str]:
             f"made on   {where}host {env['host']}, {env['threads']} threads"]
 
 
+def config_lines(config: dict) -> list[str]:
+    """A checkpoint's configuration: what was set or resolved, one per line; the fields at their defaults wrapped
+    on a few lines; empty (null) fields left out (`info --json` has every field)."""
+    changed, kept = beside_defaults(config)
+    out = ["config    (beside the defaults; empty fields left out, --json shows every field)"]
+    out += [f"  {k} = {steps_text(config) if k == 'steps' else json.dumps(v)}" for k, v in sorted(changed.items())]
+    out += textwrap.wrap(f"defaults  {format_settings(kept, config)}", width=100, subsequent_indent="          ")
+    return out
+
+
 def format_description(d: dict) -> str:
     lines = [f"file      {d['file']}", f"kind      {d['kind']} ({d['format']})"]
     text = {"run": format_run, "live log": format_run, "seeds": format_seeds, "compare report": format_compare}
@@ -349,9 +360,7 @@ def format_description(d: dict) -> str:
                   f"git {d['git_commit'][:12]} ({d['git_dirty_hash']})",
                   *environment_lines(d["environment"]),
                   "tensors   " + ", ".join(f"{k}: {v}" for k, v in sorted(d["tensor_groups"].items())),
-                  "config"]
-        lines += [f"  {k} = {steps_text(d['config']) if k == 'steps' else json.dumps(v)}"
-                  for k, v in sorted(d["config"].items())]
+                  *config_lines(d["config"])]
         return "\n".join(lines)
     prov = d.get("provenance", {})
     if prov:

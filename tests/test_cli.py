@@ -76,7 +76,18 @@ def test_train_writes_a_run_directory(tiny_run):
     assert (out / "ckpt.safetensors").exists() and (out / "metrics.h5").exists()
     assert "trained 4 steps in" in r.stdout
     assert "validation mse" in r.stdout
-    assert "config {" in r.stderr  # the resolved configuration is printed at start
+    assert "config beside the defaults: " in r.stderr  # what was set or resolved is printed at start
+
+
+def test_train_and_info_show_what_was_set_not_empty_fields(tiny_run, runner):
+    out, r = tiny_run
+    line = next(x for x in r.stderr.splitlines() if x.startswith("config "))
+    assert "null" not in line and len(line) < 300, line
+    assert "seed=0" in line and "size=4" in line and "lr=" not in line  # set or resolved; lr is at its default
+    info = invoke(runner, ["info", out / "ckpt.safetensors"]).output
+    config = info[info.index("\nconfig "):]
+    assert "null" not in config and len(config.splitlines()) < 25, config
+    assert "  seed = 0" in config and "lr=0.001" in config  # set ones a line each; defaults wrapped together
 
 
 def test_train_refuses_an_existing_run_without_overwrite(runner, tiny_run):

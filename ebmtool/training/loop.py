@@ -28,7 +28,7 @@ from ebmtool import __version__
 from ebmtool import distributed as dist
 from ebmtool.checkpoints import Checkpoint, load_checkpoint
 from ebmtool.artifacts import open_h5
-from ebmtool.config import CADENCE_FIELDS, NO_STEP_CAP, TrainConfig
+from ebmtool.config import CADENCE_FIELDS, NO_STEP_CAP, TrainConfig, beside_defaults, format_settings
 from ebmtool.data import TrainingData
 from ebmtool.devices import check_precision, resolve_device
 from ebmtool.diffusion import cosine_schedule
@@ -159,7 +159,9 @@ def announce(st: RunState, out_dir: Path, log) -> None:
         f"{until}, output {out_dir}"
         + (f", {world} processes x {cfg.batch_size // world} examples (global batch {cfg.batch_size})"
            if world > 1 else ""))
-    log("config " + json.dumps(cfg.to_dict(), sort_keys=True))
+    changed, _ = beside_defaults(cfg.to_dict())
+    log(f"config beside the defaults: {format_settings(changed, cfg.to_dict())} "
+        f"(ebmtool info {out_dir / 'ckpt.safetensors'} shows the rest)")
     if st.objective.offline is not None:
         st.objective.offline.announce(cfg, log)
     if cfg.supervise_energy:
