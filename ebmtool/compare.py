@@ -37,10 +37,11 @@ from ebmtool.errors import InputError, RunError
 from ebmtool.arms import COMPUTE_META, Group, Run, check_compatible, load_groups
 from ebmtool.confounds import compute_summary, config_diff, environment_warnings
 from ebmtool.diffusion import cosine_schedule, energy, noised
-from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
+from ebmtool.evaluate import DEFAULT_WEIGHTS, evaluate_model, evaluation_problems, load_model
 from ebmtool.negatives import ired_negative
 from ebmtool.progress import bar_log, progress_bar
 from ebmtool.training.metrics import WHY_COLUMNS, read_metrics, tail_means
+from ebmtool.training.state import ema_first_average
 
 DIAGNOSTICS = ("loss_denoise", "p_hard", *WHY_COLUMNS)  # compare's training-diagnostics table: why an arm differs
 
@@ -122,8 +123,8 @@ def group_diagnostics(gs: list[Group]) -> dict[str, dict[str, float]]:
     return out
 
 
-def evaluate_groups(groups: list[Group], *, n: int = 1024, harder: bool = False, data=None, weights: str = "ema",
-                    batch_size: int = 256, device="cpu", energy_n: int = 256, log=None):
+def evaluate_groups(groups: list[Group], *, n: int = 1024, harder: bool = False, data=None,
+                    weights: str = DEFAULT_WEIGHTS, batch_size: int = 256, device="cpu", energy_n: int = 256, log=None):
     """Evaluate every run on the baseline's held-out problems. Returns (task, problems, desc, errors, energies).
 
     errors[run.name] is the per-problem dict of `evaluate_model` ({"mse", "mse_ref_scaled"}).
@@ -170,6 +171,38 @@ def identical_replicates(groups: list[Group], errors: dict[str, dict], metric: s
                     msgs.append(f"{a.name} and {b.name} give identical {metric} on every problem: the seed "
                                 "changed nothing (inert code?)")
     return msgs
+
+
+STEP_RATIO_WARN = 2.0  # with EMA weights, arms whose step counts differ this much are warned about
+
+
+def ema_warnings(groups: list[Group], weights: str) -> list[str]:
+    """With EMA weights: runs whose EMA never averaged (their "EMA" is a copy of early raw weights), and step
+    counts that differ STEP_RATIO_WARN-fold or more (the EMA lags each arm by a different share of its run). At
+    matched compute an arm that costs more per step trains fewer steps; the raw weights have neither problem."""
+    if weights != "ema":
+        return []
+    out = []
+    for g in groups:
+        never = []
+        for r in g.runs:
+            cfg, updates = r.ckpt.config, r.ckpt.meta.get("ebmtool.ema_updates")
+            if updates is not None and "ema_every" in cfg and "ema_start" in cfg:
+                first = ema_first_average(cfg["ema_every"], cfg["ema_start"])
+                if int(updates) <= first:
+                    never.append(r)
+        if never:
+            out.append(f"{g.name}: the EMA of {len(never)} of its {len(g.runs)} run(s) never averaged (they stopped "
+                       f"at step {max(r.ckpt.step for r in never)} or before, the first average comes after step "
+                       f"{first}): their EMA weights are a copy of early raw weights; compare raw weights "
+                       "(--weights model, the default)")
+    steps = {r.name: r.ckpt.step for g in groups for r in g.runs}
+    low, high = min(steps.values()), max(steps.values())
+    if low > 0 and high / low >= STEP_RATIO_WARN or low == 0 < high:
+        out.append(f"the runs trained from {low} to {high} steps: the EMA lags each by a different share of its "
+                   "run, which the comparison then measures too; raw weights (--weights model, the default) do "
+                   "not lag")
+    return out
 
 
 def _finite(v):
@@ -267,7 +300,7 @@ def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction
 
 
 def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None, n: int = 1024,
-            harder: bool = False, data=None, weights: str = "ema", confidence: float = 0.95, n_boot: int = 2000,
+            harder: bool = False, data=None, weights: str = DEFAULT_WEIGHTS, confidence: float = 0.95, n_boot: int = 2000,
             n_perm: int = 10000, seed: int = 0, batch_size: int = 256, device="cpu", declared=(),
             energy_n: int = 256, log=None) -> tuple[dict, dict]:
     """Load, check, evaluate and analyse. Returns (report, extras) where extras holds the arrays for plots."""
@@ -311,7 +344,8 @@ def compare(groups: list[tuple[str, list[Path]]], *, baseline: str | None = None
                   task=task.label, problems=desc, n_problems=len(problems), weights=weights,
                   config_diff=diff, identical_replicates=identical, energies=energy_summary,
                   trivial_baselines=trivial, eval_seconds=eval_seconds,
-                  warnings=list(diff["warnings"]) + environment_warnings(gs) + reused + identical)
+                  warnings=list(diff["warnings"]) + environment_warnings(gs) + ema_warnings(gs, weights) + reused
+                  + identical)
     report["diagnostics"] = group_diagnostics(gs)
     curves = {r.name: read_curves(r.path) for g in gs for r in g.runs}
     extras = {"groups": gs, "errors": errors, "energies": energies, "curves": curves, "problems": problems}

@@ -28,7 +28,7 @@ from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
 from ebmtool import distributed as dist
 from ebmtool import rng
 from ebmtool.progress import progress_bar
-from ebmtool.evaluate import checkpoint_task, load_model
+from ebmtool.evaluate import DEFAULT_WEIGHTS, checkpoint_task, load_model
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
@@ -55,7 +55,7 @@ class MineOptions:
     batch_size: int = 256
     limit: int | None = None
     dup_threshold: float = 1e-3
-    weights: str = "ema"
+    weights: str = DEFAULT_WEIGHTS
     kappa_floor: float = 0.0  # negatives kept at kappa >= this (ebmtool.negatives.floor_kappa); 0 = off
 
     def validate(self):
@@ -338,7 +338,7 @@ def energy_summary(e_pos: np.ndarray, e_neg: np.ndarray, valid: np.ndarray) -> t
 # ------------------------------------------------------------------------------------------------ score
 
 @torch.no_grad()
-def score(checkpoint: Path, negatives: Path, *, levels: str = SCORE_LEVELS[0], weights: str = "ema",
+def score(checkpoint: Path, negatives: Path, *, levels: str = SCORE_LEVELS[0], weights: str = DEFAULT_WEIGHTS,
           batch_size: int = 1024, device="cpu") -> dict:
     """Energies of every positive and negative of a negatives file under `checkpoint` (same task), at the mined
     level (and at every level with levels='all'). Returns datasets and attributes of a scores file."""

@@ -25,6 +25,7 @@ from ebmtool.artifacts import atomic_path
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.reporting import arm_mean_table, fmt_number, fmt_p, md_table
 from ebmtool.errors import InputError
+from ebmtool.evaluate import DEFAULT_WEIGHTS
 from ebmtool.evaluate import WEIGHTS as WEIGHT_SETS
 from ebmtool.stats import scipy_stats
 from ebmtool.training.metrics import (
@@ -37,7 +38,7 @@ from ebmtool.training.metrics import (
 )
 
 SPLITS = ("test", "harder")
-VERDICT_WEIGHTS = "model"  # the report's default verdict weights: raw (weights_statement says why)
+VERDICT_WEIGHTS = DEFAULT_WEIGHTS  # the report's default verdict weights: raw, as every command's (weights_statement)
 WEIGHTS = (VERDICT_WEIGHTS, *(w for w in WEIGHT_SETS if w != VERDICT_WEIGHTS))  # the report's order: raw, EMA
 REPORT_NAME = "REPORT.md"
 DIAGNOSTIC_COLUMNS = ("loss_denoise", "loss_energy", "p_hard", "margin", "norm_ratio", "grad_share_energy",

@@ -120,7 +120,8 @@ def test_eval_prints_mse_and_baselines_and_json(runner, tiny_run):
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"checkpoint  {out / 'ckpt.safetensors'} (step 4, sha256 ")
     assert lines[1] == "problems    inverse 4x4, test, 8 problems"
-    assert any(line.startswith("model (ema weights)") for line in lines)
+    assert any(line.startswith("model (model weights)") for line in lines)  # raw weights by default
+    assert not any(line.startswith("model (ema weights)") for line in lines)
     assert any(line.startswith("baseline: zeros") for line in lines)
     r = invoke(runner, ["eval", out, "-n", "8", "--harder", "--weights", "model", "--json"])
     rep = json.loads(r.stdout)
@@ -133,7 +134,7 @@ def test_eval_writes_per_problem_results(runner, tiny_run, tmp_path):
     res = tmp_path / "ev.h5"
     assert invoke(runner, ["eval", out, "-n", "8", "-o", res]).exit_code == 0
     with h5py.File(res) as f:
-        assert f.attrs["kind"] == "evaluation" and f["ema/mse"].shape == (8,)
+        assert f.attrs["kind"] == "evaluation" and f["model/mse"].shape == (8,) and "ema" not in f
     r = runner.invoke(cli, ["eval", str(out), "-n", "8", "-o", str(res)])
     assert r.exit_code == 2 and "already exists; pass --overwrite" in r.output
 

@@ -22,7 +22,7 @@ from ebmtool.compare import DEFAULT_SEED
 from ebmtool.compare import compare as run_compare
 from ebmtool.devices import resolve_device
 from ebmtool.errors import RunError
-from ebmtool.evaluate import WEIGHTS, problems_label
+from ebmtool.evaluate import DEFAULT_WEIGHTS, WEIGHTS, problems_label
 from ebmtool.plots import FIGURE_FORMATS, check_plot_dir, write_all
 from ebmtool.reporting import diagnostics_rows, fmt_number, format_markdown, summary_lines
 
@@ -57,8 +57,10 @@ def _parse_group(ctx, param, values):
 @click.option("--harder", is_flag=True, help="The out-of-distribution test split of the task.")
 @click.option("--data", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Evaluate on this HDF5 data set instead of the task's test split.")
-@click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True,
-              help="EMA weights (what the reference evaluates) or the raw weights.")
+@click.option("--weights", type=click.Choice(WEIGHTS), default=DEFAULT_WEIGHTS, show_default=True,
+              help="The raw weights (model; every command's default) or the EMA weights (what the reference "
+              "evaluates; warned about where an arm's EMA never averaged or the arms' step counts differ 2x or "
+              "more).")
 @click.option("--confidence", type=click.FloatRange(0.5, 0.999), default=0.95, show_default=True,
               help="Level of every interval; the tests use alpha = 1 - confidence.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=100), default=2000, show_default=True,

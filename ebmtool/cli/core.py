@@ -46,7 +46,7 @@ from ebmtool.config import (
 from ebmtool.devices import PRECISIONS, resolve_device
 from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.errors import InputError, Interrupted
-from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint, problems_label
+from ebmtool.evaluate import DEFAULT_WEIGHTS, EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint, problems_label
 from ebmtool.info import describe, format_description
 from ebmtool.negatives import CLAMP_MODES
 from ebmtool.negatives_file import negatives_k
@@ -349,8 +349,9 @@ def _train_seeds(ctx, seeds: str, output, flags: dict):
 @click.option("--harder", is_flag=True, help="The out-of-distribution split of the task (not with --data).")
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Number of held-out problems.")
-@click.option("--weights", type=click.Choice(WEIGHT_CHOICES), default=WEIGHT_CHOICES[0], show_default=True,
-              help="EMA weights (the reference evaluates these), the raw weights, or both.")
+@click.option("--weights", type=click.Choice(WEIGHT_CHOICES), default=DEFAULT_WEIGHTS, show_default=True,
+              help="The raw weights (model; every command's default, docs/compare.md says why), the EMA weights "
+              "(what the reference evaluates), or both.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @device_option
 @precision_option

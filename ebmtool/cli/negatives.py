@@ -22,7 +22,7 @@ from ebmtool.cli.common import (
 from ebmtool.config import TrainConfig
 from ebmtool.devices import resolve_device
 from ebmtool.errors import InputError
-from ebmtool.evaluate import WEIGHTS
+from ebmtool.evaluate import DEFAULT_WEIGHTS, WEIGHTS
 from ebmtool.mining import (
     SCORE_LEVELS,
     SELECT,
@@ -74,7 +74,8 @@ def _summary(rows, header) -> dict:
 @click.option("--kappa-floor", type=float, default=0.0, show_default=True,
               help="Positive-aware negatives: move every negative out to kappa >= this at its row's (t, eps), so "
               "none is more probable than its positive (recorded in the file's provenance). 0 = off.")
-@click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True)
+@click.option("--weights", type=click.Choice(WEIGHTS), default=DEFAULT_WEIGHTS, show_default=True,
+              help="The checkpoint's weight set: raw (model; every command's default) or EMA.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of levels, noises and candidates (row i's level and noise depend only on (seed, i)).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -136,7 +137,8 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("scores.h5"), show_default=True)
 @click.option("--levels", type=click.Choice(SCORE_LEVELS), default=SCORE_LEVELS[0], show_default=True,
               help="Energies at each row's mined level, or also at every level.")
-@click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True)
+@click.option("--weights", type=click.Choice(WEIGHTS), default=DEFAULT_WEIGHTS, show_default=True,
+              help="The checkpoint's weight set: raw (model; every command's default) or EMA.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 @device_option
 @json_option

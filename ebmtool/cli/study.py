@@ -8,12 +8,12 @@ import click
 
 from ebmtool.cli import cli
 from ebmtool.cli.common import overwrite_option
-from ebmtool.study import WEIGHTS, write_report
+from ebmtool.study import VERDICT_WEIGHTS, WEIGHTS, write_report
 
 
 @cli.command()
 @click.argument("study_dir", type=click.Path(path_type=Path))
-@click.option("--verdict-weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True,
+@click.option("--verdict-weights", type=click.Choice(WEIGHTS), default=VERDICT_WEIGHTS, show_default=True,
               help="Which compare JSONs give the verdicts: raw weights (the EMA lags at CPU budgets) or EMA; the "
               "other set's means are reported beside them.")
 @overwrite_option

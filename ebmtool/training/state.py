@@ -64,6 +64,12 @@ class EMA:
             e.lerp_(p.detach(), weight)
 
 
+def ema_first_average(every: int, start: int) -> int:
+    """The first EMA.update call that averages (calls up to `start` copy the raw weights): the first multiple of
+    `every` past `start`. A run that stops at or before it has EMA weights that are a copy of early raw ones."""
+    return (start // every + 1) * every
+
+
 def rng_meta() -> dict[str, str]:
     """The global Python and numpy RNG states, as checkpoint metadata (restored on resume)."""
     py = random.getstate()
