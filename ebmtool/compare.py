@@ -83,7 +83,7 @@ def energy_samples(model, ckpt: Checkpoint, task, problems, *, n: int = 256, see
 def read_curves(ckpt_path: Path) -> dict[str, np.ndarray] | None:
     """Training curves from the metrics.h5 beside a checkpoint: the columns that exist (None without a file).
 
-    Besides CURVE_COLUMNS, any per-row column whose name holds 'p_hard' or 'margin' (per-source diagnostics) is
+    Besides CURVE_COLUMNS (and compute_flops, the cumulative compute at each row), any per-row column whose name holds 'p_hard' or 'margin' (per-source diagnostics) is
     read too; eval/step and eval/mse_ema give the validation curve.
     """
     path = Path(ckpt_path).parent / "metrics.h5"
@@ -94,6 +94,8 @@ def read_curves(ckpt_path: Path) -> dict[str, np.ndarray] | None:
         return None
     steps = np.asarray(columns["step"])
     out: dict[str, np.ndarray] = {"step": steps}
+    if "compute_flops" in columns and np.shape(columns["compute_flops"]) == steps.shape:
+        out["compute_flops"] = np.asarray(columns["compute_flops"], dtype=np.float64)  # x of the compute figure
     for name, a in columns.items():
         base = name.rsplit("/", 1)[-1]
         wanted = name in CURVE_COLUMNS or "p_hard" in base or "margin" in base

@@ -143,6 +143,17 @@ def error_distributions(report, errors, path: Path) -> Path:
     return _save(fig, path, ["run", "group", "group_mean", "bin_low", "bin_high", "count"], rows)
 
 
+def _log_axis(ax) -> None:
+    """A log x axis labelled at 1, 2 and 5 times powers of ten as plain numbers, other ticks unlabelled: where the
+    data span less than a decade matplotlib labels every minor tick (2x10^1, 3x10^1, ...), and they overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def energy_histograms(report, energies, path: Path) -> Path:
     """E+ vs E- per run (same t and noise for every model), one panel per run.
     CSV: run, energy (positive or negative), bin_low, bin_high, count."""
@@ -150,7 +161,7 @@ def energy_histograms(report, energies, path: Path) -> Path:
     names = [r["name"] for r in report["runs"] if r["name"] in energies]
     cols = min(3, len(names))
     rows_n = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.4 * rows_n), squeeze=False, layout="constrained")
     rows = []
     for ax, name in zip(axes.flat, names):
         e = energies[name]
@@ -163,7 +174,7 @@ def energy_histograms(report, energies, path: Path) -> Path:
                                        label=f"{label} (mean {e[key].mean():.3g})")
             rows += _hist_rows([name, which], counts, edges)
         if isinstance(bins, np.ndarray):
-            ax.set_xscale("log")
+            _log_axis(ax)
         p_hard = float((e["e_neg"] < e["e_pos"]).mean())
         ax.set_title(f"{name}: p_hard = P(E- < E+) = {p_hard:.2f}", fontsize=9)
         ax.set_xlabel("energy E(x, y, t) [model units, log scale]", fontsize=8)
@@ -174,23 +185,36 @@ def energy_histograms(report, energies, path: Path) -> Path:
     n = energies[names[0]]["e_pos"].size if names else 0
     fig.suptitle(f"Energies of positives vs IRED negatives ({n} problems, random t, shared noise, fixed seed)",
                  fontsize=10)
-    fig.tight_layout()
     return _save(fig, path, ["run", "energy", "bin_low", "bin_high", "count"], rows)
 
 
-def training_curves(report, curves, path: Path) -> Path | None:
-    """Loss parts, p_hard and margin over training steps from each run's metrics.h5 (the columns that exist).
-    CSV: panel (the metrics column), run, group, step, value: one row per plotted point."""
-    have = {k: v for k, v in curves.items() if v}
+TRAINING_PANELS = [("loss_total", "total loss"), ("loss_denoise", "denoising loss (MSE of noise)"),
+                   ("loss_energy", "energy loss (softplus)"), ("p_hard", "p_hard = P(E- < E+)"),
+                   ("margin", "margin E- - E+"), ("eval/mse_ema", "validation MSE (EMA weights)")]
+NOT_PANELS = ("step", "eval/step", "energy_pos", "energy_neg", "compute_flops")
+X_AXES = {"step": "training step", "compute_flops": "training compute [FLOPs, inherited included]"}
+
+
+def _curve_x(c: dict, key: str, x: str) -> np.ndarray:
+    """The x values of one curve: steps, or the cumulative compute at them (an eval row's compute is the training
+    rows' at its step, interpolated)."""
+    steps = c["eval/step"] if key.startswith("eval/") else c["step"]
+    if x == "step":
+        return steps
+    return np.interp(steps, c["step"], c["compute_flops"]) if key.startswith("eval/") else c["compute_flops"]
+
+
+def training_curves(report, curves, path: Path, x: str = "step") -> Path | None:
+    """Loss parts, p_hard and margin from each run's metrics.h5 (the columns that exist) over training steps, or
+    with x="compute_flops" over training compute: at matched compute the arms stop at different steps but at the
+    same compute. CSV: panel (the metrics column), run, group, x (step or compute_flops), value: one row per
+    plotted point."""
+    have = {k: v for k, v in curves.items() if v and (x == "step" or x in v)}
     if not have:
         return None
     plt, colors = _plt(), _colors()
-    panels = [("loss_total", "total loss"), ("loss_denoise", "denoising loss (MSE of noise)"),
-              ("loss_energy", "energy loss (softplus)"), ("p_hard", "p_hard = P(E- < E+)"),
-              ("margin", "margin E- - E+"), ("eval/mse_ema", "validation MSE (EMA weights)")]
-    panels = [(k, t) for k, t in panels if any(k in c for c in have.values())]
-    extra = sorted({k for c in have.values() for k in c if k not in dict(panels) and k not in
-                    ("step", "eval/step", "energy_pos", "energy_neg")})
+    panels = [(k, t) for k, t in TRAINING_PANELS if any(k in c for c in have.values())]
+    extra = sorted({k for c in have.values() for k in c if k not in dict(panels) and k not in NOT_PANELS})
     panels += [(k, k) for k in extra]
     cols = 3
     rows_n = -(-len(panels) // cols)
@@ -201,30 +225,27 @@ def training_curves(report, curves, path: Path) -> Path | None:
     for ax, (key, title) in zip(axes.flat, panels):
         shown = set()
         for name, c in have.items():
-            if key not in c:
+            if key not in c or not np.isfinite(c[key]).any():
                 continue
-            steps = c["eval/step"] if key.startswith("eval/") else c["step"]
-            vals = c[key]
-            if not np.isfinite(vals).any():
-                continue
-            g = group_of[name]
-            ax.plot(steps, vals, color=gcolor[g], lw=1, alpha=0.8, label=g if g not in shown else None,
+            xs, vals, g = _curve_x(c, key, x), c[key], group_of[name]
+            ax.plot(xs, vals, color=gcolor[g], lw=1, alpha=0.8, label=g if g not in shown else None,
                     marker="o" if key.startswith("eval/") else None, ms=3)
             shown.add(g)
-            rows += [[key, name, g, int(st), float(v)] for st, v in zip(steps, vals)]
+            rows += [[key, name, g, int(v0) if x == "step" else float(v0), float(v)] for v0, v in zip(xs, vals)]
         if key.startswith("loss") or key.startswith("eval/"):
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("training step", fontsize=8)
+        ax.set_xlabel(X_AXES[x], fontsize=8)
         ax.set_ylabel(title.split(" (")[0] + (" [log]" if ax.get_yscale() == "log" else ""), fontsize=8)
         ax.grid(True, alpha=0.3)
         if shown:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("Training curves from each run's metrics.h5 (one line per seed, colour = arm)", fontsize=10)
+    over = "" if x == "step" else " against training compute"
+    fig.suptitle(f"Training curves{over} from each run's metrics.h5 (one line per seed, colour = arm)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path, ["panel", "run", "group", "step", "value"], rows)
+    return _save(fig, path, ["panel", "run", "group", x, "value"], rows)
 
 
 def seed_means(report, path: Path) -> Path:
@@ -263,9 +284,10 @@ def write_all(report, extras, out_dir: Path, fmt: str = FIGURE_FORMATS[0]) -> li
     paths.append(error_distributions(report, extras["errors"], out_dir / f"error-distributions.{fmt}"))
     if extras.get("energies"):
         paths.append(energy_histograms(report, extras["energies"], out_dir / f"energy-histograms.{fmt}"))
-    p = training_curves(report, extras.get("curves", {}), out_dir / f"training-curves.{fmt}")
-    if p is not None:
-        paths.append(p)
+    for x, stem in (("step", "training-curves"), ("compute_flops", "training-curves-compute")):
+        p = training_curves(report, extras.get("curves", {}), out_dir / f"{stem}.{fmt}", x=x)
+        if p is not None:
+            paths.append(p)
     if any(g["n_seeds"] > 1 for g in report["groups"]):
         paths.append(seed_means(report, out_dir / f"seed-means.{fmt}"))
     return paths

@@ -133,7 +133,8 @@ def test_each_plot_format_writes_files_of_that_type_with_a_csv_each(comparison, 
     report, extras = comparison
     paths = write_all(report, extras, tmp_path, fmt=fmt)
     assert sorted(p.name for p in paths) == sorted(f"{stem}.{fmt}" for stem in (
-        "scatter-var", "error-distributions", "energy-histograms", "training-curves", "seed-means"))
+        "scatter-var", "error-distributions", "energy-histograms", "training-curves", "training-curves-compute",
+        "seed-means"))
     for p in paths:
         assert MAGIC[fmt](p.read_bytes()), p
         assert p.with_suffix(".csv").exists()
@@ -320,3 +321,56 @@ def test_torchrun_entry_point_keeps_exit_codes_and_messages(tmp_path, args):
         assert err["message"] == "ebmtool.errors.InputError: missing.safetensors: no such file"
     else:
         assert not (tmp_path / "error.json").exists()
+
+
+def test_training_curves_are_also_drawn_against_compute(comparison, tmp_path, monkeypatch):
+    """At matched compute the arms stop at different steps: a second figure puts training compute on the x axis."""
+    from ebmtool import plots
+    from ebmtool.training.metrics import read_metrics
+
+    figures = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path, header, rows: (figures.__setitem__(Path(path).stem, fig),
+                                                                      save(fig, path, header, rows))[1])
+    report, extras = comparison
+    plots.write_all(report, extras, tmp_path)
+    fig = figures["training-curves-compute"]
+    assert all(ax.get_xlabel().startswith("training compute [FLOPs") for ax in fig.axes if ax.lines)
+    rows = read_csv(tmp_path / "training-curves-compute.csv")
+    for run in report["runs"]:
+        columns, _ = read_metrics(Path(run["path"]).parent / "metrics.h5")
+        mine = [r for r in rows if r["run"] == run["name"] and r["panel"] == "loss_total"]
+        np.testing.assert_allclose([float(r["compute_flops"]) for r in mine], columns["compute_flops"])
+    xs = np.concatenate([ln.get_xdata() for ax in fig.axes for ln in ax.lines])
+    np.testing.assert_allclose(xs, [float(r["compute_flops"]) for r in rows])
+
+
+def test_energy_histogram_tick_labels_do_not_overlap(tmp_path, monkeypatch):
+    """Energies within less than a decade (as in a trained ired run) on the log axis: no two x tick labels of a
+    panel overlap once drawn."""
+    from ebmtool import plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, *a: (figures.append(fig), save(fig, *a))[1])
+    rng = np.random.default_rng(0)
+    spans = {"narrow": (25, 70), "across-10": (3, 30), "across-1": (0.3, 2), "wide": (0.8, 120)}
+    energies = {name: {"e_pos": rng.uniform(lo, hi, 256), "e_neg": rng.uniform(lo, hi, 256)}
+                for name, (lo, hi) in spans.items()}
+    report = {"runs": [{"name": n} for n in energies]}
+    plots.energy_histograms(report, energies, tmp_path / "e.png")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figures[0]
+    canvas = FigureCanvasAgg(fig)  # the saved figure was closed: draw it again on a canvas of its own
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    overlaps = []
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        labels = [t for t in ax.get_xticklabels() + ax.get_xticklabels(minor=True)
+                  if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi]
+        boxes = sorted(((t.get_window_extent(renderer), t.get_text()) for t in labels), key=lambda b: b[0].x0)
+        overlaps += [(a[1], b[1]) for a, b in zip(boxes, boxes[1:]) if b[0].x0 < a[0].x1]
+        assert len(labels) >= 2, f"every panel keeps labelled ticks: {[t.get_text() for t in labels]}"
+    assert not overlaps, overlaps
