@@ -103,14 +103,14 @@ def test_resume_continues_in_place_and_rejects_changed_flags(runner, tmp_path):
     r = runner.invoke(cli, ["train", "--resume", str(out), "--lr", "0.5"])
     assert r.exit_code == 2 and "--lr cannot change on --resume" in r.output
     r = invoke(runner, ["train", "--resume", out, "--steps", "4"])
-    assert r.exit_code == 0 and "trained 4 steps" in r.stdout
+    assert r.exit_code == 0 and "trained 2 more steps (2 -> 4) in" in r.stdout  # what this call trained
 
 
 def test_seeds_continue_an_unfinished_seed_run(runner, tmp_path):
     """--seeds resumes a seed run that has fewer steps than asked (it used to crash on the --recipe check)."""
     assert invoke(runner, ["train", *TINY_FLAGS, "--seeds", "0", "--steps", "2", "-o", tmp_path]).exit_code == 0
     r = invoke(runner, ["train", *TINY_FLAGS, "--seeds", "0", "--steps", "4", "-o", tmp_path])
-    assert r.exit_code == 0 and "trained 4 steps" in r.stdout
+    assert r.exit_code == 0 and "trained 2 more steps (2 -> 4)" in r.stdout
 
 
 def test_eval_prints_mse_and_baselines_and_json(runner, tiny_run):

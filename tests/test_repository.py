@@ -43,3 +43,20 @@ def test_the_docs_make_commands_are_found():
 def test_checkpoints_the_documented_commands_write_are_ignored_by_git(path):
     r = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
     assert r.returncode == 0, f"{path} would show as an untracked file: add its folder to .gitignore"
+
+
+DURATION = re.compile(r"(?:about |~)?(?:a|\d+(?:[–-]\d+)?) ?(?:min(?:utes?)?|s)\b")
+
+
+def test_the_default_jobs_training_time_is_stated_as_measured():
+    """Every place that gives the training time of the default job (1,500 steps of the CPU recipe) gives the
+    time docs/performance.md measured, in the same words."""
+    from ebmtool.cli import cli
+
+    measured = re.search(r"1,500 steps in (\d+ s)\b", (ROOT / "docs" / "performance.md").read_text()).group(1)
+    recipe_help = next(p.help for p in cli.commands["train"].params if p.name == "recipe")
+    texts = {"README.md": (ROOT / "README.md").read_text(), "docs/training.md": (ROOT / "docs" / "training.md")
+             .read_text(), "train --help (--recipe)": recipe_help}
+    stated = {(where, d) for where, text in texts.items() for line in text.splitlines()
+              if re.search(r"\b1,?500 steps", line) for d in DURATION.findall(line)}
+    assert len(stated) >= 3 and all(d == measured for _, d in stated), stated

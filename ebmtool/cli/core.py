@@ -85,7 +85,7 @@ class TrainCommand(click.Command):
 @optgroup.option("--task", default=None, show_default=train_default("task"),
                  help=f"Built-in task ({', '.join(TASK_NAMES)}) or an HDF5 data file with `inputs` and `targets`.")
 @optgroup.option("--recipe", type=click.Choice(tuple(RECIPES)), default=TRAIN_DEFAULTS["recipe"], show_default=True,
-                 help="Named budget: cpu = 8x8, 1500 steps, batch 256, lr 1e-3 (minutes on 2 cores); paper = 20x20, "
+                 help="Named budget: cpu = 8x8, 1500 steps, batch 256, lr 1e-3 (80 s on 2 cores); paper = 20x20, "
                  "100k steps, batch 2048, lr 1e-4 (a GPU job). Flags below override it.")
 @optgroup.option("--size", type=click.IntRange(min=2), default=None, help="Matrix size (the paper uses 20).")
 @optgroup.option("--width", type=click.IntRange(min=1), default=None,
@@ -264,7 +264,9 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
     if not distributed.is_main():
         return  # process 0 reports for the job
     fe = result.final_eval
-    click.echo(f"trained {result.step} steps in {result.seconds:.1f} s -> {output}/ckpt.safetensors")
+    trained = result.step - result.start_step
+    steps = f"{trained} more steps ({result.start_step} -> {result.step})" if result.start_step else f"{trained} steps"
+    click.echo(f"trained {steps} in {result.seconds:.1f} s -> {output}/ckpt.safetensors")
     if fe:
         metric = fe["metric_name"]
         click.echo(f"validation {metric} {fe['metric_model']:.4g} (ema weights {fe['metric_ema']:.4g}) on "

@@ -52,10 +52,11 @@ POSTFIX = ("loss_denoise", "loss_energy", "p_hard", "stage", "dup_fraction", "we
 @dataclass
 class TrainResult:
     out_dir: Path
-    step: int
-    seconds: float
+    step: int  # the run's step at the end
+    seconds: float  # wall time of this call (a resumed run's earlier sessions are in metrics' wall_time)
     final_eval: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    start_step: int = 0  # the step this call started at: a resume trains step - start_step steps
 
 
 def prepare(cfg: TrainConfig, resume: Path | None = None,
@@ -297,7 +298,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     log = log if main else quiet
     out_dir = Path(out_dir)
     st = start_run(cfg, out_dir, resume, overrides, force, log)
-    cfg, data = st.cfg, st.data
+    cfg, data, start_step, t0 = st.cfg, st.data, st.step, time.perf_counter()
     announce(st, out_dir, log)
     bar = progress_bar(cfg.steps if cfg.budget_flops is None else None, initial=st.step, desc="train", unit="step")
     with RunLock(out_dir) if main else contextlib.nullcontext(), StopFlag() as stop, \
@@ -327,7 +328,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
             final = {**st.eval_rows[-1], "metric_name": data.task.metric}
         save(st, out_dir)
         dist.barrier()  # the files exist before any process returns
-    return TrainResult(out_dir, st.step, rows.seconds(), final, cfg.to_dict())
+    return TrainResult(out_dir, st.step, time.perf_counter() - t0, final, cfg.to_dict(), start_step)
 
 
 def quiet(msg: str) -> None:
