@@ -26,6 +26,7 @@ def test_makefile_pipeline(tmp_path):
         assert (tmp_path / name).exists(), name
     text = (tmp_path / "compare.txt").read_text()
     assert "control (baseline)" in text and "refined" in text  # refined is compared with its control
+    assert "WARNING" not in text, text  # the pipeline declares what it varies, compute included
     from ebmtool.checkpoints import load_checkpoint
 
     control, refined = (load_checkpoint(tmp_path / n / "ckpt.safetensors") for n in ("control", "refined"))
