@@ -76,7 +76,7 @@ def test_identical_models_no_difference_and_outputs(runner, ckpts, tmp_path):
     assert "## Configuration differences" in (tmp_path / "r.md").read_text()
     figs = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
     assert figs == ["energy-histograms.png", "error-distributions.png", "scatter-base_seed-0_2.png",
-                    "training-curves.png"]
+                    "training-curves-compute.png", "training-curves.png"]
     assert all((tmp_path / "figs" / f).stat().st_size > 10_000 for f in figs)
     assert sha256_file(a) == sha  # compare never changes a checkpoint
     # outputs are not overwritten without --overwrite
