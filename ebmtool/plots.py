@@ -146,12 +146,11 @@ def error_distributions(report, errors, path: Path) -> Path:
 def _log_axis(ax) -> None:
     """A log x axis labelled at 1, 2 and 5 times powers of ten as plain numbers, other ticks unlabelled: where the
     data span less than a decade matplotlib labels every minor tick (2x10^1, 3x10^1, ...), and they overlap."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
+    plt = _plt()  # pyplot carries matplotlib.ticker's locators and formatters
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(plt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
 
 
 def energy_histograms(report, energies, path: Path) -> Path:
