@@ -60,3 +60,19 @@ def test_the_default_jobs_training_time_is_stated_as_measured():
     stated = {(where, d) for where, text in texts.items() for line in text.splitlines()
               if re.search(r"\b1,?500 steps", line) for d in DURATION.findall(line)}
     assert len(stated) >= 3 and all(d == measured for _, d in stated), stated
+
+
+def test_the_compile_flag_states_what_was_measured():
+    """`train --help` on --compile gives figures, and each is one that docs/performance.md's --compile section
+    measured (its seconds within 1 s, its speed-up within 0.05), not a promise."""
+    from ebmtool.cli import cli
+
+    text = next(p.help for p in cli.commands["train"].params if p.name == "compile")
+    perf = (ROOT / "docs" / "performance.md").read_text()
+    section = perf[perf.index("### `--compile` on the CPU"):]
+    section = section[:section.index("\n#", 1)]
+    claims = re.findall(r"(\d+(?:\.\d+)?) ?(s|x)\b", text)
+    assert {u for _, u in claims} == {"s", "x"} and "docs/performance.md" in text, text
+    for value, unit in claims:
+        measured = [float(v) for v in re.findall(rf"(\d+(?:\.\d+)?)(?:–\d+)? ?{unit}\b", section)]
+        assert any(abs(float(value) - m) <= (1 if unit == "s" else 0.05) for m in measured), (value, unit)
