@@ -49,7 +49,8 @@ def groups(root):
 
 def test_eval_json_is_the_whole_of_stdout(runs, tmp_path):
     out = tmp_path / "ev.h5"
-    r = invoke(["eval", runs / "base" / "seed-0", "-n", "8", "--device", "cpu", "--json", "-o", out])
+    r = invoke(["eval", runs / "base" / "seed-0", "-n", "8", "--device", "cpu", "--weights", "both", "--json", "-o",
+                out])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)  # parses: nothing else is on stdout
     assert r.stdout == json_text(rep) + "\n"
