@@ -59,3 +59,16 @@ def test_a_built_wheel_knows_its_version_licence_and_types(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(target)}, cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out[0].replace("+", "_") == version.replace("+", "_") and out[1].startswith(str(target))
+
+
+def test_import_loads_no_torch_and_the_api_documents_itself():
+    """`import ebmtool` (every command, every torchrun worker) imports neither torch nor the library; the API's
+    names load on first use and each has a docstring (help(ebmtool.train))."""
+    code = ("import sys, ebmtool; assert 'torch' not in sys.modules and 'ebmtool.api' not in sys.modules; "
+            "import pydoc; text = pydoc.render_doc(ebmtool.train); assert 'TrainResult' in text, text; "
+            "assert 'torch' in sys.modules; print(sorted(n for n in ebmtool.API if not getattr(ebmtool, n).__doc__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert set(ebmtool.API) <= set(dir(ebmtool))
+    with pytest.raises(AttributeError):
+        ebmtool.no_such_name  # noqa: B018
