@@ -42,7 +42,7 @@ PathLike = str | Path
 
 def train(output: PathLike | None = None, *, recipe: str | None = None, resume: PathLike | None = None,
           autoresume: bool = False, overwrite: bool = False, budget_of: PathLike | None = None,
-          log: Callable[[str], None] = print, **config) -> TrainResult:
+          trackers: Sequence[str] = (), log: Callable[[str], None] = print, **config) -> TrainResult:
     """Train an energy network with IRED into `output` (a run directory), as `ebmtool train` does.
 
     `config` holds TrainConfig fields (`task`, `size`, `steps`, `seed`, `negatives`, `k`, `sans`, `width`, ...;
@@ -51,6 +51,7 @@ def train(output: PathLike | None = None, *, recipe: str | None = None, resume: 
     `resume` continues a checkpoint or run directory (then only the cadence fields, such as `steps`, may be
     given); `autoresume` starts, continues or skips the run `output` holds; `overwrite` replaces it.
     `budget_of` trains to another run's compute (matched compute); `budget_flops` to a number of FLOPs.
+    `trackers`: any of "csv", "tensorboard", "mlflow" (metrics.h5 and metrics.jsonl are always written).
     `log` receives the run's text lines (print by default).
 
     Returns a TrainResult: `out_dir`, `step`, `seconds`, `final_eval` (the validation metric of the raw and EMA
@@ -81,7 +82,8 @@ def train(output: PathLike | None = None, *, recipe: str | None = None, resume: 
     if plan.complete:
         ckpt = load_checkpoint(Path(output) / "ckpt.safetensors")
         return TrainResult(Path(output), ckpt.step, 0.0, {}, ckpt.config)
-    return run_training(plan.config, plan.output, resume=plan.resume, overrides=plan.overrides, log=log)
+    return run_training(plan.config, plan.output, resume=plan.resume, overrides=plan.overrides, log=log,
+                        trackers=tuple(trackers))
 
 
 def evaluate_run(run: PathLike, *, weights: str = "both", split: str = EVAL_SPLITS[0], harder: bool = False,

@@ -51,6 +51,7 @@ from ebmtool.tasks import TASK_NAMES
 from ebmtool.training.loop import train as run_training
 from ebmtool.training.plan import plan_run
 from ebmtool.training.state import checkpoint_compute
+from ebmtool.training.trackers import TRACKERS
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 
@@ -79,6 +80,7 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
 @click.option("--tensorboard", is_flag=True, default=False,
               help="Also write every metrics column as TensorBoard scalars into OUTPUT/tensorboard "
                    "(needs pip install 'ebmtool[tensorboard]').")
+@click.option("--tracker", "trackers", type=click.Choice(TRACKERS), multiple=True, help="Also send the curves to: csv (OUTPUT/metrics.csv), tensorboard (= --tensorboard, with HParams), mlflow (MLFLOW_TRACKING_URI; pip install 'ebmtool[mlflow]'). Repeatable.")
 @click.option("--autoresume", is_flag=True, default=False,
               help="With -o DIR: start, continue the run DIR holds if its configuration is the same, or exit 0 at "
               "once if it is finished; a different configuration is an error naming the first difference.")
@@ -197,7 +199,8 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
               help="Run directory; without it, runs/<task>-<time>.")
 @overwrite_option
 @click.pass_context
-def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, tensorboard, **flags):
+def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, tensorboard, trackers,
+          **flags):
     """Train an energy network with IRED (denoising through the energy gradient + energy-landscape term).
 
     Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5 (sealed at checkpoints), and the live log
@@ -220,7 +223,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
         return
     output = plan.output
     result = run_training(plan.config, output, resume=plan.resume, overrides=plan.overrides, log=log, force=force,
-                          tensorboard=tensorboard)
+                          trackers=(*trackers, "tensorboard") if tensorboard else trackers)
     if not distributed.is_main():
         return  # process 0 reports for the job
     fe = result.final_eval
