@@ -10,6 +10,8 @@ The Python API (docs/python-api.md), one function per command:
     sans_weights     ebmtool weights: SANS weights per row from a scores file
     load_model       a run's (or exported model's) frozen energy network E(x, y, t)
     load_run         a run directory read back: configuration, step, compute, curves, model
+    sample           answers to problems from a run's (or exported model's) network, by IRED's sampler
+    export_model     ebmtool export: one weight set, config.json and a model card, to share
 
 `import ebmtool` is cheap: these names are imported (with torch) when first used.
 """
@@ -25,7 +27,7 @@ except ImportError:  # a source tree put on sys.path without being installed: no
 FORMAT_VERSION = 1
 
 API = ("train", "evaluate_run", "compare_runs", "mine_negatives", "score_negatives", "sans_weights", "load_model",
-       "load_run", "Run", "TrainConfig", "TrainResult")
+       "load_run", "sample", "export_model", "Run", "TrainConfig", "TrainResult")
 __all__ = [*API, "__version__", "FORMAT_VERSION"]
 
 

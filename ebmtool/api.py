@@ -23,10 +23,13 @@ from ebmtool.compare import DEFAULT_SEED
 from ebmtool.compare import compare as compare_groups
 from ebmtool.config import NO_STEP_CAP, TrainConfig, check_given
 from ebmtool.errors import InputError
-from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, Evaluation, evaluate_checkpoint
+from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, Evaluation, checkpoint_task, evaluate_checkpoint
 from ebmtool.evaluate import load_model as frozen_model
+from ebmtool.evaluate import sample_answers, weight_sets
+from ebmtool.export import Export, export_run
 from ebmtool.mining import MineOptions, MineResult, compute_weights, finished_partial, mine, score, write_scores
 from ebmtool.mining import write_weights
+from ebmtool.problems import Problems
 from ebmtool.sans import DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 from ebmtool.training.loop import TrainResult
 from ebmtool.training.loop import train as run_training
@@ -35,7 +38,7 @@ from ebmtool.training.plan import plan_run
 from ebmtool.training.state import checkpoint_compute
 
 __all__ = ["train", "evaluate_run", "compare_runs", "mine_negatives", "score_negatives", "sans_weights",
-           "load_model", "load_run", "Run", "TrainConfig", "TrainResult"]
+           "load_model", "load_run", "export_model", "sample", "Run", "TrainConfig", "TrainResult"]
 
 PathLike = str | Path
 
@@ -179,11 +182,38 @@ def sans_weights(scores: PathLike, output: PathLike | None = None, *, alpha: flo
     return result["datasets"]
 
 
-def load_model(run: PathLike, weights: str = "ema", device: str = "cpu") -> torch.nn.Module:
+def load_model(run: PathLike, weights: str | None = None, device: str = "cpu") -> torch.nn.Module:
     """The energy network of a run directory, checkpoint or exported model directory, frozen (eval mode, no
     gradients to its parameters): `model(x, y, t)` is the energy E(x, y, t) of each row, `t` the noise level
-    (an integer tensor, 0 = clean). `weights`: "ema" (what evaluation uses by default) or "model" (raw)."""
-    return frozen_model(load_checkpoint(resolve_checkpoint_path(Path(run))), weights, torch.device(device))
+    (an integer tensor, 0 = clean). `weights`: "ema" (the default for a run, what evaluation uses) or "model"
+    (the raw weights); an export holds one of them, its default."""
+    ckpt = load_checkpoint(resolve_checkpoint_path(Path(run)), exported=True)
+    return frozen_model(ckpt, weight_sets(ckpt, weights)[0], torch.device(device))
+
+
+def sample(run: PathLike, inputs, *, weights: str | None = None, mask=None, batch_size: int = 256,
+           device: str = "cpu") -> np.ndarray:
+    """Answers to problems: IRED's sampler (annealed energy descent, seeded) run with a run's or an export's
+    network on `inputs`, an array (N, x_dim); returns the answers (N, y_dim) as float32. `mask` (N, y_dim) marks
+    the given entries of tasks that have them (Sudoku). `weights` as in load_model."""
+    ckpt = load_checkpoint(resolve_checkpoint_path(Path(run)), exported=True)
+    task = checkpoint_task(ckpt)
+    x = np.asarray(inputs, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != task.x_dim:
+        raise InputError(f"inputs of shape {x.shape} do not fit the model: give (N, {task.x_dim}) for {task.label}")
+    problems = Problems(x, np.zeros((len(x), task.y_dim), np.float32), None if mask is None else np.asarray(mask))
+    model = frozen_model(ckpt, weight_sets(ckpt, weights)[0], torch.device(device))
+    return sample_answers(model, task, problems, batch_size=batch_size, device=torch.device(device))
+
+
+def export_model(run: PathLike, output: PathLike, *, weights: str = "ema", eval_n: int = 1024,
+                 overwrite: bool = False, device: str = "cpu") -> Export:
+    """`ebmtool export`: write one weight set of a run ("ema" or "model") as a directory to share, in Hugging
+    Face's save_pretrained layout: model.safetensors, config.json and a README.md model card (task, recipe,
+    compute, an evaluation on `eval_n` test problems beside trivial predictors, provenance). load_model, sample,
+    evaluate_run and `ebmtool eval` read it back. Returns an Export (`path`, `weights`, `config`, `evaluation`)."""
+    return export_run(Path(run), Path(output), weights=weights, eval_n=eval_n, overwrite=overwrite,
+                      device=torch.device(device))
 
 
 @dataclass

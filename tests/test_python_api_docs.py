@@ -1,6 +1,6 @@
 """docs/python-api.md's examples run: every ```python block of the page, in order, in one namespace, in a temporary
 directory. Only their size changes: each `ebmtool.train(...)` call gets the tiny network and a few steps, and the
-number of held-out problems (`n=`) shrinks; the code is otherwise the page's own (no function is replaced)."""
+number of held-out problems (`n=`, `eval_n=`) shrinks; the code is otherwise the page's own (no function is replaced)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ TINY_N = 16
 
 
 class Shrink(ast.NodeTransformer):
-    """ebmtool.train(...) calls: TINY_TRAIN added and steps=TINY_STEPS; any call's n=...: n=TINY_N."""
+    """ebmtool.train(...) calls: TINY_TRAIN added and steps=TINY_STEPS; any call's n=... or eval_n=...: TINY_N."""
 
     def __init__(self):
         self.trains = self.ns = 0
@@ -36,7 +36,7 @@ class Shrink(ast.NodeTransformer):
         for kw in node.keywords:
             if kw.arg == "steps":
                 kw.value = ast.Constant(TINY_STEPS)
-            elif kw.arg == "n":
+            elif kw.arg in ("n", "eval_n"):
                 kw.value, self.ns = ast.Constant(TINY_N), self.ns + 1
         return node
 
