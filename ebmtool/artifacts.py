@@ -35,7 +35,7 @@ UB_MAGIC = b"ebmtool-hdf5 v1\n"
 def _userblock(digest: str) -> bytes:
     block = UB_MAGIC + f"sha256 {digest}\n".encode()
     return block + b"\0" * (USERBLOCK - len(block))
-KINDS = ("checkpoint", "dataset", "metrics", "negatives", "scores", "weights", "evaluation")
+KINDS = ("checkpoint", "model", "dataset", "metrics", "negatives", "scores", "weights", "evaluation")
 
 
 # ---------------------------------------------------------------------------------------------------- writing

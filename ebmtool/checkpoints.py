@@ -1,4 +1,8 @@
-"""Checkpoints (safetensors): weights, EMA, optimiser and RNG state, with the run's metadata; verified on load."""
+"""Checkpoints (safetensors): weights, EMA, optimiser and RNG state, with the run's metadata; verified on load.
+
+An exported model (`ebmtool export`: DIR/model.safetensors, kind "model") is one weight set under its plain
+state-dict names, with the checkpoint's descriptive metadata; `load_checkpoint(path, exported=True)` reads either
+kind (evaluation and sampling do), every other reader refuses an export with one sentence."""
 
 from __future__ import annotations
 import json
@@ -54,12 +58,17 @@ class Checkpoint:
         return json.loads(self.meta[key])
 
 
-def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    """Atomically write tensors and string metadata with a content checksum.
+MODEL_KIND = "model"  # an exported weight set (ebmtool export)
+MODEL_FILE = "model.safetensors"  # its name in an export directory (Hugging Face's name for a model's weights)
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
+                    kind: str = "checkpoint") -> None:
+    """Atomically write tensors and string metadata with a content checksum (`kind` MODEL_KIND: an export).
 
     A failed write (full disk, unwritable directory) raises RunError and leaves the previous file intact.
     """
-    meta = {"format": "pt", "ebmtool.kind": "checkpoint", "ebmtool.format_version": str(FORMAT_VERSION), **meta}
+    meta = {"format": "pt", "ebmtool.kind": kind, "ebmtool.format_version": str(FORMAT_VERSION), **meta}
     bad = [k for k, v in meta.items() if not isinstance(v, str)]
     if bad:
         raise TypeError(f"checkpoint metadata must be strings: {bad}")
@@ -83,8 +92,9 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path} is a damaged or truncated checkpoint ({exc})") from None
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read and validate a checkpoint; one sentence naming the file on any problem.
+def load_checkpoint(path: Path, exported: bool = False) -> Checkpoint:
+    """Read and validate a checkpoint (or, with `exported`, also an exported model, whose one weight set then
+    appears under its name: `group("ema")` or `group("model")`); one sentence naming the file on any problem.
 
     Order: format (sniff), ebmtool metadata, a known wrong kind, format version, tensors, content checksum, then
     any other kind and the required metadata.
@@ -96,7 +106,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise InputError(f"{path} is an HDF5 {h5_kind(path)} file, not a checkpoint")
     meta = safetensors_metadata(path)
     kind = meta.get("ebmtool.kind")
-    if kind != "checkpoint" and kind in KINDS:
+    accepted = ("checkpoint", MODEL_KIND) if exported else ("checkpoint",)
+    if kind == MODEL_KIND and not exported:
+        raise InputError(f"{path} is an exported model (one weight set, from ebmtool export), not a checkpoint; "
+                         "give the run's ckpt.safetensors")
+    if kind not in accepted and kind in KINDS:
         raise InputError(f"{path} is a {kind} file, not a checkpoint")
     version = format_version(path, meta.get("ebmtool.format_version", "0"))
     if version > FORMAT_VERSION:
@@ -108,9 +122,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if meta[ST_CHECKSUM] != tensors_sha256(tensors, meta):
         raise InputError(f"{path} is corrupted (checksum mismatch: its tensors or metadata changed after ebmtool "
                          "wrote it)")
-    if kind != "checkpoint":
+    if kind not in accepted:
         raise InputError(f"{path} is a {kind} file, not a checkpoint")
-    missing = [k for k in CHECKPOINT_REQUIRED if k not in meta]
+    missing = [k for k in CHECKPOINT_REQUIRED + (("ebmtool.weights",) if kind == MODEL_KIND else ()) if k not in meta]
     if missing:
         raise InputError(f"{path} is an incomplete checkpoint (missing metadata {', '.join(missing)})")
     try:
@@ -120,6 +134,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise InputError(f"{path} has invalid metadata ({exc})") from None
     if not isinstance(config, dict) or not isinstance(dims, dict):
         raise InputError(f"{path} has invalid metadata (config and model must be JSON objects)")
+    if kind == MODEL_KIND:
+        tensors = {f"{meta['ebmtool.weights']}/{k}": v for k, v in tensors.items()}
     return Checkpoint(path, meta, tensors)
 
 
@@ -141,12 +157,13 @@ def seeds_hint(path: Path, runs: list[Path]) -> str:
 
 
 def resolve_checkpoint_path(path: Path) -> Path:
-    """Accept a run directory wherever a checkpoint is expected: DIR means DIR/ckpt.safetensors."""
+    """Accept a run directory wherever a checkpoint is expected: DIR means DIR/ckpt.safetensors (or, for an export
+    directory, DIR/model.safetensors, which only evaluation and sampling accept)."""
     path = Path(path)
     if path.is_dir():
-        cand = path / "ckpt.safetensors"
-        if not cand.exists():
-            runs = seed_runs(path)
-            raise InputError(seeds_hint(path, runs) if runs else f"{path} is a directory without a ckpt.safetensors")
-        return cand
+        for cand in (path / "ckpt.safetensors", path / MODEL_FILE):
+            if cand.exists():
+                return cand
+        runs = seed_runs(path)
+        raise InputError(seeds_hint(path, runs) if runs else f"{path} is a directory without a ckpt.safetensors")
     return path

@@ -169,6 +169,18 @@ def problems_label(desc: dict) -> str:
             f"{', harder' if made.get('harder') else ''})")
 
 
+def weight_sets(ckpt, weights: str | None) -> list[str]:
+    """The weight sets `weights` ("both", "ema", "model"; None: the default) picks from a checkpoint, or from an
+    export, which holds one: "both" and None mean that one, and asking for the other is refused."""
+    held = [w for w in WEIGHTS if any(k.startswith(w + "/") for k in ckpt.tensors)]
+    if weights in (None, "both"):
+        return held if weights == "both" else held[:1]
+    if weights not in held:
+        raise InputError(f"{ckpt.path} holds only its {' and '.join(held)} weights (an exported model); "
+                         f"export the run with --weights {weights} to evaluate those")
+    return [weights]
+
+
 # ------------------------------------------------------------------------------------------------ a checkpoint
 
 @dataclass
@@ -189,10 +201,10 @@ def evaluate_checkpoint(path: Path, *, data=None, split: str | None = None, hard
     stderr); never changes the checkpoint."""
     if weights not in WEIGHT_CHOICES:
         raise InputError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, exported=True)
     check_precision(precision, device)
     task, problems, desc = evaluation_problems(ckpt, data=data, split=split, harder=harder, n=n)
-    which = list(WEIGHTS) if weights == "both" else [weights]
+    which = weight_sets(ckpt, weights)
     errors = {}
     t0 = time.perf_counter()
     with progress_bar(len(problems) * len(which), desc="eval", unit="problem") as bar:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ebmtool.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
-from ebmtool.checkpoints import load_checkpoint, seed_runs
+from ebmtool.checkpoints import MODEL_FILE, MODEL_KIND, load_checkpoint, seed_runs
 from ebmtool.compute import format_flops
 from ebmtool.config import beside_defaults, format_settings, steps_text
 from ebmtool.errors import InputError
@@ -31,6 +31,8 @@ COMPARE_KEYS = ("baseline", "groups", "comparisons", "metric", "direction", "pro
 def describe(path: Path) -> dict:
     """A JSON-able description: kind, provenance, and a summary of the contents."""
     path = Path(path)
+    if path.is_dir() and (path / MODEL_FILE).exists() and not (path / "ckpt.safetensors").exists():
+        path = path / MODEL_FILE  # an export directory: its weights file
     if path.is_dir():
         if (path / "ckpt.safetensors").exists() or (path / LIVE_LOG).exists():
             return describe_run(path)
@@ -166,14 +168,14 @@ def format_run(d: dict) -> list[str]:
 
 
 def _describe_checkpoint(path: Path) -> dict:
-    ck = load_checkpoint(path)
+    ck = load_checkpoint(path, exported=True)
     groups: dict[str, int] = {}
     for k in ck.tensors:
         g = k.split("/", 1)[0]
         groups[g] = groups.get(g, 0) + 1
     model = checkpoint_model(ck)
     return {
-        "file": str(path), "format": "safetensors", "kind": "checkpoint", "sha256": sha256_file(path),
+        "file": str(path), "format": "safetensors", "kind": ck.meta["ebmtool.kind"], "sha256": sha256_file(path),
         "task": ck.task, "step": ck.step, "seed": ck.seed,
         "model": {**ck.dims, "parameters": parameter_count(model)},
         "data_fingerprint": ck.meta.get("ebmtool.data_fingerprint"),
@@ -349,7 +351,7 @@ def format_description(d: dict) -> str:
     text = {"run": format_run, "live log": format_run, "seeds": format_seeds, "compare report": format_compare}
     if d["kind"] in text:
         return "\n".join(lines + text[d["kind"]](d))
-    if d["kind"] == "checkpoint":
+    if d["kind"] in ("checkpoint", MODEL_KIND):
         m = d["model"]
         lines += [f"task      {d['task']}", f"step      {d['step']}", f"seed      {d['seed']}",
                   f"compute   {format_flops(d['compute_flops'])} FLOPs (training, inherited included)",

@@ -10,9 +10,12 @@ from ebmtool.tasks import TASK_NAMES
 
 LIBRARY = Path(__file__).parent.parent / "ebmtool"
 FILES = sorted(LIBRARY.rglob("*.py"))
-# imports inside a function: an optional dependency (tensorboard), and matplotlib and scipy, which every process
+# imports inside a function: the optional dependencies (tensorboard, mlflow), and matplotlib and scipy, which every process
 # (torchrun's training workers too) would otherwise load at start-up through the CLI, imported when first used
-LAZY_ALLOWED = {("training/metrics.py", "torch.utils.tensorboard"), ("plots.py", "matplotlib"),
+LAZY_ALLOWED = {("training/trackers.py", "torch.utils.tensorboard"),
+                ("training/trackers.py", "torch.utils.tensorboard.summary"), ("training/trackers.py", "mlflow"),
+                ("training/trackers.py", "mlflow.entities"), ("training/trackers.py", "mlflow.exceptions"),
+                ("training/trackers.py", "mlflow.tracking"), ("plots.py", "matplotlib"),
                 ("plots.py", "matplotlib.pyplot"), ("stats.py", "scipy")}
 
 

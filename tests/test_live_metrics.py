@@ -120,4 +120,5 @@ def test_tensorboard_missing_is_one_sentence(tmp_path, runner, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     r = runner.invoke(cli, ["train", *TINY_FLAGS, "--steps", "2", "--tensorboard", "-o", str(tmp_path / "r")])
     assert r.exit_code == 2
-    assert "--tensorboard needs the tensorboard package: pip install 'ebmtool[tensorboard]'" in r.output
+    assert "(--tracker tensorboard, --tensorboard) needs the tensorboard package: pip install " \
+        "'ebmtool[tensorboard]'" in r.output

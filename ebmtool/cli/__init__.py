@@ -110,6 +110,6 @@ def _run():
     cli(prog_name="ebmtool")
 
 
-from ebmtool.cli import compare, core, data, negatives, study  # noqa: E402,F401  (registers the commands)
+from ebmtool.cli import compare, core, data, export, negatives, study  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["cli", "main"]

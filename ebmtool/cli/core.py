@@ -55,6 +55,7 @@ from ebmtool.tasks import TASK_NAMES
 from ebmtool.training.loop import train as run_training
 from ebmtool.training.plan import plan_run
 from ebmtool.training.state import checkpoint_compute
+from ebmtool.training.trackers import TRACKERS
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 
@@ -219,6 +220,9 @@ class TrainCommand(click.Command):
 @optgroup.option("--tensorboard", is_flag=True, default=False,
                  help="Also write every metrics column as TensorBoard scalars into OUTPUT/tensorboard "
                  "(needs pip install 'ebmtool[tensorboard]').")
+@optgroup.option("--tracker", "trackers", type=click.Choice(TRACKERS), multiple=True,
+                 help="Also send the curves to: csv (OUTPUT/metrics.csv), tensorboard (= --tensorboard, with "
+                 "HParams), mlflow (MLFLOW_TRACKING_URI; pip install 'ebmtool[mlflow]'). Repeatable.")
 @optgroup.option("--on-nan", type=click.Choice(ON_NAN), default=None,
                  show_default=train_default("on_nan"),
                  help="A non-finite loss stops the run or skips the batch (counted in metrics).")
@@ -238,7 +242,8 @@ class TrainCommand(click.Command):
 @renamed_option("--weights", None, "give the offline negatives' SANS weights with --offline-weights FILE "
                 "(--weights ema|model chooses the weight set of eval and compare)")
 @click.pass_context
-def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, tensorboard, **flags):
+def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of, autoresume, tensorboard, trackers,
+          **flags):
     """Train an energy network with IRED (denoising through the energy gradient + energy-landscape term).
 
     Writes OUTPUT/ckpt.safetensors and OUTPUT/metrics.h5 (sealed at checkpoints), and the live log
@@ -262,7 +267,7 @@ def train(ctx, recipe, init, resume, output, overwrite, seeds, budget, budget_of
         return
     output = plan.output
     result = run_training(plan.config, output, resume=plan.resume, overrides=plan.overrides, log=log, force=force,
-                          tensorboard=tensorboard)
+                          trackers=(*trackers, "tensorboard") if tensorboard else trackers)
     if not distributed.is_main():
         return  # process 0 reports for the job
     fe = result.final_eval

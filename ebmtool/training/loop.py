@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import secrets
-import shutil
 import signal
 import sys
 import time
@@ -39,12 +38,11 @@ from ebmtool.offline import OfflineNegatives
 from ebmtool.progress import progress_bar
 from ebmtool.training.diagnostics import nanmean, to_host
 from ebmtool.training.losses import Objective
-from ebmtool.training.metrics import (
-    LIVE_LOG, TENSORBOARD_DIR, LiveLog, TensorBoardLog, metric_columns, read_metric_rows, write_metrics,
-)
+from ebmtool.training.metrics import LIVE_LOG, LiveLog, metric_columns, read_metric_rows, write_metrics
 from ebmtool.training.signals import StopFlag
 from ebmtool.training.state import RunLock, RunState, checkpoint_compute, write_snapshot
 from ebmtool.training.step import draw_batch, train_step
+from ebmtool.training.trackers import open_trackers
 
 POSTFIX = ("loss_denoise", "loss_energy", "p_hard", "stage", "dup_fraction", "weight_ess", "grad_share_energy")
 
@@ -176,23 +174,19 @@ def announce(st: RunState, out_dir: Path, log) -> None:
 
 class RowLogger:
     """A row of metrics.h5 is the mean of its window of steps. Each row goes to the run's rows (metrics.h5 at
-    checkpoints), the live log metrics.jsonl and, with --tensorboard, TensorBoard (process 0 only)."""
+    checkpoints), the live log metrics.jsonl and the run's trackers (--tracker csv|tensorboard|mlflow; process 0
+    only), which are closed with the run's status."""
 
-    def __init__(self, st: RunState, out_dir: Path, bar, tensorboard: bool):
+    def __init__(self, st: RunState, out_dir: Path, bar, trackers=()):
         self.st, self.bar, self.window = st, bar, []
         self.started = time.perf_counter() - (st.rows[-1]["wall_time"] if st.rows else 0.0)
-        self.sinks = []
+        self.live, self.sinks = None, []
         if dist.is_main():
             cfg = st.cfg
             header = {"task": st.data.task.label, "seed": cfg.seed, "steps": cfg.steps, "start_step": st.step,
                       "budget_flops": cfg.budget_flops, "pid": os.getpid()}
-            self.sinks.append(LiveLog(out_dir / LIVE_LOG, st.rows, st.eval_rows, header))
-            if tensorboard:  # rewritten from the rows metrics.h5 holds, so the curves never hold a row twice
-                shutil.rmtree(out_dir / TENSORBOARD_DIR, ignore_errors=True)
-                self.sinks.append(TensorBoardLog(out_dir / TENSORBOARD_DIR))
-                for kind, rows in (("train", st.rows), ("eval", st.eval_rows)):
-                    for r in rows:
-                        self.sinks[-1].append(r, kind)
+            self.live = LiveLog(out_dir / LIVE_LOG, st.rows, st.eval_rows, header)
+            self.sinks = [self.live, *open_trackers(trackers, out_dir, cfg.to_dict(), st.rows, st.eval_rows)]
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -224,9 +218,10 @@ class RowLogger:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        status = "FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, Interrupted) else "FAILED"
         for sink in self.sinks:
-            sink.close()
+            sink.close() if sink is self.live else sink.close(status)
 
 
 def evaluate_now(st: RunState) -> dict:
@@ -289,8 +284,9 @@ def finished(st: RunState) -> bool:
 
 
 def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides: dict | None = None,
-          log=print, force: bool = False, tensorboard: bool = False) -> TrainResult:
-    """Train (or resume) and write out_dir/ckpt.safetensors, metrics.h5 and the live log metrics.jsonl.
+          log=print, force: bool = False, trackers=()) -> TrainResult:
+    """Train (or resume) and write out_dir/ckpt.safetensors, metrics.h5 and the live log metrics.jsonl, and send
+    the logged rows to `trackers` (names from ebmtool.training.trackers.TRACKERS: csv, tensorboard, mlflow).
 
     For a resume, `cfg` is ignored: the checkpoint's configuration is used, with `overrides` (cadence only)."""
     dist.init_from_env()
@@ -302,7 +298,7 @@ def train(cfg: TrainConfig, out_dir: Path, resume: Path | None = None, overrides
     announce(st, out_dir, log)
     bar = progress_bar(cfg.steps if cfg.budget_flops is None else None, initial=st.step, desc="train", unit="step")
     with RunLock(out_dir) if main else contextlib.nullcontext(), StopFlag() as stop, \
-            RowLogger(st, out_dir, bar, tensorboard) as rows:
+            RowLogger(st, out_dir, bar, trackers) as rows:
         while not finished(st):
             result = train_step(st, draw_batch(st, st.step), stop.signum)
             if result.fault is not None:

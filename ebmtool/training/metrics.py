@@ -2,7 +2,7 @@
 
 metrics.h5 is the sealed artifact, rewritten at checkpoints and at the end. metrics.jsonl is the live log:
 each row is appended (and flushed) as it is logged, so a running job can be watched (`ebmtool info RUN`,
-TensorBoard with --tensorboard); a torn last line after a hard kill is skipped and reported, never fatal.
+and the trackers of ebmtool.training.trackers); a torn last line after a hard kill is skipped and reported, never fatal.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from ebmtool.errors import InputError
 from ebmtool.negatives import NegativeSettings, hnm_levels
 
 LIVE_LOG = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 
 METRIC_COLUMNS = ("step", "loss_total", "loss_denoise", "loss_energy", "energy_pos", "energy_neg", "margin",
                   "p_hard", "norm_ratio", "grad_norm", "lr", "energy_weight", "skipped_steps", "step_seconds",
@@ -204,27 +203,3 @@ def live_progress(path: Path) -> dict:
     rows, erows, torn = read_live_log(path)
     return {"run": header, "rows": len(rows), "torn_lines": torn, "latest": rows[-1] if rows else None,
             "latest_eval": erows[-1] if erows else None}
-
-
-class TensorBoardLog:
-    """Every metrics column as a TensorBoard scalar (eval columns under eval/), for `tensorboard --logdir runs/`.
-
-    tensorboard is an optional extra (pip install 'ebmtool[tensorboard]')."""
-
-    def __init__(self, log_dir: Path):
-        try:  # imported here: an optional dependency, and torch's tensorboard module is slow to load
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise InputError("--tensorboard needs the tensorboard package: pip install 'ebmtool[tensorboard]'") \
-                from None
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def append(self, row: dict, kind: str = "train") -> None:
-        step = int(row["step"])
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.writer.add_scalar(k if kind == "train" else f"eval/{k}", float(v), step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
