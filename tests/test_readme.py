@@ -71,7 +71,8 @@ def readme_commands() -> list[list[str]]:
     tour = _blocks("## A five-minute tour")
     common = [ln for ln in _blocks("### Common invocations") if "runs/quick" in ln or "scores.h5" in ln]
     offline = " ".join(common)
-    for step in ("mine-negatives", "ebmtool score", "ebmtool weights", "--negatives negs.h5 --weights weights.h5"):
+    for step in ("mine-negatives", "ebmtool score", "ebmtool weights",
+                 "--offline-negatives negs.h5 --offline-weights weights.h5"):
         assert step in offline, f"the README's offline chain lost {step!r}"
     return [c for line in tour + common for c in _commands(line)]
 
