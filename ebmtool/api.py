@@ -185,8 +185,8 @@ def sans_weights(scores: PathLike, output: PathLike | None = None, *, alpha: flo
 def load_model(run: PathLike, weights: str | None = None, device: str = "cpu") -> torch.nn.Module:
     """The energy network of a run directory, checkpoint or exported model directory, frozen (eval mode, no
     gradients to its parameters): `model(x, y, t)` is the energy E(x, y, t) of each row, `t` the noise level
-    (an integer tensor, 0 = clean). `weights`: "ema" (the default for a run, what evaluation uses) or "model"
-    (the raw weights); an export holds one of them, its default."""
+    (an integer tensor, 0 = clean). `weights`: "model" (the raw weights, the default for a run, as for
+    every command) or "ema"; an export holds one of them, its default."""
     ckpt = load_checkpoint(resolve_checkpoint_path(Path(run)), exported=True)
     return frozen_model(ckpt, weight_sets(ckpt, weights)[0], torch.device(device))
 
@@ -206,7 +206,7 @@ def sample(run: PathLike, inputs, *, weights: str | None = None, mask=None, batc
     return sample_answers(model, task, problems, batch_size=batch_size, device=torch.device(device))
 
 
-def export_model(run: PathLike, output: PathLike, *, weights: str = "ema", eval_n: int = 1024,
+def export_model(run: PathLike, output: PathLike, *, weights: str = "model", eval_n: int = 1024,
                  overwrite: bool = False, device: str = "cpu") -> Export:
     """`ebmtool export`: write one weight set of a run ("ema" or "model") as a directory to share, in Hugging
     Face's save_pretrained layout: model.safetensors, config.json and a README.md model card (task, recipe,

@@ -195,13 +195,13 @@ class Evaluation:
 
 
 def evaluate_checkpoint(path: Path, *, data=None, split: str | None = None, harder: bool = False, n: int = 1024,
-                        weights: str = DEFAULT_WEIGHTS, batch_size: int = 256, device="cpu",
+                        weights: str | None = None, batch_size: int = 256, device="cpu",
                         precision: str = "fp32") -> Evaluation:
     """Sample a checkpoint's raw and/or EMA weights on its held-out problems (a progress bar on a terminal's
     stderr); never changes the checkpoint."""
-    if weights not in WEIGHT_CHOICES:
+    if weights is not None and weights not in WEIGHT_CHOICES:
         raise InputError(f"--weights must be one of {', '.join(WEIGHT_CHOICES)}")
-    ckpt = load_checkpoint(path, exported=True)
+    ckpt = load_checkpoint(path, exported=True)  # weights None: DEFAULT_WEIGHTS, or the one set an export holds
     check_precision(precision, device)
     task, problems, desc = evaluation_problems(ckpt, data=data, split=split, harder=harder, n=n)
     which = weight_sets(ckpt, weights)

@@ -23,7 +23,7 @@ from ebmtool.artifacts import check_output, code_version, sha256_file, write_jso
 from ebmtool.checkpoints import MODEL_FILE, MODEL_KIND, load_checkpoint, resolve_checkpoint_path, save_checkpoint
 from ebmtool.compute import format_flops
 from ebmtool.errors import InputError
-from ebmtool.evaluate import WEIGHTS, checkpoint_model, checkpoint_task, evaluate_checkpoint
+from ebmtool.evaluate import DEFAULT_WEIGHTS, WEIGHTS, checkpoint_model, checkpoint_task, evaluate_checkpoint
 from ebmtool.models import parameter_count
 
 CONFIG_FILE = "config.json"
@@ -44,7 +44,7 @@ class Export:
     evaluation: dict | None
 
 
-def export_run(run: Path, output: Path, *, weights: str = "ema", eval_n: int = 1024, overwrite: bool = False,
+def export_run(run: Path, output: Path, *, weights: str = DEFAULT_WEIGHTS, eval_n: int = 1024, overwrite: bool = False,
                batch_size: int = 256, device="cpu") -> Export:
     """Write `run`'s `weights` set ("ema" or "model") to the directory `output` (see the module's docstring),
     with an evaluation on `eval_n` problems of the task's fixed test split for the model card (0: none)."""

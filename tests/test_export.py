@@ -53,9 +53,9 @@ def test_weights_only_under_plain_names_with_the_run_described(run, tmp_path):
     with safe_open(str(tmp_path / "m" / "model.safetensors"), framework="pt") as f:
         names, meta = set(f.keys()), f.metadata()
         for k in names:
-            assert torch.equal(f.get_tensor(k), ckpt.group("ema")[k]), k
-    assert names == set(ckpt.group("ema")) and not any("/" in n for n in names)  # no optimiser, RNG or EMA copy
-    assert meta["ebmtool.kind"] == "model" and meta["ebmtool.weights"] == "ema" and meta["format"] == "pt"
+            assert torch.equal(f.get_tensor(k), ckpt.group("model")[k]), k
+    assert names == set(ckpt.group("model")) and not any("/" in n for n in names)  # no optimiser, RNG or EMA copy
+    assert meta["ebmtool.kind"] == "model" and meta["ebmtool.weights"] == "model" and meta["format"] == "pt"
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["architecture"] == ckpt.dims and config["train_config"] == ckpt.config
     assert config["step"] == 12 and config["seed"] == 0 and config["task"]["x_dim"] == 16
@@ -71,7 +71,7 @@ def test_round_trip_gives_identical_energies_and_answers(run, tmp_path):
     x, y = torch.randn(64, 16, generator=g), torch.randn(64, 16, generator=g)
     t = torch.randint(0, 10, (64,), generator=g)
     assert torch.equal(a(x, y, t), b(x, y, t))
-    assert not torch.equal(a(x, y, t), ebmtool.load_model(run, "model")(x, y, t))  # the EMA set, not the raw one
+    assert not torch.equal(a(x, y, t), ebmtool.load_model(run, "ema")(x, y, t))  # the raw set, not the EMA one
     problems = x[:8].numpy()
     np.testing.assert_array_equal(ebmtool.sample(tmp_path / "m", problems), ebmtool.sample(run, problems))
 
@@ -82,7 +82,7 @@ def test_refusals_are_one_sentence(run, tmp_path, runner):
     cases = [
         (["export", str(run), "-o", str(out)], f"{out}/model.safetensors already exists; pass --overwrite"),
         (["export", str(run), "-o", str(run)], "is the run's own directory; export into another one"),
-        (["eval", str(out), "--weights", "model"], "holds only its ema weights (an exported model)"),
+        (["eval", str(out), "--weights", "ema"], "holds only its model weights (an exported model)"),
         (["train", "--resume", str(out)], "is an exported model (one weight set, from ebmtool export), not a "
                                           "checkpoint"),
         (["mine-negatives", str(out), "-o", str(tmp_path / "n.h5")], "is an exported model"),

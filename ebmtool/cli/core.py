@@ -358,7 +358,8 @@ def _train_seeds(ctx, seeds: str, output, flags: dict):
 @click.option("--harder", is_flag=True, help="The out-of-distribution split of the task (not with --data).")
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Number of held-out problems.")
-@click.option("--weights", type=click.Choice(WEIGHT_CHOICES), default=DEFAULT_WEIGHTS, show_default=True,
+@click.option("--weights", type=click.Choice(WEIGHT_CHOICES), default=None,
+              show_default=f"{DEFAULT_WEIGHTS}; an exported model: the set it holds",
               help="The raw weights (model; every command's default, docs/compare.md says why), the EMA weights "
               "(what the reference evaluates), or both.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -384,7 +385,8 @@ def eval_cmd(checkpoint, data, split, harder, n, weights, batch_size, device, pr
         write_evaluation(output, ev.errors, ev.baselines, step=rep["step"], checkpoint=checkpoint,
                          checkpoint_sha256=rep["sha256"],
                          config={"split": rep["problems"].get("split"), "harder": harder, "n": n,
-                                 "weights": weights, "data": None if data is None else str(data)},
+                                 "weights": weights or "+".join(rep["results"]),
+                                 "data": None if data is None else str(data)},
                          problems=rep["problems"])
     if as_json:
         print_json(rep)

@@ -18,7 +18,7 @@ from ebmtool.export import EXPORT_FILES, export_run
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Directory to write model.safetensors, config.json and README.md (the model card) into.")
 @click.option("--weights", type=click.Choice(WEIGHTS), default=WEIGHTS[0], show_default=True,
-              help="The weight set to export: EMA (what evaluation uses by default) or the raw weights.")
+              help="The weight set to export: the raw weights (every command's default) or the EMA weights.")
 @click.option("--eval-n", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Test problems the model card's evaluation samples (0: no evaluation).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
