@@ -74,7 +74,8 @@ def test_rows_hold_the_compare_json_numbers(study):
         for g in rep["groups"]:
             label = g["name"] + (" (baseline)" if g["name"] == rep["baseline"] else "")
             lo, hi = seed_ci(g["per_seed"], rep["confidence"])
-            head = f"| {label} | 2 (0, 1) | {num(g['mean'])} | [{num(lo)}, {num(hi)}] |"
+            ci = f"[0 (clipped; t interval {num(lo)}), {num(hi)}]" if lo < 0 else f"[{num(lo)}, {num(hi)}]"
+            head = f"| {label} | 2 (0, 1) | {num(g['mean'])} | {ci} |"
             row = [ln for ln in lines if ln.startswith(head)]
             assert len(row) == 1, (head, text)
             assert row[0].endswith(f"| {num(ema_means[g['name']])} |")
