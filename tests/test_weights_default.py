@@ -22,7 +22,13 @@ def default_of(command: str, flag: str):
 
 
 def test_every_command_defaults_to_the_raw_weights():
-    defaults = {"eval": default_of("eval", "--weights"), "compare": default_of("compare", "--weights"),
+    from ebmtool.evaluate import weight_sets
+    from ebmtool.checkpoints import Checkpoint
+    # eval's option is unset by default: a training checkpoint then gets DEFAULT_WEIGHTS, an export the set it holds
+    assert default_of("eval", "--weights") is None
+    held = Checkpoint.__new__(Checkpoint)
+    held.tensors, held.path = {"model/w": None, "ema/w": None}, "ckpt"
+    defaults = {"eval": weight_sets(held, None)[0], "compare": default_of("compare", "--weights"),
                 "report": default_of("report", "--verdict-weights"),
                 "mine-negatives": default_of("mine-negatives", "--weights"), "score": default_of("score", "--weights")}
     assert set(defaults.values()) == {"model"}, defaults
