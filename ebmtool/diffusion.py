@@ -61,17 +61,58 @@ def impose_mask(sched, y, t, x_given, mask):
 
 
 class CallCounter:
-    """Counts energy-network evaluations (every forward pass, in the model), the rows they covered, and how
-    many of them (and rows) also took an input-gradient. Used by the benchmarks and tests."""
+    """Counts energy-network evaluations (every forward pass, in the model), the rows they covered, how many of
+    them (and rows) also took an input-gradient, and the rows of conditions projected (`proj_rows`; those
+    recorded for a backward pass: `proj_grad_rows`). The compute count (ebmtool.compute) is made of these."""
 
     def __init__(self):
-        self.calls = 0
-        self.grad_calls = 0
-        self.rows = 0
-        self.grad_rows = 0
+        self.reset()
 
     def reset(self):
         self.calls = self.grad_calls = self.rows = self.grad_rows = 0
+        self.proj_rows = self.proj_grad_rows = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Condition:
+    """A batch's condition x with what every network call that shares it reuses instead of recomputing: the
+    model's projection of x (EnergyMLP: x's share of the first layer, fc1's bias included) and, for one level
+    tensor `t`, the model's terms of that level (EnergyMLP: its FiLM gains and biases). Made by
+    `condition(model, x, t)`; the sampler makes one per problem batch (and one per level from it), `descend`
+    one per descent, training one per step (for its denoising and scoring calls), mining and scoring one per
+    batch. A model without a `condition` method (the discrete tasks' networks) gets x itself."""
+
+    x: torch.Tensor
+    proj: torch.Tensor
+    t: torch.Tensor | None = None  # the very tensor `layers` were computed for (identity, not value)
+    layers: tuple | None = None
+
+    def repeated(self, k: int, keep_first: bool = False) -> "Condition":
+        """`repeat_condition` of this condition (without the level terms, which belong to another t)."""
+        return Condition(repeat_condition(self.x, k, keep_first), repeat_condition(self.proj, k, keep_first))
+
+
+def repeat_condition(x, k: int, keep_first: bool = False):
+    """A condition's rows each repeated k times (row i -> rows i*k .. i*k+k-1), preceded by the rows themselves
+    when keep_first (training's scoring layout [x; x repeated]); a Condition's projection is repeated, not
+    recomputed."""
+    if isinstance(x, Condition):
+        return x.repeated(k, keep_first)
+    r = x if k == 1 else x.repeat_interleave(k, dim=0)
+    return torch.cat([x, r]) if keep_first else r
+
+
+def condition(model, x, t=None):
+    """x prepared once for the network calls that share it (see Condition): the model's `condition(x, t)`, or x
+    itself for a model that has none. A Condition passed in keeps its projection (nothing is recomputed) and
+    gains the level terms of t."""
+    make = getattr(model, "condition", None)
+    return x if make is None else make(x, t)
+
+
+def raw(x) -> torch.Tensor:
+    """The condition tensor itself (masks re-impose given entries from it)."""
+    return x.x if isinstance(x, Condition) else x
 
 
 def energy(model, x, y, t) -> torch.Tensor:
@@ -148,9 +189,14 @@ def descend(
     last step needs only the energy.
 
     `project(y_new)` (optional) maps a proposal back into a feasible set (ANM's radius) before the clamp.
+    The condition is prepared once for the descent's calls (`condition`: the model's projection of x and the
+    terms of level t), x may be a Condition already (the sampler's).
+
     Returns (y, E) detached, and the number of accepted steps per example.
     """
     y = y.detach()
+    x = condition(model, x, t)
+    x_given = raw(x)
     eta = (sched.step_size[t] * step_scale)[:, None]
     if bound is None and clamp is not None:
         bound = clamp * sched.sqrt_ab[t][:, None]
@@ -161,7 +207,7 @@ def descend(
         proposal = y - m * eta * g
         if project is not None:
             proposal = project(proposal)
-        proposal = impose_mask(sched, proposal, t, x, mask)
+        proposal = impose_mask(sched, proposal, t, x_given, mask)
         if bound is not None:
             proposal = torch.maximum(torch.minimum(proposal, bound), -bound)
         if i == steps - 1:
@@ -194,20 +240,23 @@ def sample(model, x, sched: Schedule, out_dim: int, settings: SamplerSettings, g
 
     The release returns sqrt(ab_0) * y_hat and computes its MSE on that; callers that compare with reference
     numbers multiply by sched.sqrt_ab[0] (`mse_ref_scaled`). Network calls per problem: 10 x (1 + 1 + S)
-    = 70 at S = 5, against the release's 110, with the same answers (see `descend`).
+    = 70 at S = 5, against the release's 110, with the same answers (see `descend`). Every call shares x: its
+    projection is computed once per problem (`condition`), and each level's terms once per level.
     """
     b = x.shape[0]
     y = torch.randn(b, out_dim, generator=generator, device="cpu").to(x.device)
+    cond = condition(model, x)
     for level in reversed(range(sched.levels)):
         t = torch.full((b,), level, dtype=torch.long, device=x.device)
+        at_level = condition(model, cond, t)
         sab, s1mab = sched.sqrt_ab[level], sched.sqrt_1mab[level]
         y = impose_mask(sched, y, t, x, mask)
-        _, eps_hat = energy_and_grad(model, x, y, t)
+        _, eps_hat = energy_and_grad(model, at_level, y, t)
         x0 = (y / sab - (s1mab / sab) * eps_hat).clamp(-settings.x0_clamp, settings.x0_clamp)
         y = impose_mask(sched, sab * x0, t, x, mask)
         if settings.inner_steps > 0:
             y, _, _ = descend(
-                model, x, y, t, sched, settings.inner_steps,
+                model, at_level, y, t, sched, settings.inner_steps,
                 multiplier=settings.opt_multiplier, clamp=settings.opt_clamp, mask=mask,
             )
         y = y.clamp(-settings.post_clamp * sab, settings.post_clamp * sab)

@@ -24,7 +24,7 @@ import torch
 from ebmtool.negatives_file import PartialNegatives, read_negatives
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.artifacts import open_h5, provenance, read_dataset, sha256_file, write_h5
-from ebmtool.diffusion import cosine_schedule, energy, impose_mask, noised
+from ebmtool.diffusion import condition, cosine_schedule, energy, impose_mask, noised, raw, repeat_condition
 from ebmtool import distributed as dist
 from ebmtool import rng
 from ebmtool.progress import progress_bar
@@ -111,14 +111,17 @@ def batch_generator(seed: int, start: int) -> torch.Generator:
 @torch.no_grad()
 def score_rows(model, sched, x, y, t, eps, y_neg, mask=None):
     """E+ (B,) at the re-noised positive and E- (B, K) at each negative re-noised with the positive's eps;
-    given entries (mask = 1) are re-imposed in both, as training does, so only the free entries differ."""
+    given entries (mask = 1) are re-imposed in both, as training does, so only the free entries differ. x may be
+    a Condition (`score` prepares a batch's once for all its levels)."""
     b, k, d = y_neg.shape
-    e_pos = energy(model, x, impose_mask(sched, noised(sched, y, t, eps), t, x, mask), t)
+    cond = condition(model, x)  # x's projection once, its rows repeated for the negatives
+    x = raw(cond)
+    e_pos = energy(model, cond, impose_mask(sched, noised(sched, y, t, eps), t, x, mask), t)
     xs, ts = x.repeat_interleave(k, 0), t.repeat_interleave(k, 0)
     x_neg = renoise(sched, y_neg, t, eps).reshape(b * k, d)
     if mask is not None:
         x_neg = impose_mask(sched, x_neg, ts, xs, mask.repeat_interleave(k, 0))
-    e_neg = energy(model, xs, x_neg, ts).view(b, k)
+    e_neg = energy(model, repeat_condition(cond, k), x_neg, ts).view(b, k)
     return e_pos, e_neg
 
 
@@ -371,11 +374,12 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = SCORE_LEVELS[0], w
                                                                                "eps"))
         t = torch.from_numpy(a["level"][sl]).to(device)
         mask = None if a["mask"] is None else torch.from_numpy(a["mask"][sl]).to(device)
-        p, q = score_rows(model, sched, x, y, t, eps, yn, mask)
+        cond = condition(model, x)  # one projection of the batch's x for every level it is scored at
+        p, q = score_rows(model, sched, cond, y, t, eps, yn, mask)
         e_pos[out], e_neg[out] = p.cpu().numpy(), q.cpu().numpy()
         if levels == "all":
             for lv in range(sched.levels):
-                p, q = score_rows(model, sched, x, y, torch.full_like(t, lv), eps, yn, mask)
+                p, q = score_rows(model, sched, cond, y, torch.full_like(t, lv), eps, yn, mask)
                 all_pos[out, lv], all_neg[out, :, lv] = p.cpu().numpy(), q.cpu().numpy()
         bar.update((sl.stop - sl.start) * dist.world_size())
     bar.close()

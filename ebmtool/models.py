@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ebmtool.diffusion import CallCounter
+from ebmtool.diffusion import CallCounter, Condition
 
 DEFAULT_WIDTH = 512  # the reference MLP's hidden width
 
@@ -60,29 +60,67 @@ class EnergyMLP(nn.Module):
         self.counter = CallCounter()
 
     def forward(self, x, y, t):
+        """E(x, y, t) (B,); x a tensor or a Condition of this model (`condition`)."""
         self.counter.calls += 1
         self.counter.rows += y.shape[0]
-        gain2, bias2, gain3, bias3 = self._film(t)
-        h = F.silu(self.fc1(torch.cat([x, y], dim=-1)))
-        h = F.silu(self.fc2(h) * (1 + gain2) + bias2)
-        h = F.silu(self.fc3(h) * (1 + gain3) + bias3)
-        return self.fc4(h).pow(2).sum(dim=-1)
+        proj, layers = self._prepared(x, t)
+        return mlp_forward(proj, y, self._w1y(), *layers, self.fc4.weight, self.fc4.bias)[0]
 
     def energy_and_grad(self, x, y, t):
         """(E (B,), dE/dy (B, y_dim)) computed explicitly: the forward pass keeps its pre-activations and the
         input gradient is the layer-by-layer vector-Jacobian product written as ordinary tensor ops
-        (`mlp_energy_and_grad`). Both are plain differentiable functions of the parameters, so training's
-        denoising loss back-propagates through them with first-order autograd (no double backward), and the
-        computation can be compiled (`compile_explicit`). The same energy as `forward`, and the same count: one
-        network call of y.shape[0] rows (`diffusion.energy_and_grad` adds the gradient count).
+        (`mlp_energy_and_grad`), through fc1's y columns only. Both are plain differentiable functions of the
+        parameters, so training's denoising loss back-propagates through them with first-order autograd (no
+        double backward), and the computation can be compiled (`compile_explicit`). The same energy as
+        `forward`, and the same count: one network call of y.shape[0] rows (`diffusion.energy_and_grad` adds
+        the gradient count).
 
         Gradient mode is the caller's: under torch.no_grad (the sampler, descent) nothing is recorded."""
         self.counter.calls += 1
         self.counter.rows += y.shape[0]
-        gain2, bias2, gain3, bias3 = self._film(t)
+        proj, layers = self._prepared(x, t)
         core = self.__dict__.get("_explicit_core") or mlp_energy_and_grad
-        return core(x, y, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self.fc3.weight,
-                    self.fc3.bias, self.fc4.weight, self.fc4.bias, gain2, bias2, gain3, bias3)
+        return core(proj, y, self._w1y(), *layers, self.fc4.weight, self.fc4.bias)
+
+    def condition(self, x, t=None) -> Condition:
+        """x prepared for the calls that share it (`diffusion.condition`): its projection through fc1's x
+        columns plus fc1's bias, x's share of the first layer (2 width x_dim FLOPs per row, spent once rather
+        than in every call; counted in `counter.proj_rows`, and `proj_grad_rows` when gradients are recorded),
+        and, given the level tensor t, the FiLM terms of its levels (`_layers`). A Condition passed in keeps its
+        projection. Gradient mode is the caller's: training makes its Condition with gradients recorded, so its
+        calls back-propagate into fc1's x columns through the shared projection."""
+        c = x
+        if not isinstance(x, Condition):
+            recording = torch.is_grad_enabled()
+            self.counter.proj_rows += x.shape[0]
+            self.counter.proj_grad_rows += x.shape[0] if recording else 0
+            c = Condition(x, F.linear(x, self.fc1.weight[:, :self.dims["x_dim"]], self.fc1.bias))
+        if t is None or c.t is t:
+            return c
+        return Condition(c.x, c.proj, t, self._layers(t))
+
+    def _prepared(self, x, t):
+        """(x's projection, the layer terms of t) for one call: a Condition's own where it holds them for this
+        very t (the same tensor), computed otherwise."""
+        c = self.condition(x)
+        return c.proj, (c.layers if c.t is t else self._layers(t))
+
+    def _w1y(self):
+        return self.fc1.weight[:, self.dims["x_dim"]:]
+
+    def _layers(self, t):
+        """fc2 and fc3 with their FiLM terms for the levels t: (w2, b2, s2, c2, w3, b3, s3, c3), a layer being
+        (h W^T + b) s + c with s = 1 + gain, c = the FiLM bias. At one level with nothing recorded (every call
+        of the sampler) the terms are folded into the weights once, W' = diag(s) W, b' = b s + c, s = c = None:
+        the same layer as one matrix product, and the vector-Jacobian product (d s) W = d W' needs no multiply
+        either; a descent's or a sampler level's calls share the folded weights through their Condition."""
+        gain2, bias2, gain3, bias3 = self._film(t)
+        s2, s3 = 1 + gain2, 1 + gain3
+        if s2.shape[0] == 1 and not torch.is_grad_enabled():
+            s2, s3 = s2[0], s3[0]
+            return (self.fc2.weight * s2[:, None], self.fc2.bias * s2 + bias2[0], None, None,
+                    self.fc3.weight * s3[:, None], self.fc3.bias * s3 + bias3[0], None, None)
+        return self.fc2.weight, self.fc2.bias, s2, bias2, self.fc3.weight, self.fc3.bias, s3, bias3
 
     def _film(self, t, per_row: bool | None = None):
         """FiLM gains and biases of layers 2 and 3 per row. They depend on the level only, so on a CPU they are
@@ -137,46 +175,48 @@ def _silu_grad(dh, a):
     return torch.ops.aten.silu_backward(dh, a)
 
 
-def mlp_energy_and_grad(x, y, w1, b1, w2, b2, w3, b3, w4, b4, gain2, bias2, gain3, bias3, *,
-                        y_columns_only: bool = False):
-    """EnergyMLP's (E, dE/dy) from its weights and the rows' FiLM gains and biases, explicitly.
+def _film_linear(h, w, b, s, c):
+    """(h W^T + b) s + c, or h W^T + b where the FiLM terms are folded into (w, b) (s = None)."""
+    a = F.linear(h, w, b)
+    return a if s is None else a * s + c
 
-    Forward:  a1 = W1 [x, y] + b1,  h1 = silu(a1)
-              a2 = (W2 h1 + b2)(1 + gain2) + bias2,  h2 = silu(a2)
-              a3 = (W3 h2 + b3)(1 + gain3) + bias3,  h3 = silu(a3)
+
+def mlp_forward(proj, y, w1y, w2, b2, s2, c2, w3, b3, s3, c3, w4, b4):
+    """EnergyMLP's forward pass from x's projection `proj` (x's share of fc1, its bias included), fc1's y columns
+    and the FiLM'ed layers (EnergyMLP._layers): (E, o, a1, a2, a3), the pre-activations kept for the gradient.
+    y takes the projection's dtype, as concatenating [x, y] promoted it before."""
+    a1 = torch.addmm(proj, y.to(proj.dtype), w1y.t())
+    a2 = _film_linear(F.silu(a1), w2, b2, s2, c2)
+    a3 = _film_linear(F.silu(a2), w3, b3, s3, c3)
+    out = F.linear(F.silu(a3), w4, b4)
+    return out.pow(2).sum(dim=-1), out, a1, a2, a3
+
+
+def mlp_energy_and_grad(proj, y, w1y, w2, b2, s2, c2, w3, b3, s3, c3, w4, b4):
+    """EnergyMLP's (E, dE/dy) from x's projection, its weights and the layers' FiLM terms, explicitly.
+
+    Forward:  a1 = P + W1y y,  P = W1x x + b1 (the condition's projection, computed once per x: `condition`),
+              h1 = silu(a1)
+              a2 = (W2 h1 + b2) s2 + c2,  h2 = silu(a2)     (s = 1 + FiLM gain, c = FiLM bias; folded into
+              a3 = (W3 h2 + b3) s3 + c3,  h3 = silu(a3)      W and b at one level: s = None)
               o = W4 h3 + b4,  E = sum_j o_j^2
     Backward (the vector-Jacobian product with dE/dE = 1):
               dE/do = 2 o,  dE/da3 = (dE/do W4) * silu'(a3)
-              dE/da2 = ((dE/da3 * (1 + gain3)) W3) * silu'(a2)
-              dE/da1 = ((dE/da2 * (1 + gain2)) W2) * silu'(a1)
-              dE/d[x, y] = dE/da1 W1,  dE/dy = its y columns
-    Only tensor ops that first-order autograd differentiates (w.r.t. the weights, the FiLM terms and x), and no
+              dE/da2 = ((dE/da3 * s3) W3) * silu'(a2)
+              dE/da1 = ((dE/da2 * s2) W2) * silu'(a1)
+              dE/dy = dE/da1 W1y                              (fc1's y columns only: x's need no gradient)
+    Only tensor ops that first-order autograd differentiates (w.r.t. the weights, the FiLM terms and P), and no
     Python state, so torch.compile can trace it whole. y is treated as a constant input.
 
-    Matrix-product work per row, F and F1 as in the library's FLOP rule (ebmtool.compute): the last product is
-    over all of fc1's columns, as autograd's is, so a call without a graph costs the rule's 2F exactly. The
-    denoising call with its backward costs 6F - F1 against double backward's 6F: y is no leaf here, so fc1's
-    input gradient, which training discards, is not computed. y_columns_only=True multiplies by W1's y columns
-    alone, the same dE/dy for less work (F1_x = 2 width x_dim fewer FLOPs per row in the product, 2 F1_x fewer
-    in its backward), but then the rule's 2F overstates the sampler's calls (tests/test_bench_common.py fails),
-    so the library does not use it; benchmarks/bench_explicit_grad.py measures it.
+    Matrix-product work per row, F and F1 as in the library's FLOP rule (ebmtool.compute, rule 2): F = the
+    forward's products without x's share, so a call without a graph costs 2F; the denoising call with its
+    backward 6F - F1 (F1 = fc1's y columns: y is no leaf, so their input gradient is not computed).
     """
-    a1 = F.linear(torch.cat([x, y], dim=-1), w1, b1)
-    h1 = F.silu(a1)
-    s2 = 1 + gain2
-    a2 = F.linear(h1, w2, b2) * s2 + bias2
-    h2 = F.silu(a2)
-    s3 = 1 + gain3
-    a3 = F.linear(h2, w3, b3) * s3 + bias3
-    h3 = F.silu(a3)
-    out = F.linear(h3, w4, b4)
-    e = out.pow(2).sum(dim=-1)
+    e, out, a1, a2, a3 = mlp_forward(proj, y, w1y, w2, b2, s2, c2, w3, b3, s3, c3, w4, b4)
     d = _silu_grad((2 * out) @ w4, a3)  # dE/da3
-    d = _silu_grad((d * s3) @ w3, a2)  # dE/da2
-    d = _silu_grad((d * s2) @ w2, a1)  # dE/da1
-    if y_columns_only:
-        return e, d @ w1[:, x.shape[-1]:]
-    return e, (d @ w1)[:, x.shape[-1]:]  # dE/d[x, y], then its y columns
+    d = _silu_grad((d if s3 is None else d * s3) @ w3, a2)  # dE/da2
+    d = _silu_grad((d if s2 is None else d * s2) @ w2, a1)  # dE/da1
+    return e, d @ w1y
 
 
 _COMPILED: dict = {}
@@ -187,10 +227,10 @@ def compile_explicit(model: "EnergyMLP", enable: bool = True, **compile_kwargs) 
     and descent) run `mlp_energy_and_grad` through torch.compile(**compile_kwargs) (default: inductor,
     dynamic=None). Returns the model, changed in place; enable=False restores the eager function.
 
-    Only the explicit core is compiled: the FiLM terms (a torch.unique over the levels on a CPU) and the call
-    counters stay eager, and `model(x, y, t)` (the forward-only energy) is unchanged. The compiled function is
-    shared by every model given the same kwargs (it takes the weights as arguments), so a deep copy (the EMA)
-    compiles nothing new. The first calls of each new shape or gradient mode pay the compilation.
+    Only the explicit core is compiled: the condition's projection, the FiLM terms (a torch.unique over the
+    levels on a CPU) and the call counters stay eager, and `model(x, y, t)` (the forward-only energy) is
+    unchanged. The compiled function is shared by every model given the same kwargs (it takes the weights as
+    arguments), so a deep copy (the EMA) compiles nothing new. The first calls of each new shape or gradient mode pay the compilation.
     """
     if not isinstance(model, EnergyMLP):
         raise TypeError(f"compile_explicit needs an EnergyMLP, not {type(model).__name__}")

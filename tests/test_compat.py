@@ -34,11 +34,20 @@ def _summary(d: Path) -> dict:
             "weight_abs_sum": float(sum(t.double().abs().sum() for t in w)), **last}
 
 
+# Compute of the steps this code adds is counted under rule 2 (ebmtool.compute, since 2026-12-06), the 0.1 files'
+# under rule 1, so the totals differ from expected.json's.
+RULE_2_COMPUTE = {"resume_to_30": 37683200.0, "offline_10": 44631040.0}
+
+
 def _check(got: dict, want: dict):
-    assert (got["step"], got["rows"], got["compute_flops"]) == (want["step"], want["rows"], want["compute_flops"])
+    assert (got["step"], got["rows"]) == (want["step"], want["rows"])
+    assert got["compute_flops"] == RULE_2_COMPUTE[next(k for k, v in EXPECTED.items() if v is want)]
     assert got["loss_total"] == pytest.approx(want["loss_total"], rel=1e-6)
     assert got["weight_abs_sum"] == pytest.approx(want["weight_abs_sum"], rel=1e-6)
-    assert got["weight_sum"] == pytest.approx(want["weight_sum"], abs=1e-7 * want["weight_abs_sum"])
+    # weight_sum cancels (|sum| ~ 6 of sum|w| ~ 358); since fc1 is applied as x's shared projection plus y's
+    # product (2026-12-06, the same function: tests/test_condition_reuse.py) its rounding moves it by up to
+    # 1.1e-7 of the weights' size here, so it is held to 3e-7 (a real change moves it ~1e-2)
+    assert got["weight_sum"] == pytest.approx(want["weight_sum"], abs=3e-7 * want["weight_abs_sum"])
 
 
 def test_an_old_run_resumes_to_the_numbers_it_would_have_reached(tmp_path):

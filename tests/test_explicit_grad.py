@@ -68,29 +68,23 @@ def test_float32_matches_autograd_to_rounding():
 
 def _wrong_core(kind):
     """mlp_energy_and_grad with one plausible mistake in its hand-written backward."""
-    f = torch.nn.functional
-
     def silu_grad(dh, a):
         return dh * torch.sigmoid(a) if kind == "sigmoid_for_silu_derivative" else models._silu_grad(dh, a)
 
-    def core(x, y, w1, b1, w2, b2, w3, b3, w4, b4, gain2, bias2, gain3, bias3, **_):
-        s2, s3 = 1 + gain2, 1 + gain3
-        if kind == "film_gain_left_out":
-            s2, s3 = torch.ones_like(s2), torch.ones_like(s3)
-        a1 = f.linear(torch.cat([x, y], -1), w1, b1)
-        a2 = f.linear(f.silu(a1), w2, b2) * (1 + gain2) + bias2
-        a3 = f.linear(f.silu(a2), w3, b3) * (1 + gain3) + bias3
-        out = f.linear(f.silu(a3), w4, b4)
+    def core(proj, y, w1y, w2, b2, s2, c2, w3, b3, s3, c3, w4, b4):
+        e, out, a1, a2, a3 = models.mlp_forward(proj, y, w1y, w2, b2, s2, c2, w3, b3, s3, c3, w4, b4)
+        one2, one3 = (s2, s3) if kind != "film_gain_left_out" else (None, None)
         d = silu_grad((out if kind == "factor_two_left_out" else 2 * out) @ w4, a3)
-        d = silu_grad((d * s3) @ w3, a2)
-        d = silu_grad((d * s2) @ w2, a1)
-        cols = slice(0, y.shape[-1]) if kind == "x_columns_of_fc1" else slice(x.shape[-1], None)
-        return out.pow(2).sum(-1), (d @ w1)[:, cols]
+        d = silu_grad((d if one3 is None else d * one3) @ w3, a2)
+        d = silu_grad((d if one2 is None else d * one2) @ w2, a1)
+        if kind == "last_y_column_left_out":  # a slice of fc1's y columns one short
+            return e, torch.cat([d @ w1y[:, :-1], torch.zeros_like(y[:, :1])], dim=1)
+        return e, d @ w1y
     return core
 
 
 @pytest.mark.parametrize("kind", ["sigmoid_for_silu_derivative", "film_gain_left_out", "factor_two_left_out",
-                                  "x_columns_of_fc1"])
+                                  "last_y_column_left_out"])
 def test_a_wrong_variant_fails_the_comparison(kind, monkeypatch):
     """The check is against autograd: a plausible mistake in the hand-written backward is caught."""
     m = _net()

@@ -4,7 +4,10 @@ a tiny model with a fixed seed. A refactor that changes what is computed fails h
 Recorded 2026-12-01. ired, anm K = 2 and SANS are bit-identical to the code before compute counting was added;
 hnm changed on purpose then (its deception score became z-scored over each negative's candidates). Since
 2026-12-05 (fused Adam, SiluGrad's own backward, the gradient share from two partial backward passes) the values
-agree to rounding: relative differences of 1e-8 or less, far inside the tolerances below."""
+agree to rounding: relative differences of 1e-8 or less, far inside the tolerances below. On 2026-12-06 the
+condition's projection became shared by the calls that share x (compute rule 2): the losses and weights still
+agree with the recorded values to 1.4e-8 relative (weight_sum to 1.3e-8 of the weights' size), and
+compute_flops was re-recorded, because rule 2 counts the work now done (11-12 % less on this tiny model)."""
 
 import json
 from pathlib import Path

@@ -12,7 +12,7 @@ import torch
 from ebmtool import negatives as neg_mod
 from ebmtool.training import diagnostics, negatives as train_negatives
 from ebmtool.checkpoints import load_checkpoint
-from ebmtool.diffusion import cosine_schedule
+from ebmtool.diffusion import cosine_schedule, raw
 from ebmtool.errors import InputError
 from ebmtool.evaluate import load_model
 from ebmtool.mining import MineOptions, mine
@@ -50,7 +50,7 @@ def test_positive_and_negatives_share_the_noise_inside_the_real_step(source, k, 
     torch.manual_seed(0)
     model = EnergyMLP(16, 16, 32, 16)
     seen, made = [], []
-    model.register_forward_pre_hook(lambda m, args: seen.append([a.detach().clone() for a in args]))
+    model.register_forward_pre_hook(lambda m, args: seen.append([raw(a).detach().clone() for a in args]))
     real_generate = train_negatives.generate
 
     def spy(*a, **kw):

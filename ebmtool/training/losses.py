@@ -15,7 +15,7 @@ import torch
 from ebmtool import distributed as dist
 from ebmtool import sans as sans_mod
 from ebmtool.config import TrainConfig
-from ebmtool.diffusion import Schedule, energy_and_grad, impose_mask, noised
+from ebmtool.diffusion import Schedule, condition, energy_and_grad, impose_mask, noised, repeat_condition
 from ebmtool.negatives import NegativeSettings, kappa, noise_to_signal, renoise, repeat_rows
 from ebmtool.problems import Task
 from ebmtool.training.diagnostics import energy_diagnostics, level_losses
@@ -75,7 +75,8 @@ def ired_losses(model, batch: Batch, obj: Objective) -> dict:
     b = x.shape[0]
     eps = standard_normal(y, batch.gen, batch.shard)
     x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x
-    _, eps_hat = energy_and_grad(model, x, x_t, t, create_graph=True)
+    cond = condition(model, x)  # x's share of the first layer: once, for the denoising and the scoring call
+    _, eps_hat = energy_and_grad(model, cond, x_t, t, create_graph=True)
     if mask is not None:
         eps_hat = eps_hat * (1 - mask) + eps * mask  # given entries contribute zero loss
     sq = (eps_hat - eps) ** 2
@@ -86,7 +87,7 @@ def ired_losses(model, batch: Batch, obj: Objective) -> dict:
     diag: dict[str, float] = {}
     if cfg.supervise_energy:
         eps_shared = standard_normal(y, batch.gen, batch.shard)
-        energy_parts, diag, included = energy_term(model, batch, obj, eps_shared)
+        energy_parts, diag, included = energy_term(model, batch, obj, eps_shared, cond)
         parts.update(energy_parts)
     diag.update(level_losses(parts["loss_denoise"], t, sched.levels, batch.shard is not None))
     for k, v in parts.items():
@@ -110,10 +111,11 @@ def included_mean(le: torch.Tensor, included: torch.Tensor, shard: Shard | None)
     return le.mean() if n_inc == shard.total else (le * included).sum() * (dist.world_size() / max(n_inc, 1.0))
 
 
-def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor):
+def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor, cond=None):
     """The energy-landscape loss per example: the batch's negatives (training.negatives.assemble), re-noised with
     the positive's eps so that the pair differs only in y, scored with the positives in one call, weighted and
-    compared. Returns (parts, diagnostics, included)."""
+    compared (`cond`: the batch's Condition, whose projection the scoring call reuses). Returns (parts,
+    diagnostics, included)."""
     cfg, sched, x, y, t, mask = obj.cfg, obj.sched, batch.x, batch.y, batch.t, batch.mask
     b, d, k = y.shape[0], y.shape[1], cfg.k
     neg = assemble(model, batch, obj, eps)
@@ -122,8 +124,8 @@ def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor):
     if mask is not None:
         x_neg = impose_mask(sched, x_neg.reshape(b * k, d), repeat_rows(t, k), repeat_rows(x, k),
                             repeat_rows(mask, k)).view(b, k, d)
-    e = model(torch.cat([x, repeat_rows(x, k)]), torch.cat([x_pos, x_neg.reshape(b * k, d)]),
-              torch.cat([t, repeat_rows(t, k)]))
+    e = model(repeat_condition(x if cond is None else cond, k, keep_first=True),
+              torch.cat([x_pos, x_neg.reshape(b * k, d)]), torch.cat([t, repeat_rows(t, k)]))
     e_pos, e_neg = e[:b], e[b:].view(b, k)
     included = neg.valid.any(dim=1)
     if cfg.sans:
