@@ -14,9 +14,11 @@ from pathlib import Path
 
 from ebmtool.checkpoints import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from ebmtool.artifacts import sha256_file
+from ebmtool.compute import rule_label
 from ebmtool.errors import InputError
 
 COMPUTE_META = "ebmtool.compute_flops"  # cumulative training FLOPs of the run (JSON number); older checkpoints lack it
+RULE_META = "ebmtool.compute_rule"  # the counting rule's version (ebmtool.compute); checkpoints without it: rule 1
 
 
 @dataclass
@@ -44,6 +46,12 @@ class Run:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise InputError(f"{self.path}: metadata {COMPUTE_META} is {raw!r}, not a number of FLOPs")
         return float(v)
+
+
+    @property
+    def compute_rule(self) -> str | None:
+        """The label of the rule its compute was counted under (None where it records no compute)."""
+        return None if self.compute_flops is None else rule_label(self.ckpt.meta.get(RULE_META))
 
 
 @dataclass

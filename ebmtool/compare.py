@@ -243,7 +243,8 @@ def analyse(groups: list[Group], errors: dict[str, dict], metric: str, direction
             mean, lo, hi = S.bootstrap_mean_ci(errors[r.name][metric], confidence=confidence, n_boot=n_boot,
                                                seed=seed)
             runs_out.append({"name": r.name, "group": g.name, "path": str(r.path), "sha256": r.sha256,
-                             "step": r.ckpt.step, "seed": r.seed, "compute_flops": r.compute_flops, "mean": mean,
+                             "step": r.ckpt.step, "seed": r.seed, "compute_flops": r.compute_flops,
+                             "compute_rule": r.compute_rule, "mean": mean,
                              "ci_low": lo, "ci_high": hi})
 
     group_err = {g.name: np.mean([errors[r.name][metric] for r in g.runs], axis=0) for g in groups}

@@ -2,7 +2,11 @@
 
 Compute is the matrix-product work the implementation actually executes (tests/test_bench_common.py and
 tests/test_compute_budget.py hold the rule to torch.profiler's count within 3 %). A cheaper implementation of the
-same mathematics lowers the count, so the rule has a version (RULE_VERSION).
+same mathematics lowers the count, so the rule has a version (RULE_VERSION), recorded in every artifact that
+carries a count; counts made under different versions are never matched or compared (`check_same_rule`: compare,
+--budget-of). Artifacts written before versions were recorded were counted under version 1. A run resumed (or
+started from a checkpoint or negatives file) across versions adds parts counted under each, and its label says
+so ("1+2", `combined_rule`), so it matches only runs with the same mixture.
 
 Rule 2 (this code). Only matrix products are counted. For the MLP energy the condition x is projected once per
 batch of calls that share it (`diffusion.condition`: x's share of the first layer, Fx = 2 * width * x_dim per
@@ -34,6 +38,7 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ebmtool.errors import InputError
 
 RULE_VERSION = 2  # the counting rule of this code (module docstring); artifacts without a version: 1
 
@@ -98,6 +103,30 @@ class ComputeMeter:
         return counted_flops(self.rule, done["rows"], done["grad_rows"], denoise_rows=denoise_rows,
                              train_score_rows=train_score_rows, proj_rows=done["proj_rows"],
                              proj_grad_rows=done["proj_grad_rows"])
+
+
+RULE = str(RULE_VERSION)  # the label this code records
+
+
+def rule_label(recorded) -> str:
+    """The rule label of an artifact's recorded value: "2" (one rule), "1+2" (a run resumed, or started from
+    files, across rules: its count adds parts counted under each), or "1" where nothing is recorded (written
+    before versions were)."""
+    return "1" if recorded is None else str(recorded)
+
+
+def combined_rule(*labels: str) -> str:
+    """The label of a count that adds counts of these labels: "1+2" for "1" and "2"; "2" for "2" and "2"."""
+    return "+".join(str(v) for v in sorted({int(v) for label in labels for v in str(label).split("+")}))
+
+
+def check_same_rule(a: tuple[str, str], b: tuple[str, str]) -> None:
+    """Refuse (InputError, exit 2) to match or compare two counts, each (what, rule label), that were made under
+    different rules; the sentence names both."""
+    (what_a, va), (what_b, vb) = a, b
+    if va != vb:
+        raise InputError(f"{what_a} was counted under compute rule {va} and {what_b} under rule {vb}: compute "
+                         "counted under different rules cannot be matched or compared")
 
 
 def format_flops(v: float | None) -> str:

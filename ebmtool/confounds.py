@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from ebmtool.compute import check_same_rule
 from ebmtool.config import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig, steps_text
 from ebmtool.errors import InputError
 from ebmtool.arms import Group, Run
@@ -79,12 +80,23 @@ def environment_warnings(groups: list[Group]) -> list[str]:
             for what, seen in found.items() if len(seen) > 1]
 
 
+def same_rule(runs: list[Run]) -> None:
+    """Refuse (exit 2) runs whose compute was counted under different rule versions (ebmtool.compute): their
+    FLOPs measure different things, so neither matching nor ratios would mean anything."""
+    counted = [r for r in runs if r.compute_rule is not None]
+    for r in counted[1:]:
+        check_same_rule((f"{counted[0].name}'s compute", counted[0].compute_rule),
+                        (f"{r.name}'s", r.compute_rule))
+
+
 def compute_summary(groups: list[Group], baseline: str) -> dict:
     """Training FLOPs per run and arm, and each arm's mean over the baseline's mean.
 
-    An arm's mean (and so its ratio) is None unless every run of the arm has compute metadata. "matched" is True
+    Runs counted under different rule versions are refused (`same_rule`). An arm's mean (and so its ratio) is
+    None unless every run of the arm has compute metadata. "matched" is True
     when every arm has a ratio within COMPUTE_TOLERANCE of 1.
     """
+    same_rule([r for g in groups for r in g.runs])
     per_run = {r.name: r.compute_flops for g in groups for r in g.runs}
     means = {g.name: (None if any(per_run[r.name] is None for r in g.runs)
                       else float(np.mean([per_run[r.name] for r in g.runs]))) for g in groups}

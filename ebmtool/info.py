@@ -20,7 +20,7 @@ from ebmtool.evaluate import checkpoint_model, problems_label
 from ebmtool.models import parameter_count
 from ebmtool.training.metrics import LIVE_LOG, live_progress, read_metrics, source_columns
 from ebmtool.locks import lock_holder
-from ebmtool.training.state import checkpoint_compute
+from ebmtool.training.state import checkpoint_compute, checkpoint_compute_rule
 
 
 INFO_READS = ("checkpoints, ebmtool's HDF5 files, run directories and the parents of train --seeds runs, a run's "
@@ -182,7 +182,7 @@ def _describe_checkpoint(path: Path) -> dict:
         "ebmtool_version": ck.meta.get("ebmtool.version"),
         "format_version": int(ck.meta.get("ebmtool.format_version", "0")),
         "git_commit": ck.meta.get("ebmtool.git_commit"), "git_dirty_hash": ck.meta.get("ebmtool.git_dirty_hash"),
-        "compute_flops": checkpoint_compute(ck),
+        "compute_flops": checkpoint_compute(ck), "compute_rule": checkpoint_compute_rule(ck),
         "environment": json.loads(ck.meta.get("ebmtool.environment", "null")),
         "config": ck.config, "tensor_groups": groups,
     }
@@ -354,7 +354,8 @@ def format_description(d: dict) -> str:
     if d["kind"] in ("checkpoint", MODEL_KIND):
         m = d["model"]
         lines += [f"task      {d['task']}", f"step      {d['step']}", f"seed      {d['seed']}",
-                  f"compute   {format_flops(d['compute_flops'])} FLOPs (training, inherited included)",
+                  f"compute   {format_flops(d['compute_flops'])} FLOPs (training, inherited included; "
+                  f"counted under compute rule {d['compute_rule']})",
                   f"model     {m['arch']} x_dim={m['x_dim']} y_dim={m['y_dim']} width={m['width']} "
                   f"({m['parameters']:,} parameters)",
                   f"data      {d['data_fingerprint']}", f"sha256    {d['sha256']}",

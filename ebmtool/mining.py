@@ -33,7 +33,7 @@ from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
 from ebmtool.offline import family
-from ebmtool.compute import ComputeMeter
+from ebmtool.compute import RULE, ComputeMeter
 from ebmtool.negatives import NegativeSettings, floor_kappa, generate, noise_to_signal, renoise, rms
 from ebmtool import sans as sans_mod
 
@@ -220,7 +220,7 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     sched = cosine_schedule().to(device)
     n = len(problems) if opts.limit is None else min(opts.limit, len(problems))
     ident = {"checkpoint_sha256": sha256_file(checkpoint), "data_fingerprint": fingerprint,
-             "options": asdict(opts), "n": n}
+             "options": asdict(opts), "n": n, "compute_rule": RULE}  # one rule for every batch's count
     store = PartialNegatives(output) if main else None
     try:
         # process 0 opens the partial state; every process gets where to continue (or the reason it cannot)
@@ -291,7 +291,8 @@ def _mine_rows(store, state, ckpt, checkpoint, output, task, problems, fingerpri
             attrs = {"task": task.label, "seed": opts.seed, "step": ckpt.step, "k": k, "n": n,
                      "checkpoint_sha256": ident["checkpoint_sha256"], "data_fingerprint": fingerprint,
                      "checkpoint_family": checkpoint_family(ckpt), **{f"count_{c}": counts[c] for c in COUNTS},
-                     "compute_flops": float(counts["flops"])}  # charged to runs trained on this file
+                     "compute_flops": float(counts["flops"]),  # charged to runs trained on this file
+                     "compute_rule": RULE}
             store.assemble(shapes, attrs, prov, chunk_rows=opts.batch_size)
     finally:
         if bar is not None:
@@ -367,6 +368,8 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = SCORE_LEVELS[0], w
     all_pos = np.empty((m, sched.levels), np.float32) if levels == "all" else None
     all_neg = np.empty((m, k, sched.levels), np.float32) if levels == "all" else None
     bar = progress_bar(n, desc="score", unit="problem")
+    meter = ComputeMeter(model, a["inputs"].shape[1], a["positives"].shape[1])
+    meter.start()
     for s in starts[lo:hi]:
         sl = slice(s, min(n, s + batch_size))
         out = slice(sl.start - r0, sl.stop - r0)
@@ -383,6 +386,7 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = SCORE_LEVELS[0], w
                 all_pos[out, lv], all_neg[out, :, lv] = p.cpu().numpy(), q.cpu().numpy()
         bar.update((sl.stop - sl.start) * dist.world_size())
     bar.close()
+    flops = float(dist.all_reduce_sum(torch.tensor([meter.flops()], dtype=torch.float64))[0])  # every process's
     mine = {"energy_pos": e_pos, "energy": e_neg}
     if levels == "all":
         mine.update(all_pos=all_pos, all_neg=all_neg)
@@ -394,7 +398,8 @@ def score(checkpoint: Path, negatives: Path, *, levels: str = SCORE_LEVELS[0], w
     out_attrs = {"task": task.label, "step": ckpt.step, "levels": levels, "weights": weights,
                  "checkpoint_sha256": sha256_file(checkpoint), "checkpoint_family": checkpoint_family(ckpt),
                  "negatives_sha256": sha256_file(negatives), "data_fingerprint": attrs.get("data_fingerprint", ""),
-                 "mined_checkpoint_sha256": attrs.get("checkpoint_sha256", "")}
+                 "mined_checkpoint_sha256": attrs.get("checkpoint_sha256", ""), "compute_flops": flops,
+                 "compute_rule": RULE}
     prov = provenance("score", {"levels": levels, "weights": weights, "batch_size": batch_size},
                       inputs={"checkpoint": checkpoint, "negatives": negatives}, checkpoint_step=ckpt.step, device=device)
     return {"datasets": datasets, "attrs": out_attrs, "provenance": prov}

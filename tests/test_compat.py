@@ -30,18 +30,21 @@ def _summary(d: Path) -> dict:
     with h5py.File(d / "metrics.h5", "r") as f:
         last = {c: float(f[c][-1]) for c in ("loss_total", "compute_flops")}
         n = len(f["step"])
-    return {"step": ck.step, "rows": n, "weight_sum": float(sum(t.double().sum() for t in w)),
+        assert f.attrs["compute_rule"] == ck.meta["ebmtool.compute_rule"]
+    return {"step": ck.step, "rows": n, "compute_rule": ck.meta["ebmtool.compute_rule"],
+            "weight_sum": float(sum(t.double().sum() for t in w)),
             "weight_abs_sum": float(sum(t.double().abs().sum() for t in w)), **last}
 
 
 # Compute of the steps this code adds is counted under rule 2 (ebmtool.compute, since 2026-12-06), the 0.1 files'
-# under rule 1, so the totals differ from expected.json's.
+# under rule 1, so the totals differ from expected.json's and the files say they mix the two rules ("1+2").
 RULE_2_COMPUTE = {"resume_to_30": 37683200.0, "offline_10": 44631040.0}
 
 
 def _check(got: dict, want: dict):
     assert (got["step"], got["rows"]) == (want["step"], want["rows"])
     assert got["compute_flops"] == RULE_2_COMPUTE[next(k for k, v in EXPECTED.items() if v is want)]
+    assert got["compute_rule"] == "1+2"
     assert got["loss_total"] == pytest.approx(want["loss_total"], rel=1e-6)
     assert got["weight_abs_sum"] == pytest.approx(want["weight_abs_sum"], rel=1e-6)
     # weight_sum cancels (|sum| ~ 6 of sum|w| ~ 358); since fc1 is applied as x's shared projection plus y's

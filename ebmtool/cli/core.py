@@ -54,7 +54,7 @@ from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
 from ebmtool.tasks import TASK_NAMES
 from ebmtool.training.loop import train as run_training
 from ebmtool.training.plan import plan_run
-from ebmtool.training.state import checkpoint_compute
+from ebmtool.training.state import checkpoint_budget
 from ebmtool.training.trackers import TRACKERS
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
@@ -313,7 +313,7 @@ def _budget_flags(budget, budget_of, given: dict) -> dict:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--budget") from None
     path = resolve_checkpoint_path(budget_of)
-    flops = checkpoint_compute(load_checkpoint(path))
+    flops = checkpoint_budget(load_checkpoint(path))
     if flops is None:
         raise InputError(f"{path} records no compute (it was written before ebmtool counted compute); "
                          "give --budget FLOPS instead")

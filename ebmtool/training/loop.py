@@ -27,6 +27,7 @@ from ebmtool import __version__
 from ebmtool import distributed as dist
 from ebmtool.checkpoints import Checkpoint, load_checkpoint
 from ebmtool.artifacts import open_h5
+from ebmtool.compute import RULE, combined_rule, rule_label
 from ebmtool.config import CADENCE_FIELDS, NO_STEP_CAP, TrainConfig, beside_defaults, format_settings
 from ebmtool.data import TrainingData
 from ebmtool.devices import check_precision, resolve_device
@@ -40,7 +41,8 @@ from ebmtool.training.diagnostics import nanmean, to_host
 from ebmtool.training.losses import Objective
 from ebmtool.training.metrics import LIVE_LOG, LiveLog, metric_columns, read_metric_rows, write_metrics
 from ebmtool.training.signals import StopFlag
-from ebmtool.training.state import RunLock, RunState, checkpoint_compute, write_snapshot
+from ebmtool.training.state import (RunLock, RunState, checkpoint_compute, checkpoint_compute_rule,
+                                   write_snapshot)
 from ebmtool.training.step import draw_batch, train_step
 from ebmtool.training.trackers import open_trackers
 
@@ -86,16 +88,22 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
     return cfg, ckpt
 
 
-def inherited_compute(cfg: TrainConfig) -> float:
-    """Compute a new run starts with: its --init checkpoint's and the mining of its --offline-negatives file, so a
-    refined run is charged for everything that produced it."""
-    total = 0.0
+def inherited_compute(cfg: TrainConfig) -> tuple[float, str]:
+    """Compute a new run starts with, and the rule label of its count with this run's steps added: its --init
+    checkpoint's and the mining of its --offline-negatives file, so a refined run is charged for everything that
+    produced it."""
+    total, rules = 0.0, [RULE]
     if cfg.init:
-        total += checkpoint_compute(load_checkpoint(Path(cfg.init))) or 0.0
+        init = load_checkpoint(Path(cfg.init))
+        if checkpoint_compute(init) is not None:
+            total += checkpoint_compute(init)
+            rules.append(checkpoint_compute_rule(init))
     if cfg.offline_negatives:
         with open_h5(Path(cfg.offline_negatives), "negatives") as f:
-            total += float(f.attrs.get("compute_flops", 0.0))
-    return total
+            if "compute_flops" in f.attrs:
+                total += float(f.attrs["compute_flops"])
+                rules.append(rule_label(f.attrs.get("compute_rule")))
+    return total, combined_rule(*rules)
 
 
 def check_world(cfg: TrainConfig) -> None:
@@ -140,7 +148,7 @@ def start_run(cfg: TrainConfig, out_dir: Path, resume: Path | None, overrides: d
             raise InputError(f"{cfg.init}: its model ({init.dims}) does not match this run's ({st.model.dims})")
         st.load(init, full=False)
     if resume_ckpt is None:
-        st.compute = inherited_compute(cfg)
+        st.compute, st.compute_rule = inherited_compute(cfg)
     offline = OfflineNegatives.load(cfg, data, st.model.dims, force=force, log=log) if cfg.offline_negatives \
         else None
     energy_weight = data.task.energy_weight if cfg.energy_weight is None else cfg.energy_weight

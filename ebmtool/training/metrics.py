@@ -95,7 +95,7 @@ def write_metrics(path: Path, st) -> None:
     write_h5(path, "metrics", datasets,
              {"task": st.data.task.label, "seed": st.cfg.seed, "step": st.step, "skipped_steps": st.skipped,
               "metric": st.data.task.metric, "higher_is_better": bool(st.data.task.higher_is_better),
-              "world_size": dist.world_size()}, prov)
+              "world_size": dist.world_size(), "compute_rule": st.compute_rule}, prov)
 
 
 def read_metrics(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -19,7 +19,7 @@ from ebmtool import __version__
 from ebmtool import distributed as dist
 from ebmtool.artifacts import atomic_path, code_version, environment
 from ebmtool.checkpoints import Checkpoint, save_checkpoint
-from ebmtool.compute import ComputeMeter
+from ebmtool.compute import RULE, ComputeMeter, check_same_rule, combined_rule, rule_label
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
@@ -101,6 +101,21 @@ def checkpoint_compute(ckpt: Checkpoint) -> float | None:
     return None if v is None else float(json.loads(v))
 
 
+def checkpoint_compute_rule(ckpt: Checkpoint) -> str:
+    """The label of the rule a checkpoint's compute was counted under (ebmtool.compute: "2", "1+2" for a run
+    resumed across rules; "1" for checkpoints written before versions were recorded)."""
+    return rule_label(ckpt.meta.get("ebmtool.compute_rule"))
+
+
+def checkpoint_budget(ckpt: Checkpoint) -> float | None:
+    """A checkpoint's compute as a new run's budget (--budget-of): None where it records none; refused (exit 2)
+    where it was counted under another rule than the one the new run is counted under."""
+    flops = checkpoint_compute(ckpt)
+    if flops is not None:
+        check_same_rule((f"{ckpt.path}'s compute", checkpoint_compute_rule(ckpt)), ("this run's", RULE))
+    return flops
+
+
 def run_is_complete(ckpt: Checkpoint, cfg: TrainConfig) -> bool:
     """Whether a run's checkpoint has reached its end: its steps, or its compute budget."""
     if ckpt.step >= cfg.steps:
@@ -145,6 +160,7 @@ class RunState:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
         self.step = 0
         self.compute = 0.0  # cumulative FLOPs (ebmtool.compute), inherited ones included
+        self.compute_rule = RULE  # the rule(s) `compute` was counted under ("1+2": resumed across rules)
         self.last_step_flops = 0.0  # the previous step's, to see a budget's last step coming
         self.rows: list[dict] = []
         self.eval_rows: list[dict] = []
@@ -170,6 +186,7 @@ class RunState:
             "ebmtool.model": json.dumps(self.model.dims, sort_keys=True),
             "ebmtool.step": str(self.step),
             "ebmtool.compute_flops": json.dumps(self.compute),
+            "ebmtool.compute_rule": self.compute_rule,
             "ebmtool.seed": str(cfg.seed),
             "ebmtool.data_fingerprint": self.data.fingerprint,
             "ebmtool.optim_groups": json.dumps(self.opt.state_dict()["param_groups"]),
@@ -206,6 +223,8 @@ class RunState:
         self.skipped = int(ckpt.meta.get("ebmtool.skipped_steps", "0"))
         self.step = ckpt.step
         self.compute = checkpoint_compute(ckpt) or 0.0
+        if checkpoint_compute(ckpt) is not None:  # the steps before were counted under the checkpoint's rule
+            self.compute_rule = combined_rule(checkpoint_compute_rule(ckpt), RULE)
         restore_rng(ckpt)
 
 
