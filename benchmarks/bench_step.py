@@ -14,6 +14,12 @@ width 512, fp32, ired K = 1, T torch threads; each round a fresh process per tre
   process, as `python -m benchmarks stages` computes it;
 - sampler (settings with `sample`): seconds per problem of the annealed sampler at batch 256, its fraction of
   the limit at (256, width) x (width, width), and a checksum of the answers (equal answers: equal checksums);
+- reference (settings with `reference`, CPU): the IRED reference's step and sampler on the same weights and
+  problems (benchmarks/release.py: the release's loop re-implemented: 6 calls per step, double backward, FiLM
+  per row, 110 sampler calls per problem), timed in fresh processes alternating with the trees, and this tree's
+  step and sampler as fractions of it (and how far the two samplers' answers are apart);
+- negative sources (settings with `negatives`): anm K = 16 and hnm K = 1 at 8x8, their step over the ired
+  step of the same setting, per tree;
 - `--device cuda`: 20x20 at batch 256 and 2048, eager against `compile_explicit` (inductor) and against it with
   CUDA graphs (mode="reduce-overhead"), first-step (compilation) seconds too; no recipe;
 - recipe (not with --quick, CPU only): `ebmtool train --seed 0` (the CPU recipe: 8x8, batch 256, 1,500 steps), one thread,
@@ -36,12 +42,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = [  # name, size, batch, threads, measure the sampler too
+SETTINGS = [  # name, size, batch, threads, measure the sampler too, time the reference too, negatives
     {"name": "inverse 20x20, batch 64, 2 threads", "size": 20, "batch": 64, "threads": 2, "sample": False},
-    {"name": "inverse 20x20, batch 256, 2 threads", "size": 20, "batch": 256, "threads": 2, "sample": True},
+    {"name": "inverse 20x20, batch 256, 2 threads", "size": 20, "batch": 256, "threads": 2, "sample": True,
+     "reference": True},
     {"name": "inverse 8x8, batch 256, 1 thread", "size": 8, "batch": 256, "threads": 1, "sample": False},
+    {"name": "inverse 8x8, batch 256, 1 thread, anm K=16", "size": 8, "batch": 256, "threads": 1, "sample": False,
+     "negatives": "anm", "k": 16, "repeats": 5, "rows": 1},
+    {"name": "inverse 8x8, batch 256, 1 thread, hnm K=1", "size": 8, "batch": 256, "threads": 1, "sample": False,
+     "negatives": "hnm", "k": 1},
 ]
-QUICK = [{"name": "inverse 8x8, batch 64, 1 thread", "size": 8, "batch": 64, "threads": 1, "sample": True}]
+QUICK = [{"name": "inverse 8x8, batch 64, 1 thread", "size": 8, "batch": 64, "threads": 1, "sample": True,
+          "reference": True}]
 # on a GPU: eager against the compiled explicit gradient (models.compile_explicit), plain and with CUDA graphs
 CUDA = [{"name": f"inverse 20x20, batch {b}, {arm}", "size": 20, "batch": b, "threads": 4, "sample": b == 256,
          "device": "cuda", "compile": mode}
@@ -64,9 +76,11 @@ def probe(setting: dict, quick: bool) -> dict:
             return rows
 
     torch.set_num_threads(setting["threads"])
+    if setting.get("impl") == "reference":
+        return probe_reference(setting, quick)
     size, b, device, width = setting["size"], setting["batch"], setting.get("device", "cpu"), setting.get("width", WIDTH)
-    repeats, sync = (5 if quick else 15), sync_for(device)
-    _, _, st = setup_training(size, b, width, device)
+    repeats, sync = (5 if quick else setting.get("repeats", 15)), sync_for(device)
+    _, _, st = setup_training(size, b, width, device, **{k: setting[k] for k in ("negatives", "k") if k in setting})
     if setting.get("compile"):
         from ebmtool.models import compile_explicit
 
@@ -85,7 +99,7 @@ def probe(setting: dict, quick: bool) -> dict:
     t_bare = timeit(bare, repeats=repeats, warmup=3, sync=sync)["median_s"]
     st.cfg.log_every = LOG_EVERY
     st.step = (st.step // LOG_EVERY + 1) * LOG_EVERY  # the first timed row starts at a row boundary
-    rows, t0 = (1 if quick else ROWS), time.perf_counter()
+    rows, t0 = (1 if quick else setting.get("rows", ROWS)), time.perf_counter()
     for _ in range(rows):
         window = [train_step(st, draw_batch(st, st.step % 8)).row for _ in range(LOG_EVERY)]
         to_host(window)
@@ -98,6 +112,51 @@ def probe(setting: dict, quick: bool) -> dict:
            "flops_per_step": flops, "matmul_flops_per_s": limit, "fraction_of_limit": flops / t_bare / limit}
     if setting["sample"]:
         out.update(sampler(size, quick, device, setting.get("compile"), width))
+    return out
+
+
+def probe_reference(setting: dict, quick: bool) -> dict:
+    """The IRED reference's step and sampler (benchmarks/release.py: the release's loop re-implemented) on the
+    weights and problems `probe` uses, and how far its sampler's answers are from ebmtool's: the fraction of
+    problems answered alike to 1e-4 (a check that the two compute the same thing; where a descent step's two
+    energies are equal to rounding, the two acceptance tests can decide differently, which moves that problem's
+    answer further) and the largest difference."""
+    import torch
+
+    from benchmarks import release
+    from benchmarks.common import setup_training, timeit
+    from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
+    from ebmtool.models import EnergyMLP
+
+    size, b, width = setting["size"], setting["batch"], setting.get("width", WIDTH)
+    _, data, st = setup_training(size, b, width)
+    step = release.ReleaseStep(st.model, cosine_schedule())
+    batches = [data.batch_with_mask(i, "cpu")[:2] for i in range(8)]
+    gen, count = torch.Generator().manual_seed(0), [0]
+
+    def one():
+        x, y = batches[count[0] % 8]
+        count[0] += 1
+        step(x, y, gen)
+
+    out = {"bare_step_s": timeit(one, repeats=5 if quick else 15, warmup=3)["median_s"]}
+    if setting["sample"]:
+        d = size * size
+        torch.manual_seed(0)
+        model = EnergyMLP(d, d, width).eval().requires_grad_(False)  # the same weights as `sampler`'s
+        x = torch.randn(256, d, generator=torch.Generator().manual_seed(1))
+        sched = cosine_schedule()
+
+        def run():
+            return release.sample(model, x, sched, d, torch.Generator().manual_seed(0))
+
+        answers = run()
+        with torch.no_grad():
+            ours = sample(model, x, sched, d, SamplerSettings(), torch.Generator().manual_seed(0))
+        t = timeit(run, repeats=2 if quick else 5, warmup=1)["median_s"]
+        apart = (answers - ours).abs().amax(dim=1)
+        out.update(sample_s_per_problem=t / 256, sample_max_answer_difference=float(apart.max()),
+                   sample_rows_agreeing=float((apart <= 1e-4).float().mean()))
     return out
 
 
@@ -174,11 +233,13 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         try:
             res = {"against": against, "quick": quick, "width": WIDTH, "device": device, "settings": {}}
             for setting in settings:
-                per = {name: [] for name in trees}
+                arms = {**trees, **({"reference": ROOT} if setting.get("reference") else {})}
+                per = {name: [] for name in arms}
                 for _ in range(1 if quick else 3):
-                    for name, tree in trees.items():
+                    for name, tree in arms.items():
+                        probed = {**setting, "impl": "reference"} if name == "reference" else setting
                         try:
-                            per[name].append(_probe_in(tree, setting, quick))
+                            per[name].append(_probe_in(tree, probed, quick))
                         except RuntimeError as exc:  # e.g. a compile mode this device refuses: say so, go on
                             per[name].append({"error": str(exc).strip().splitlines()[-1][:300]})
                 res["settings"][setting["name"]] = {name: _medians(r) for name, r in per.items()}
@@ -199,8 +260,40 @@ def _medians(rounds: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]} | {"rounds": len(rounds)}
 
 
+def _reference_rows(name: str, per: dict) -> list[str]:
+    """The reference's row of a setting, and this tree's step and sampler as fractions of the reference's."""
+    ref, a = per["reference"], per["after"]
+    if "error" in ref or "error" in a:
+        return [f"| {name} | reference | failed: {ref.get('error') or a.get('error')} | | | | |"]
+    samp = f"{1e3 * ref['sample_s_per_problem']:.2f}" if "sample_s_per_problem" in ref else ""
+    lines = [f"| {name} | reference (release loop) | {1e3 * ref['bare_step_s']:.1f} | | | {samp} | |"]
+    frac = f"{a['sample_s_per_problem'] / ref['sample_s_per_problem']:.2f}x ({ref['sample_rows_agreeing']:.0%} of " \
+        f"answers within 1e-4, largest difference {ref['sample_max_answer_difference']:.1e})" if samp else ""
+    lines.append(f"| {name} | after / reference | {a['bare_step_s'] / ref['bare_step_s']:.2f}x | "
+                 f"{a['logged_step_s'] / ref['bare_step_s']:.2f}x | | {frac} | |")
+    return lines
+
+
+def _source_ratios(r: dict) -> list[str]:
+    """Each negative source's step over the ired step of the same size, batch and threads, per tree."""
+    base = {(s["size"], s["batch"], s["threads"]): s["name"] for s in SETTINGS if "negatives" not in s}
+    lines = []
+    for s in SETTINGS:
+        key = (s["size"], s["batch"], s["threads"])
+        if "negatives" not in s or s["name"] not in r["settings"] or base.get(key) not in r["settings"]:
+            continue
+        per, ired = r["settings"][s["name"]], r["settings"][base[key]]
+        cells = [f"{per[t]['bare_step_s'] / ired[t]['bare_step_s']:.2f}x" if "error" not in per[t] and
+                 "error" not in ired[t] else "failed" for t in per if t in ired]
+        lines.append(f"| {s['negatives']} K={s['k']} over ired ({base[key]}) | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    trees = [t for t in next(iter(r["settings"].values())) if t != "reference"]
+    return ["", "Step cost of a negative source over the ired step of the same setting, per tree (bare steps):",
+            "", "| source | " + " | ".join(trees) + " |", "|---|" + "---|" * len(trees), *lines]
+
+
 def markdown(r: dict) -> str:
-    trees = list(next(iter(r["settings"].values())))
     lines = [f"## The training step and the sampler ({'vs ' + r['against'] if r['against'] else 'this tree'}, "
              f"{r.get('device', 'cpu')})", "",
              f"Width {r['width']}, fp32, ired K = 1; medians over {'1 round' if r['quick'] else '3 rounds'} of "
@@ -210,7 +303,7 @@ def markdown(r: dict) -> str:
              "| setting | tree | bare step ms | logged step ms (overhead) | fraction of limit | sampler ms/problem "
              "(fraction) | first step s |", "|---|---|---|---|---|---|---|"]
     for name, per in r["settings"].items():
-        for tree in trees:
+        for tree in [t for t in per if t != "reference"]:
             m = per[tree]
             if "error" in m:
                 lines.append(f"| {name} | {tree} | failed: {m['error']} | | | | |")
@@ -231,6 +324,9 @@ def markdown(r: dict) -> str:
                          f"{b['logged_step_s'] / a['logged_step_s']:.2f}x | | "
                          + (f"{b['sample_s_per_problem'] / a['sample_s_per_problem']:.2f}x{same}" if same else "")
                          + " | |")
+        if "reference" in per:
+            lines += _reference_rows(name, per)
+    lines += _source_ratios(r)
     if "recipe" in r:
         lines += ["", "The CPU recipe end to end (`ebmtool train --seed 0`, 1,500 steps, 1 thread, the trees' runs "
                   "side by side):", "", "| tree | training seconds | validation MSE |", "|---|---|---|"]
