@@ -86,18 +86,26 @@ class Condition:
     proj: torch.Tensor
     t: torch.Tensor | None = None  # the very tensor `layers` were computed for (identity, not value)
     layers: tuple | None = None
+    per_row: tuple[int, ...] = ()  # the entries of `layers` that hold one row per row of x
 
-    def repeated(self, k: int, keep_first: bool = False) -> "Condition":
-        """`repeat_condition` of this condition (without the level terms, which belong to another t)."""
-        return Condition(repeat_condition(self.x, k, keep_first), repeat_condition(self.proj, k, keep_first))
+    def repeated(self, k: int, keep_first: bool = False, t: torch.Tensor | None = None) -> "Condition":
+        """`repeat_condition` of this condition. Given `t`, the level tensor of the repeated rows (the caller's
+        promise: this condition's levels repeated alike), the level terms come along, their per-row entries
+        repeated; without it they are dropped."""
+        if t is None or self.layers is None:
+            return Condition(repeat_condition(self.x, k, keep_first), repeat_condition(self.proj, k, keep_first))
+        layers = tuple(repeat_condition(v, k, keep_first) if i in self.per_row else v
+                       for i, v in enumerate(self.layers))
+        return Condition(repeat_condition(self.x, k, keep_first), repeat_condition(self.proj, k, keep_first), t,
+                         layers, self.per_row)
 
 
-def repeat_condition(x, k: int, keep_first: bool = False):
+def repeat_condition(x, k: int, keep_first: bool = False, t: torch.Tensor | None = None):
     """A condition's rows each repeated k times (row i -> rows i*k .. i*k+k-1), preceded by the rows themselves
     when keep_first (training's scoring layout [x; x repeated]); a Condition's projection is repeated, not
-    recomputed."""
+    recomputed, and its level terms too where `t` is the repeated rows' level tensor (`Condition.repeated`)."""
     if isinstance(x, Condition):
-        return x.repeated(k, keep_first)
+        return x.repeated(k, keep_first, t)
     r = x if k == 1 else x.repeat_interleave(k, dim=0)
     return torch.cat([x, r]) if keep_first else r
 

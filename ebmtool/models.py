@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from ebmtool.diffusion import CallCounter, Condition
 
 DEFAULT_WIDTH = 512  # the reference MLP's hidden width
+PER_ROW_TERMS = (2, 3, 6, 7)  # EnergyMLP._layers' FiLM gains and biases, one row per row (unless folded)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -97,7 +98,8 @@ class EnergyMLP(nn.Module):
             c = Condition(x, F.linear(x, self.fc1.weight[:, :self.dims["x_dim"]], self.fc1.bias))
         if t is None or c.t is t:
             return c
-        return Condition(c.x, c.proj, t, self._layers(t))
+        layers = self._layers(t)
+        return Condition(c.x, c.proj, t, layers, () if layers[2] is None else PER_ROW_TERMS)
 
     def _prepared(self, x, t):
         """(x's projection, the layer terms of t) for one call: a Condition's own where it holds them for this

@@ -156,7 +156,8 @@ class _Float64(torch.nn.Module):
 
 def test_each_path_projects_its_condition_once():
     """The counter's projected rows: one per problem in the sampler, one per row in a descent, one per
-    positive in training (recorded for backward), however many calls share them."""
+    positive in training (recorded for backward), however many calls share them; and the FiLM rows of a level
+    tensor once for the calls that share it."""
     m = reuse_cases.model()
     x, y, eps, t = _inputs(torch.float32)
     with torch.no_grad():
@@ -173,10 +174,14 @@ def test_each_path_projects_its_condition_once():
     m.requires_grad_(True)
     cfg = TrainConfig(task="inverse", size=4, k=2).validate()
     m.counter.reset()
-    ired_losses(m, Batch(x, y[:, :reuse_cases.Y_DIM], t, torch.Generator().manual_seed(4)),
-                Objective(cfg, SCHED))
-    # the denoising and scoring calls share one recorded projection; the descent of the 2 x 24 negatives its own
+    films = []
+    film = m._film
+    m._film = lambda t, per_row=None: films.append(t.shape[0]) or film(t, per_row)
+    ired_losses(m, Batch(x, y, t, torch.Generator().manual_seed(4)), Objective(cfg, SCHED))
+    # the denoising and scoring calls share one recorded projection and one set of FiLM rows (the scoring call's
+    # 24 x (1 + 2) rows repeat them); the descent of the 2 x 24 negatives has its own, for its 3 calls
     assert (m.counter.proj_grad_rows, m.counter.proj_rows) == (24, 24 + 48)
+    assert films == [24, 48] and m.counter.calls == 1 + 3 + 1
 
 
 def test_a_condition_keeps_its_level_terms_only_for_the_same_level_tensor():

@@ -75,7 +75,8 @@ def ired_losses(model, batch: Batch, obj: Objective) -> dict:
     b = x.shape[0]
     eps = standard_normal(y, batch.gen, batch.shard)
     x_t = impose_mask(sched, noised(sched, y, t, eps), t, x, mask)  # given entries <- sqrt(ab_t) x
-    cond = condition(model, x)  # x's share of the first layer: once, for the denoising and the scoring call
+    cond = condition(model, x, t)  # x's share of the first layer and t's FiLM rows: once, for the denoising and
+    # the scoring call
     _, eps_hat = energy_and_grad(model, cond, x_t, t, create_graph=True)
     if mask is not None:
         eps_hat = eps_hat * (1 - mask) + eps * mask  # given entries contribute zero loss
@@ -114,7 +115,7 @@ def included_mean(le: torch.Tensor, included: torch.Tensor, shard: Shard | None)
 def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor, cond=None):
     """The energy-landscape loss per example: the batch's negatives (training.negatives.assemble), re-noised with
     the positive's eps so that the pair differs only in y, scored with the positives in one call, weighted and
-    compared (`cond`: the batch's Condition, whose projection the scoring call reuses). Returns (parts,
+    compared (`cond`: the batch's Condition, whose projection and level terms the scoring call reuses). Returns (parts,
     diagnostics, included)."""
     cfg, sched, x, y, t, mask = obj.cfg, obj.sched, batch.x, batch.y, batch.t, batch.mask
     b, d, k = y.shape[0], y.shape[1], cfg.k
@@ -124,8 +125,9 @@ def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor, cond=Non
     if mask is not None:
         x_neg = impose_mask(sched, x_neg.reshape(b * k, d), repeat_rows(t, k), repeat_rows(x, k),
                             repeat_rows(mask, k)).view(b, k, d)
-    e = model(repeat_condition(x if cond is None else cond, k, keep_first=True),
-              torch.cat([x_pos, x_neg.reshape(b * k, d)]), torch.cat([t, repeat_rows(t, k)]))
+    ts = torch.cat([t, repeat_rows(t, k)])
+    e = model(repeat_condition(x if cond is None else cond, k, keep_first=True, t=ts),
+              torch.cat([x_pos, x_neg.reshape(b * k, d)]), ts)
     e_pos, e_neg = e[:b], e[b:].view(b, k)
     included = neg.valid.any(dim=1)
     if cfg.sans:
