@@ -317,9 +317,10 @@ def markdown(r: dict) -> str:
             b, a = per["before"], per["after"]
             same = ""
             if "sample_answer_checksum" in a:
-                same = ", sampler answers " + ("equal" if a["sample_answer_checksum"] == b["sample_answer_checksum"]
-                                               else f"differ (checksums {b['sample_answer_checksum']:.6g} / "
-                                                    f"{a['sample_answer_checksum']:.6g})")
+                ca, cb = a["sample_answer_checksum"], b["sample_answer_checksum"]
+                same = ", sampler answers " + ("equal" if ca == cb else
+                                               f"differ (checksums {cb:.9g} / {ca:.9g}: "
+                                               f"{abs(ca - cb) / abs(cb):.0e} relative)")
             lines.append(f"| {name} | speed-up | {b['bare_step_s'] / a['bare_step_s']:.2f}x | "
                          f"{b['logged_step_s'] / a['logged_step_s']:.2f}x | | "
                          + (f"{b['sample_s_per_problem'] / a['sample_s_per_problem']:.2f}x{same}" if same else "")
