@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,7 +60,51 @@ CUDA = [{"name": f"inverse 20x20, batch {b}, {arm}", "size": 20, "batch": b, "th
          "device": "cuda", "compile": mode}
         for b in (256, 2048) for arm, mode in (("eager", None), ("compiled", "default"),
                                                ("compiled + CUDA graphs", "reduce-overhead"))]
+# EBMTOOL_BENCH_CLOCK=cpu: every figure is the CPU time of its (one-thread) process, not wall time, for a machine
+# whose cores other, higher-priority work keeps busy: there a process waits for a core most of the time, and wall
+# time measures the wait. CPU time of a process with several threads would count their spin-waits, so these
+# settings use one thread.
+CPU_SETTINGS = [
+    {"name": "inverse 20x20, batch 256, 1 thread", "size": 20, "batch": 256, "threads": 1, "sample": True,
+     "reference": True, "repeats": 5, "rows": 1},
+    {"name": "inverse 8x8, batch 256, 1 thread", "size": 8, "batch": 256, "threads": 1, "sample": False,
+     "repeats": 7, "rows": 1},
+    {"name": "inverse 8x8, batch 256, 1 thread, anm K=16", "size": 8, "batch": 256, "threads": 1, "sample": False,
+     "negatives": "anm", "k": 16, "repeats": 3, "rows": 0},
+    {"name": "inverse 8x8, batch 256, 1 thread, hnm K=1", "size": 8, "batch": 256, "threads": 1, "sample": False,
+     "negatives": "hnm", "k": 1, "repeats": 5, "rows": 0},
+]
 WIDTH, ROWS, LOG_EVERY = 512, 3, 10
+
+
+def _clock(setting: dict):
+    return time.process_time if setting.get("clock") == "cpu" else time.perf_counter
+
+
+def _timeit(fn, repeats: int, warmup: int, now, sync=None) -> float:
+    """Median seconds of fn() by the clock `now` (this file's, so both trees are timed alike)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        t0 = now()
+        fn()
+        if sync:
+            sync()
+        times.append(now() - t0)
+    return statistics.median(times)
+
+
+def _matmul_rate(m: int, k: int, n: int, now, device="cpu") -> float:
+    """The dense fp32 matmul rate at (m, k) x (k, n) by the clock `now`: the machine's limit there."""
+    import torch
+
+    from benchmarks.common import sync_for
+
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    return 2.0 * m * k * n / _timeit(lambda: a @ b, 10, 3, now, sync_for(device))
 
 
 def probe(setting: dict, quick: bool) -> dict:
@@ -67,7 +112,7 @@ def probe(setting: dict, quick: bool) -> dict:
     this tree's or the other revision's."""
     import torch
 
-    from benchmarks.common import matmul_flops, setup_training, sync_for, timeit
+    from benchmarks.common import setup_training, sync_for
     from ebmtool.training import draw_batch, train_step
     try:
         from ebmtool.training.diagnostics import to_host  # rows keep device values until logged
@@ -79,7 +124,7 @@ def probe(setting: dict, quick: bool) -> dict:
     if setting.get("impl") == "reference":
         return probe_reference(setting, quick)
     size, b, device, width = setting["size"], setting["batch"], setting.get("device", "cpu"), setting.get("width", WIDTH)
-    repeats, sync = (5 if quick else setting.get("repeats", 15)), sync_for(device)
+    repeats, sync, now = (5 if quick else setting.get("repeats", 15)), sync_for(device), _clock(setting)
     _, _, st = setup_training(size, b, width, device, **{k: setting[k] for k in ("negatives", "k") if k in setting})
     if setting.get("compile"):
         from ebmtool.models import compile_explicit
@@ -90,28 +135,28 @@ def probe(setting: dict, quick: bool) -> dict:
         train_step(st, draw_batch(st, st.step % 8))
 
     compute0 = st.compute
-    t_first = time.perf_counter()
+    t_first = now()
     bare()
     if sync:
         sync()
-    t_first = time.perf_counter() - t_first  # with --compile: the compilation
+    t_first = now() - t_first  # with --compile: the compilation
     flops = st.compute - compute0  # the rule's count of one step (every step of ired K = 1 costs the same)
-    t_bare = timeit(bare, repeats=repeats, warmup=3, sync=sync)["median_s"]
+    t_bare = _timeit(bare, repeats, 3, now, sync)
     st.cfg.log_every = LOG_EVERY
     st.step = (st.step // LOG_EVERY + 1) * LOG_EVERY  # the first timed row starts at a row boundary
-    rows, t0 = (1 if quick else setting.get("rows", ROWS)), time.perf_counter()
+    rows, t0 = (1 if quick else setting.get("rows", ROWS)), now()
     for _ in range(rows):
         window = [train_step(st, draw_batch(st, st.step % 8)).row for _ in range(LOG_EVERY)]
         to_host(window)
     if sync:
         sync()
-    t_logged = (time.perf_counter() - t0) / (rows * LOG_EVERY)
-    limit = matmul_flops(b * 2, width, width, device=device)
+    t_logged = (now() - t0) / (rows * LOG_EVERY) if rows else float("nan")  # rows 0: not measured
+    limit = _matmul_rate(b * 2, width, width, now, device)
     out = {"bare_step_s": t_bare, "logged_step_s": t_logged, "logging_overhead": t_logged / t_bare - 1,
            "first_step_s": t_first,
            "flops_per_step": flops, "matmul_flops_per_s": limit, "fraction_of_limit": flops / t_bare / limit}
     if setting["sample"]:
-        out.update(sampler(size, quick, device, setting.get("compile"), width))
+        out.update(sampler(size, quick, device, setting.get("compile"), width, now))
     return out
 
 
@@ -124,7 +169,7 @@ def probe_reference(setting: dict, quick: bool) -> dict:
     import torch
 
     from benchmarks import release
-    from benchmarks.common import setup_training, timeit
+    from benchmarks.common import setup_training
     from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
     from ebmtool.models import EnergyMLP
 
@@ -139,7 +184,8 @@ def probe_reference(setting: dict, quick: bool) -> dict:
         count[0] += 1
         step(x, y, gen)
 
-    out = {"bare_step_s": timeit(one, repeats=5 if quick else 15, warmup=3)["median_s"]}
+    now = _clock(setting)
+    out = {"bare_step_s": _timeit(one, 5 if quick else setting.get("repeats", 15), 3, now)}
     if setting["sample"]:
         d = size * size
         torch.manual_seed(0)
@@ -153,19 +199,20 @@ def probe_reference(setting: dict, quick: bool) -> dict:
         answers = run()
         with torch.no_grad():
             ours = sample(model, x, sched, d, SamplerSettings(), torch.Generator().manual_seed(0))
-        t = timeit(run, repeats=2 if quick else 5, warmup=1)["median_s"]
+        t = _timeit(run, 2 if quick else 3, 1, now)
         apart = (answers - ours).abs().amax(dim=1)
         out.update(sample_s_per_problem=t / 256, sample_max_answer_difference=float(apart.max()),
                    sample_rows_agreeing=float((apart <= 1e-4).float().mean()))
     return out
 
 
-def sampler(size: int, quick: bool, device: str = "cpu", compile_mode: str | None = None, width: int = WIDTH) -> dict:
+def sampler(size: int, quick: bool, device: str = "cpu", compile_mode: str | None = None, width: int = WIDTH,
+            now=time.perf_counter) -> dict:
     """Seconds per problem of the sampler at batch 256, the network's initial weights of seed 0 (the same in
     every tree, so equal answers mean an equal sampler)."""
     import torch
 
-    from benchmarks.common import counted_flops, flop_rule, matmul_flops, sync_for, timeit
+    from benchmarks.common import counted_flops, flop_rule, sync_for
     from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
     from ebmtool.models import EnergyMLP, compile_explicit
 
@@ -183,8 +230,8 @@ def sampler(size: int, quick: bool, device: str = "cpu", compile_mode: str | Non
     model.counter.reset()
     answers = run()
     flops = counted_flops(flop_rule(model), model.counter)
-    t = timeit(run, repeats=2 if quick else 5, warmup=1, sync=sync_for(device))["median_s"]
-    limit = matmul_flops(b, width, width, device=device)
+    t = _timeit(run, 2 if quick else 3, 1, now, sync_for(device))
+    limit = _matmul_rate(b, width, width, now, device)
     return {"sample_s_per_problem": t / b, "sample_fraction_of_limit": flops / t / limit,
             "sample_answer_checksum": float(answers.double().abs().sum())}
 
@@ -200,8 +247,11 @@ def _probe_in(tree: Path, setting: dict, quick: bool) -> dict:
 
 
 def recipe(trees: dict, steps: int) -> dict:
-    """`ebmtool train --seed 0 --steps STEPS` in every tree at once, one thread each."""
+    """`ebmtool train --seed 0 --steps STEPS` in every tree at once, one thread each: the training seconds the
+    command reports (wall) and the CPU seconds of the whole process (start-up and evaluation included)."""
     procs = {}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = usage.ru_utime + usage.ru_stime  # the probes' CPU time so far
     with tempfile.TemporaryDirectory() as tmp:
         for name, tree in trees.items():
             env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -211,18 +261,24 @@ def recipe(trees: dict, steps: int) -> dict:
         out = {}
         for name, p in procs.items():
             stdout, stderr = p.communicate()
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every child so far, less those read before
+            cpu = usage.ru_utime + usage.ru_stime - sum(v.get("cpu_seconds", 0.0) for v in out.values()) - cpu0
             if p.returncode:
                 raise RuntimeError(f"recipe run in {trees[name]} failed:\n{stderr[-3000:]}")
             secs = re.search(r"trained \d+ steps in ([0-9.]+) s", stdout)
             mse = re.search(r"validation mse ([0-9.e-]+)", stdout)
-            out[name] = {"train_seconds": float(secs.group(1)), "val_mse": float(mse.group(1)) if mse else None}
+            out[name] = {"train_seconds": float(secs.group(1)), "val_mse": float(mse.group(1)) if mse else None,
+                         "cpu_seconds": cpu}
     return out
 
 
 def run(quick: bool = False, device: str = "cpu") -> dict:
-    against = os.environ.get("EBMTOOL_BENCH_AGAINST")
-    settings = (QUICK if quick else SETTINGS) if device == "cpu" else [
+    against, clock = os.environ.get("EBMTOOL_BENCH_AGAINST"), os.environ.get("EBMTOOL_BENCH_CLOCK", "wall")
+    rounds = 1 if quick else int(os.environ.get("EBMTOOL_BENCH_ROUNDS", "3"))
+    recipe_steps = int(os.environ.get("EBMTOOL_BENCH_RECIPE_STEPS", "1500"))
+    settings = (QUICK if quick else CPU_SETTINGS if clock == "cpu" else SETTINGS) if device == "cpu" else [
         {**s, "device": device} for s in (CUDA[:3] if quick else CUDA)]
+    settings = [{**s, "clock": clock} for s in settings]
     t0, load0 = time.time(), os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"after": ROOT}
@@ -231,11 +287,12 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                            check=True, capture_output=True)
             trees = {"before": Path(tmp) / "before", **trees}
         try:
-            res = {"against": against, "quick": quick, "width": WIDTH, "device": device, "settings": {}}
+            res = {"against": against, "quick": quick, "width": WIDTH, "device": device, "clock": clock,
+                   "rounds": rounds, "settings": {}}
             for setting in settings:
                 arms = {**trees, **({"reference": ROOT} if setting.get("reference") else {})}
                 per = {name: [] for name in arms}
-                for _ in range(1 if quick else 3):
+                for _ in range(rounds):
                     for name, tree in arms.items():
                         probed = {**setting, "impl": "reference"} if name == "reference" else setting
                         try:
@@ -244,8 +301,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                             per[name].append({"error": str(exc).strip().splitlines()[-1][:300]})
                 res["settings"][setting["name"]] = {name: _medians(r) for name, r in per.items()}
                 print(f"  {setting['name']} done", file=sys.stderr)
-            if not quick and device == "cpu":
-                res["recipe"] = recipe(trees, 1500)
+            if not quick and device == "cpu" and recipe_steps:
+                res["recipe"] = {"steps": recipe_steps, **recipe(trees, recipe_steps)}
         finally:
             if against:
                 subprocess.run(["git", "worktree", "remove", "--force", f"{tmp}/before"], cwd=ROOT, capture_output=True)
@@ -276,9 +333,10 @@ def _reference_rows(name: str, per: dict) -> list[str]:
 
 def _source_ratios(r: dict) -> list[str]:
     """Each negative source's step over the ired step of the same size, batch and threads, per tree."""
-    base = {(s["size"], s["batch"], s["threads"]): s["name"] for s in SETTINGS if "negatives" not in s}
+    known = SETTINGS + CPU_SETTINGS
+    base = {(s["size"], s["batch"], s["threads"]): s["name"] for s in known if "negatives" not in s}
     lines = []
-    for s in SETTINGS:
+    for s in known:
         key = (s["size"], s["batch"], s["threads"])
         if "negatives" not in s or s["name"] not in r["settings"] or base.get(key) not in r["settings"]:
             continue
@@ -293,50 +351,83 @@ def _source_ratios(r: dict) -> list[str]:
             "", "| source | " + " | ".join(trees) + " |", "|---|" + "---|" * len(trees), *lines]
 
 
+def _ms(v: float) -> str:
+    return "—" if v != v else f"{1e3 * v:.1f}"  # NaN: not measured
+
+
+def _recipe_rows(r: dict) -> list[str]:
+    rec = {k: v for k, v in r["recipe"].items() if k != "steps"}
+    steps = r["recipe"].get("steps", 1500)
+    lines = ["", f"The CPU recipe end to end (`ebmtool train --seed 0 --steps {steps}`, 1 thread, the trees' runs "
+             "side by side): training seconds as the command reports them (wall), and the CPU seconds of the whole "
+             "process (start-up and the final evaluation included):", "",
+             "| tree | training seconds (wall) | process CPU seconds | validation MSE |", "|---|---|---|---|"]
+    for tree, m in rec.items():
+        lines.append(f"| {tree} | {m['train_seconds']:.1f} | {m.get('cpu_seconds', float('nan')):.1f} | "
+                     f"{m['val_mse']} |")
+    if "before" in rec:
+        b, a = rec["before"], rec["after"]
+        cpu = f"{b['cpu_seconds'] / a['cpu_seconds']:.2f}x" if "cpu_seconds" in a else ""
+        lines.append(f"| speed-up | {b['train_seconds'] / a['train_seconds']:.2f}x | {cpu} | |")
+    return lines
+
+
+def _setting_rows(name: str, per: dict) -> list[str]:
+    lines = []
+    for tree in [t for t in per if t != "reference"]:
+        m = per[tree]
+        if "error" in m:
+            lines.append(f"| {name} | {tree} | failed: {m['error']} | | | | |")
+            continue
+        samp = f"{1e3 * m['sample_s_per_problem']:.2f} ({m['sample_fraction_of_limit']:.2f})" \
+            if "sample_s_per_problem" in m else ""
+        over = m["logged_step_s"] / m["bare_step_s"] - 1
+        lines.append(f"| {name} | {tree} | {_ms(m['bare_step_s'])} | {_ms(m['logged_step_s'])}"
+                     + ("" if over != over else f" ({100 * over:+.0f} %)") + f" | {m['fraction_of_limit']:.2f} | "
+                     f"{samp} | {m.get('first_step_s', float('nan')):.2f} |")
+    if "before" in per and not any("error" in m for m in per.values()):
+        b, a = per["before"], per["after"]
+        same = ""
+        if "sample_answer_checksum" in a:
+            ca, cb = a["sample_answer_checksum"], b["sample_answer_checksum"]
+            same = ", sampler answers " + ("equal" if ca == cb else f"differ (checksums {cb:.9g} / {ca:.9g}: "
+                                           f"{abs(ca - cb) / abs(cb):.0e} relative)")
+        logged = b["logged_step_s"] / a["logged_step_s"]
+        lines.append(f"| {name} | speed-up | {b['bare_step_s'] / a['bare_step_s']:.2f}x | "
+                     + ("—" if logged != logged else f"{logged:.2f}x") + " | | "
+                     + (f"{b['sample_s_per_problem'] / a['sample_s_per_problem']:.2f}x{same}" if same else "")
+                     + " | |")
+    if "reference" in per:
+        lines += _reference_rows(name, per)
+    return lines
+
+
 def markdown(r: dict) -> str:
+    cpu = r.get("clock") == "cpu"
+    rounds = r.get("rounds", 1 if r["quick"] else 3)
     lines = [f"## The training step and the sampler ({'vs ' + r['against'] if r['against'] else 'this tree'}, "
              f"{r.get('device', 'cpu')})", "",
-             f"Width {r['width']}, fp32, ired K = 1; medians over {'1 round' if r['quick'] else '3 rounds'} of "
-             "fresh processes, the trees alternating. fraction = counted FLOP/s over the fp32 matmul rate at the "
-             "step's shapes, same process. logged = --log-every 10 (diagnostics every step, the gradient share "
-             "and one read of the row on its last step).", "",
+             f"Width {r['width']}, fp32, ired K = 1 unless a setting names a source; medians over {rounds} "
+             f"round{'s' if rounds > 1 else ''} of fresh processes, the trees alternating; "
+             + ("times are CPU seconds of the one-thread process (EBMTOOL_BENCH_CLOCK=cpu), not wall time. "
+                if cpu else "") +
+             "fraction = counted FLOP/s over the fp32 matmul rate at the step's shapes, same process and clock. "
+             "logged = --log-every 10 (diagnostics every step, the gradient share and one read of the row on its "
+             "last step).", "",
              "| setting | tree | bare step ms | logged step ms (overhead) | fraction of limit | sampler ms/problem "
              "(fraction) | first step s |", "|---|---|---|---|---|---|---|"]
     for name, per in r["settings"].items():
-        for tree in [t for t in per if t != "reference"]:
-            m = per[tree]
-            if "error" in m:
-                lines.append(f"| {name} | {tree} | failed: {m['error']} | | | | |")
-                continue
-            samp = f"{1e3 * m['sample_s_per_problem']:.2f} ({m['sample_fraction_of_limit']:.2f})" \
-                if "sample_s_per_problem" in m else ""
-            lines.append(f"| {name} | {tree} | {1e3 * m['bare_step_s']:.1f} | {1e3 * m['logged_step_s']:.1f} "
-                         f"({100 * (m['logged_step_s'] / m['bare_step_s'] - 1):+.0f} %) | {m['fraction_of_limit']:.2f} | {samp} | "
-                         f"{m.get('first_step_s', float('nan')):.2f} |")
-        if "before" in per and not any("error" in m for m in per.values()):
-            b, a = per["before"], per["after"]
-            same = ""
-            if "sample_answer_checksum" in a:
-                ca, cb = a["sample_answer_checksum"], b["sample_answer_checksum"]
-                same = ", sampler answers " + ("equal" if ca == cb else
-                                               f"differ (checksums {cb:.9g} / {ca:.9g}: "
-                                               f"{abs(ca - cb) / abs(cb):.0e} relative)")
-            lines.append(f"| {name} | speed-up | {b['bare_step_s'] / a['bare_step_s']:.2f}x | "
-                         f"{b['logged_step_s'] / a['logged_step_s']:.2f}x | | "
-                         + (f"{b['sample_s_per_problem'] / a['sample_s_per_problem']:.2f}x{same}" if same else "")
-                         + " | |")
-        if "reference" in per:
-            lines += _reference_rows(name, per)
+        lines += _setting_rows(name, per)
     lines += _source_ratios(r)
     if "recipe" in r:
-        lines += ["", "The CPU recipe end to end (`ebmtool train --seed 0`, 1,500 steps, 1 thread, the trees' runs "
-                  "side by side):", "", "| tree | training seconds | validation MSE |", "|---|---|---|"]
-        for tree, m in r["recipe"].items():
-            lines.append(f"| {tree} | {m['train_seconds']:.1f} | {m['val_mse']} |")
-        if "before" in r["recipe"]:
-            lines.append(f"| speed-up | {r['recipe']['before']['train_seconds'] / r['recipe']['after']['train_seconds']:.2f}x | |")
+        lines += _recipe_rows(r)
+    env = " ".join(f"{k}={v}" for k, v in (("EBMTOOL_BENCH_AGAINST", r["against"] or "REV"),
+                                           ("EBMTOOL_BENCH_CLOCK", "cpu" if cpu else None),
+                                           ("EBMTOOL_BENCH_ROUNDS", rounds if rounds != 3 and not r["quick"] else None),
+                                           ("EBMTOOL_BENCH_RECIPE_STEPS", r.get("recipe", {}).get("steps")
+                                            if r.get("recipe", {}).get("steps", 1500) != 1500 else None)) if v)
     lines += ["", f"Load average {r['load_average_at_start'][0]:.2f} at the start, {r['load_average_at_end'][0]:.2f} "
-              f"at the end; {r['wall_seconds']:.0f} s. Reproduce: `EBMTOOL_BENCH_AGAINST={r['against'] or 'REV'} "
+              f"at the end; {r['wall_seconds']:.0f} s. Reproduce: `{env} "
               f"python -m benchmarks step{' --quick' if r['quick'] else ''}"
               f"{' --device ' + r['device'] if r.get('device', 'cpu') != 'cpu' else ''}`."]
     return "\n".join(lines)
