@@ -92,8 +92,11 @@ def _probe_in(setting: dict, compiled: bool, steps: int) -> dict:
 def run(quick: bool = False) -> dict:
     t0, load0 = time.time(), os.getloadavg()
     steps, rounds = (10, 1) if quick else (STEPS, ROUNDS)
-    res = {"steps_timed": steps, "rounds": rounds, "settings": {}}
-    for setting in SETTINGS[:1] if quick else SETTINGS:
+    sizes = os.environ.get("EBMTOOL_BENCH_COMPILE_SIZES")  # e.g. "8": only the settings of these sizes
+    res = {"steps_timed": steps, "rounds": rounds, "settings": {},
+           "env": f"EBMTOOL_BENCH_COMPILE_SIZES={sizes} " if sizes else ""}
+    chosen = [s for s in SETTINGS if sizes is None or str(s["size"]) in sizes.split(",")]
+    for setting in chosen[:1] if quick else chosen:
         per = {"eager": [], "compiled": []}
         for _ in range(rounds):
             for arm in per:
@@ -137,7 +140,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {name} | N steps + one validation pass, eager / compiled | {totals} | | | | |")
     lines += ["", f"Load average {r['load_average_at_start'][0]:.2f} at the start, "
               f"{r['load_average_at_end'][0]:.2f} at the end; {r['wall_seconds']:.0f} s. Reproduce: "
-              "`python -m benchmarks compile`."]
+              f"`{r.get('env', '')}python -m benchmarks compile`."]
     return "\n".join(lines)
 
 
