@@ -45,7 +45,8 @@ def main(argv=None):
         result.setdefault("machine", machine())
         result.setdefault("command", f"python -m benchmarks {topic}" + (" --quick" if args.quick else "")
                           + (f" --device {args.device}" if kw and args.device != "cpu" else ""))
-        suffix = ("-quick" if args.quick else "") + (f"-{args.device}" if args.device != "cpu" else "")
+        suffix = ("-quick" if args.quick else "") + (f"-{args.device}" if args.device != "cpu" else "") \
+            + (f"-{result['clock']}-clock" if result.get("clock", "wall") != "wall" else "")  # e.g. step-cpu-clock
         (dest / f"{topic}{suffix}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         md = mod.markdown(result)
         (dest / f"{topic}{suffix}.md").write_text(md + "\n")

@@ -333,7 +333,7 @@ def _reference_rows(name: str, per: dict) -> list[str]:
 
 def _source_ratios(r: dict) -> list[str]:
     """Each negative source's step over the ired step of the same size, batch and threads, per tree."""
-    known = SETTINGS + CPU_SETTINGS
+    known = list({s["name"]: s for s in SETTINGS + CPU_SETTINGS}.values())  # the clocks' lists share names
     base = {(s["size"], s["batch"], s["threads"]): s["name"] for s in known if "negatives" not in s}
     lines = []
     for s in known:
@@ -342,13 +342,18 @@ def _source_ratios(r: dict) -> list[str]:
             continue
         per, ired = r["settings"][s["name"]], r["settings"][base[key]]
         cells = [f"{per[t]['bare_step_s'] / ired[t]['bare_step_s']:.2f}x" if "error" not in per[t] and
-                 "error" not in ired[t] else "failed" for t in per if t in ired]
+                 "error" not in ired[t] else "failed" for t in _trees(per) if t in ired]
         lines.append(f"| {s['negatives']} K={s['k']} over ired ({base[key]}) | " + " | ".join(cells) + " |")
     if not lines:
         return []
-    trees = [t for t in next(iter(r["settings"].values())) if t != "reference"]
+    trees = _trees(next(iter(r["settings"].values())))
     return ["", "Step cost of a negative source over the ired step of the same setting, per tree (bare steps):",
             "", "| source | " + " | ".join(trees) + " |", "|---|" + "---|" * len(trees), *lines]
+
+
+def _trees(per: dict) -> list[str]:
+    """The measured trees of a result in reading order (a recorded JSON has its keys sorted)."""
+    return [t for t in ("before", "after") if t in per]
 
 
 def _ms(v: float) -> str:
@@ -362,7 +367,7 @@ def _recipe_rows(r: dict) -> list[str]:
              "side by side): training seconds as the command reports them (wall), and the CPU seconds of the whole "
              "process (start-up and the final evaluation included):", "",
              "| tree | training seconds (wall) | process CPU seconds | validation MSE |", "|---|---|---|---|"]
-    for tree, m in rec.items():
+    for tree, m in ((t, rec[t]) for t in _trees(rec)):
         lines.append(f"| {tree} | {m['train_seconds']:.1f} | {m.get('cpu_seconds', float('nan')):.1f} | "
                      f"{m['val_mse']} |")
     if "before" in rec:
@@ -374,7 +379,7 @@ def _recipe_rows(r: dict) -> list[str]:
 
 def _setting_rows(name: str, per: dict) -> list[str]:
     lines = []
-    for tree in [t for t in per if t != "reference"]:
+    for tree in _trees(per):
         m = per[tree]
         if "error" in m:
             lines.append(f"| {name} | {tree} | failed: {m['error']} | | | | |")
