@@ -231,10 +231,11 @@ class TrainCommand(click.Command):
                  help="auto (CUDA when available), cpu, or cuda[:N].")
 @precision_option(option=optgroup.option)
 @optgroup.option("--compile", "compile", is_flag=True, default=None,
-                 help="torch.compile the MLP's explicit input gradient (the denoiser). Measured on a loaded 2-core "
-                 "CPU with an empty compile cache: the first step compiled for about 80 s, later steps ran 1.2x "
-                 "faster, and 300 steps of the default job took longer than without it; 3000 steps were not "
-                 "measured (docs/performance.md). Results equal the eager ones within float tolerance.")
+                 help="torch.compile the MLP's explicit input gradient (the denoiser). On a 2-core CPU (cold compile "
+                 "cache, 1 thread, python -m benchmarks compile) compiling cost 26-33 CPU seconds and a compiled "
+                 "step ran 0.7x-1.1x as fast as an eager one: it never paid within a 1,500-step run, and at best "
+                 "after about 4,000 steps (docs/performance.md). Not measured on a GPU. Results equal the eager "
+                 "ones within float tolerance.")
 # old spellings of renamed flags (hidden)
 @renamed_option("--negatives-fraction", "offline_fraction", type=float)
 @renamed_option("--negatives", None, "give mined negatives with --offline-negatives FILE, or negative sources "
