@@ -232,7 +232,7 @@ class TrainCommand(click.Command):
 @precision_option(option=optgroup.option)
 @optgroup.option("--compile", "compile", is_flag=True, default=None,
                  help="torch.compile the MLP's explicit input gradient (the denoiser). On a 2-core CPU (cold compile "
-                 "cache, 1 thread, python -m benchmarks compile) compiling cost 26-33 CPU seconds and a compiled "
+                 "cache, 1 thread, python -m benchmarks compile) compiling took 26-33 s of CPU time and a compiled "
                  "step ran 0.7x-1.1x as fast as an eager one: it never paid within a 1,500-step run, and at best "
                  "after about 4,000 steps (docs/performance.md). Not measured on a GPU. Results equal the eager "
                  "ones within float tolerance.")
