@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from benchmarks.common import machine
-from ebmtool.tasks import get_task
+from ebmtool.tasks.registry import get_task
 
 
 def _time(name, n, harder=False):

@@ -93,7 +93,7 @@ def build(spec: dict, device: str):
     """(fn doing one timed batch, units per call, flops kinds for counted_flops (None: no rule), the limit's
     matmul shape (m, k, n) (m = rows of the stage's largest network call), model)."""
     from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
-    from ebmtool.tasks import get_task
+    from ebmtool.tasks.registry import get_task
 
     sched = cosine_schedule().to(device)
     kind, b, w = spec["kind"], spec["batch"], spec["width"]

@@ -29,7 +29,7 @@ from ebmtool.evaluate import sample_answers, weight_sets
 from ebmtool.export import Export, export_run
 from ebmtool.mining import MineOptions, MineResult, compute_weights, finished_partial, mine, score, write_scores
 from ebmtool.mining import write_weights
-from ebmtool.problems import Problems
+from ebmtool.tasks.problems import Problems
 from ebmtool.sans import DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 from ebmtool.training.loop import TrainResult
 from ebmtool.training.loop import train as run_training

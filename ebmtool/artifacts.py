@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from ebmtool import FORMAT_VERSION, __version__
 from ebmtool.errors import InputError, RunError
-from ebmtool.problems import Problems
+from ebmtool.tasks.problems import Problems
 from ebmtool.provenance import code_version, environment, provenance, sha256_file  # noqa: F401 (their home was here)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -18,7 +18,7 @@ from ebmtool import sans as sans_mod
 from ebmtool.compute import format_flops
 from ebmtool.errors import InputError
 from ebmtool.negatives import CLAMP_MODES, NegativeSettings
-from ebmtool.tasks import builtin_task
+from ebmtool.tasks.registry import DEFAULT_TASK, builtin_task
 
 ON_NAN = ("stop", "skip")  # --on-nan: stop with the last good checkpoint kept, or drop the batch and go on
 
@@ -55,7 +55,7 @@ def steps_text(config: dict) -> str:
 class TrainConfig:
     """Every field is read by the loop; the resolved config is stored in every checkpoint."""
 
-    task: str = "inverse"
+    task: str = DEFAULT_TASK
     size: int = 8
     recipe: str = "cpu"
     steps: int = 1500

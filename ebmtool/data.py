@@ -15,8 +15,8 @@ import torch
 from ebmtool import rng
 from ebmtool.config import TrainConfig
 from ebmtool.errors import InputError
-from ebmtool.problems import Task
-from ebmtool.tasks import resolve_task, split_user_data
+from ebmtool.tasks.files import resolve_task, split_user_data
+from ebmtool.tasks.problems import Task
 
 
 class TrainingData:

@@ -19,9 +19,9 @@ from ebmtool.devices import autocast
 from ebmtool.diffusion import cosine_schedule, sample
 from ebmtool.errors import InputError
 from ebmtool.models import build_model
-from ebmtool.tasks import (
-    TASK_NAMES, FileTask, Problems, Task, dataset_task, resolve_task, split_user_data,
-)
+from ebmtool.tasks.files import FileTask, resolve_task, split_user_data
+from ebmtool.tasks.problems import Problems, Task
+from ebmtool.tasks.registry import dataset_task, names as task_names
 from ebmtool.checkpoints import load_checkpoint
 from ebmtool.artifacts import sha256_file
 from ebmtool.devices import check_precision
@@ -101,7 +101,7 @@ def checkpoint_model(ckpt):
     """The (untrained) network a checkpoint's `ebmtool.model` metadata describes; InputError if it cannot be built."""
     try:
         return build_model(ckpt.dims)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (InputError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{ckpt.path}: its model description {ckpt.dims} cannot be built ({exc})") from None
 
 
@@ -111,11 +111,11 @@ def checkpoint_task(ckpt):
     A run trained from an `ebmtool data` file of a discrete task records the task's name and size in its
     metadata (`ebmtool.task`, `ebmtool.task_size`): it is rebuilt as that task, not as the file."""
     cfg = ckpt.config
-    if cfg["task"] not in TASK_NAMES:
+    if cfg["task"] not in task_names():
         task = dataset_task(ckpt.task, json.loads(ckpt.meta.get("ebmtool.task_size", "null")))
         if task is not None:
             return task
-    task, _ = resolve_task(cfg["task"], cfg["size"]) if cfg["task"] in TASK_NAMES else (None, None)
+    task, _ = resolve_task(cfg["task"], cfg["size"]) if cfg["task"] in task_names() else (None, None)
     if task is None:
         d = ckpt.dims
         task = FileTask(name="file", size=0, path=cfg["task"], x_dim_=d["x_dim"], y_dim_=d["y_dim"])

@@ -7,15 +7,30 @@ swish, FiLM time conditioning on layers 2 and 3, and energy = sum of squares of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ebmtool.diffusion import CallCounter, Condition
+from ebmtool.errors import InputError
 
 DEFAULT_WIDTH = 512  # the reference MLP's hidden width
 PER_ROW_TERMS = (2, 3, 6, 7)  # EnergyMLP._layers' FiLM gains and biases, one row per row (unless folded)
+
+
+MODEL_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {}  # arch -> builder(dims); see register_model
+
+
+def register_model(arch: str, builder: Callable[[dict], nn.Module]) -> Callable[[dict], nn.Module]:
+    """Register an energy network: `builder(dims)` builds it from the `dims` a task's `model_dims` returns (and a
+    checkpoint records), whose "arch" is `arch`. Each architecture below registers itself; plugins register
+    theirs in their own module. An arch registered twice is an InputError."""
+    if arch in MODEL_BUILDERS:
+        raise InputError(f"the model architecture {arch!r} is registered twice")
+    MODEL_BUILDERS[arch] = builder
+    return builder
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -146,6 +161,9 @@ class EnergyMLP(nn.Module):
         return gain2, bias2, gain3, bias3
 
 
+register_model("mlp", lambda d: EnergyMLP(d["x_dim"], d["y_dim"], d["width"], d["time_dim"]))
+
+
 class SiluGrad(torch.autograd.Function):
     """dh * silu'(a) as one recorded operation: torch's fused kernel forward, and an explicit backward with
     silu''(a) = s (1 - s) (2 + a (1 - 2 s)), s = sigmoid(a). Written out as tensor ops instead, autograd would
@@ -250,17 +268,11 @@ def compile_explicit(model: "EnergyMLP", enable: bool = True, **compile_kwargs) 
 
 
 def build_model(dims: dict) -> nn.Module:
-    """Rebuild a network from the `dims` recorded in a checkpoint."""
+    """Rebuild a network from the `dims` recorded in a checkpoint (or returned by a task's model_dims)."""
     arch = dims.get("arch")
-    if arch == "mlp":
-        return EnergyMLP(dims["x_dim"], dims["y_dim"], dims["width"], dims["time_dim"])
-    if arch == "sudoku_cnn":
-        return SudokuCNN(dims["width"], dims["blocks"], dims["time_dim"], dims["time_hidden"])
-    if arch == "graph_nlm":
-        return GraphEBM(dims["hidden"], dims["depth"], dims["time_dim"], dims["x_channels"])
-    if arch == "path_gnn":
-        return PathGNN(dims["hidden"], dims["steps"], dims["time_dim"])
-    raise ValueError(f"unknown model architecture {dims.get('arch')!r}")
+    if arch not in MODEL_BUILDERS:
+        raise InputError(f"unknown model architecture {arch!r}; the known ones are {', '.join(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[arch](dims)
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -322,6 +334,9 @@ class SudokuCNN(_Counted):
         for block in self.blocks:
             h = block(h, temb)
         return self.conv_out(h).pow(2).sum(dim=(1, 2, 3))
+
+
+register_model("sudoku_cnn", lambda d: SudokuCNN(d["width"], d["blocks"], d["time_dim"], d["time_hidden"]))
 
 
 class GraphTime(nn.Module):
@@ -387,6 +402,9 @@ class GraphEBM(_Counted):
         return self.out(h).pow(2).sum(dim=(1, 2, 3))
 
 
+register_model("graph_nlm", lambda d: GraphEBM(d["hidden"], d["depth"], d["time_dim"], d["x_channels"]))
+
+
 class PathGNN(_Counted):
     """Shortest-path energy, the release's GNNConv1DEBMV2 layout (55,937 parameters at the defaults).
 
@@ -422,3 +440,6 @@ class PathGNN(_Counted):
             z = F.silu(zi[:, :, :, None, :] + zj[:, :, None, :, :] + zc[:, None])
             h = z.amax(3)
         return self.out(h).sum(dim=(1, 2, 3))
+
+
+register_model("path_gnn", lambda d: PathGNN(d["hidden"], d["steps"], d["time_dim"]))

@@ -25,8 +25,8 @@ from ebmtool.config import TrainConfig
 from ebmtool.diffusion import Schedule, cosine_schedule
 from ebmtool.errors import InputError
 from ebmtool.negatives import kappa, noise_to_signal
-from ebmtool.problems import Problems
-from ebmtool.tasks import get_task
+from ebmtool.tasks.problems import Problems
+from ebmtool.tasks.registry import get_task
 from ebmtool.training.losses import Batch, Objective, standard_normal
 from ebmtool.training.negatives import assemble
 

@@ -161,7 +161,7 @@ def test_energy_samples_are_shared_across_models_and_accept_runs_without_ired_se
 
     from ebmtool.compare import energy_samples
     from ebmtool.models import EnergyMLP
-    from ebmtool.tasks import get_task
+    from ebmtool.tasks.registry import get_task
 
     task = get_task("inverse", 3)
     problems = task.generate(40, "test")

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
-from ebmtool.discrete import graphs, negatives, sudoku
+from ebmtool.tasks import graphs, sudoku
+from ebmtool.tasks import reference_negatives as negatives
 from ebmtool.models import GraphEBM, PathGNN, SudokuCNN, build_model, parameter_count
-from ebmtool.tasks import get_task
+from ebmtool.tasks.registry import get_task
 
 SOLVED = np.array([int(c) for c in
                    "534678912672195348198342567859761423426853791713924856961537284287419635345286179"], np.int8)
@@ -260,10 +261,18 @@ def test_a_negative_that_cannot_differ_is_an_error():
 
 def test_sudoku_cnn_parameter_count_and_forward():
     assert parameter_count(SudokuCNN(384)) == 44_619_401
+    torch.manual_seed(0)
     m = SudokuCNN(width=8, blocks=2)
     x, y = torch.randn(2, 729), torch.randn(2, 729)
+    out = []
+    hook = m.conv_out.register_forward_hook(lambda mod, args, result: out.append(result))
     e = m(x, y, torch.tensor([0, 9]))
-    assert e.shape == (2,) and (e >= 0).all() and m.counter.calls == 1
+    hook.remove()
+    assert e.shape == (2,) and m.counter.calls == 1
+    # the energy is the sum of squares of the 9 output channels over the board, and it depends on y and on t
+    assert out[0].shape == (2, 9, 9, 9) and torch.allclose(e, out[0].pow(2).sum(dim=(1, 2, 3)))
+    assert not torch.allclose(m(x, -y, torch.tensor([0, 9])), e)
+    assert not torch.allclose(m(x, y, torch.tensor([9, 0])), e)
     again = build_model(m.dims)
     again.load_state_dict(m.state_dict())
     assert torch.allclose(again(x, y, torch.tensor([0, 9])), e)
@@ -325,7 +334,7 @@ def test_task_attributes_follow_the_reference():
 
 def test_data_command_caches_a_discrete_set_that_training_reads(runner, tmp_path):
     from ebmtool.cli import cli
-    from ebmtool.tasks import resolve_task
+    from ebmtool.tasks.files import resolve_task
 
     out = tmp_path / "s.h5"
     r = runner.invoke(cli, ["data", "sudoku", "-n", "4", "--seed", "1", "-o", str(out)], catch_exceptions=False)

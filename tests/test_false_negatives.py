@@ -15,7 +15,7 @@ from ebmtool.config import TrainConfig
 from ebmtool.diffusion import cosine_schedule, noised
 from ebmtool.negatives import FLOOR_MARGIN, floor_kappa, kappa, noise_to_signal, renoise
 from ebmtool.preflight import ExactEnergy, preflight
-from ebmtool.problems import Problems
+from ebmtool.tasks.problems import Problems
 from ebmtool.training import diagnostics, train
 from ebmtool.training.metrics import read_metrics
 

@@ -7,7 +7,8 @@ import torch
 
 from ebmtool.artifacts import read_dataset
 from ebmtool.errors import InputError
-from ebmtool.tasks import get_task, split_user_data
+from ebmtool.tasks.files import split_user_data
+from ebmtool.tasks.registry import get_task
 
 
 def test_generation_is_deterministic_and_seed_dependent():

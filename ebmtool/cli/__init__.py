@@ -16,6 +16,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from ebmtool import __version__, distributed
 from ebmtool.errors import EbmtoolError, RunError
+from ebmtool.plugins import load_plugins
 
 
 class EbmtoolGroup(click.Group):
@@ -110,6 +111,7 @@ def _run():
     cli(prog_name="ebmtool")
 
 
+load_plugins()  # before the commands are built: a plugin's tasks are among their choices and help
 from ebmtool.cli import compare, core, data, export, negatives, study  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["cli", "main"]

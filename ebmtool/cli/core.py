@@ -44,14 +44,14 @@ from ebmtool.config import (
     RECIPES,
 )
 from ebmtool.devices import PRECISIONS, resolve_device
-from ebmtool.discrete.negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.errors import InputError, Interrupted
 from ebmtool.evaluate import DEFAULT_WEIGHTS, EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint, problems_label
 from ebmtool.info import describe, format_description
 from ebmtool.negatives import CLAMP_MODES
 from ebmtool.negatives_file import negatives_k
 from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
-from ebmtool.tasks import TASK_NAMES
+from ebmtool.tasks.reference_negatives import CONNECTIVITY_NEGATIVES
+from ebmtool.tasks.registry import names as task_names
 from ebmtool.training.loop import train as run_training
 from ebmtool.training.plan import plan_run
 from ebmtool.training.state import checkpoint_budget
@@ -84,7 +84,7 @@ class TrainCommand(click.Command):
 @cli.command(cls=TrainCommand, context_settings={"allow_extra_args": True})
 @optgroup.group("Task, model and budget")
 @optgroup.option("--task", default=None, show_default=train_default("task"),
-                 help=f"Built-in task ({', '.join(TASK_NAMES)}) or an HDF5 data file with `inputs` and `targets`.")
+                 help=f"Built-in task ({', '.join(task_names())}) or an HDF5 data file with `inputs` and `targets`.")
 @optgroup.option("--recipe", type=click.Choice(tuple(RECIPES)), default=TRAIN_DEFAULTS["recipe"], show_default=True,
                  help="Named budget: cpu = 8x8, 1500 steps, batch 256, lr 1e-3 (80 s on 2 cores); paper = 20x20, "
                  "100k steps, batch 2048, lr 1e-4 (a GPU job). Flags below override it.")

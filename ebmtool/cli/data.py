@@ -25,7 +25,8 @@ from ebmtool.config import (
     RECIPES,
 )
 from ebmtool.errors import InputError
-from ebmtool.tasks import SPLITS, TASK_NAMES, get_task
+from ebmtool.tasks.problems import SPLITS
+from ebmtool.tasks.registry import get_task, names as task_names
 
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 
@@ -33,7 +34,7 @@ CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix s
 # ------------------------------------------------------------------------------------------------ data
 
 @cli.command()
-@click.argument("task", type=click.Choice(TASK_NAMES))
+@click.argument("task", type=click.Choice(task_names()))
 @click.option("-n", "n", type=click.IntRange(min=1), default=1024, show_default=True, help="Number of problems.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="HDF5 file to write.")
 @click.option("--size", type=click.IntRange(min=2), default=None,

@@ -13,7 +13,7 @@ import dataclasses
 
 from ebmtool.config import TrainConfig
 from ebmtool.confounds import unset_defaults
-from ebmtool.tasks import TASK_NAMES, get_task
+from ebmtool.tasks.registry import get_task, names as task_names
 
 
 def _train_defaults() -> dict:
@@ -29,11 +29,11 @@ def train_default(name: str) -> str:
     return str(TRAIN_DEFAULTS[name])
 
 
-def per_task(value_of, tasks=TASK_NAMES) -> str:
+def per_task(value_of, tasks=None) -> str:
     """A per-task default as text, tasks with the same value together: '512: inverse, addition; 384: sudoku'.
     `value_of(task)` returns the value, or None for a task it does not apply to."""
     groups: dict[str, list[str]] = {}
-    for name in tasks:
+    for name in task_names() if tasks is None else tasks:
         v = value_of(get_task(name, None))
         if v is not None:
             groups.setdefault(f"{v:g}" if isinstance(v, float) else str(v), []).append(name)

@@ -38,6 +38,7 @@ from ebmtool.mining import (
 )
 from ebmtool.preflight import preflight as run_preflight
 from ebmtool.sans import ALPHA_SCHEDULES, DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
+from ebmtool.tasks.registry import DEFAULT_TASK
 
 
 def _device(name):
@@ -219,7 +220,7 @@ def weights_cmd(scores, alpha, alpha_schedule, alpha_floor, output, as_json, ove
 
 
 @cli.command("preflight")
-@click.option("--task", default="inverse", show_default=True, help="A built-in task whose answer is known.")
+@click.option("--task", default=DEFAULT_TASK, show_default=True, help="A built-in task whose answer is known.")
 @click.option("--size", type=click.IntRange(min=2), default=None, show_default="8 (the cpu recipe's) for matrix tasks",
               help="Matrix size.")
 @click.option("--anm", is_flag=True, default=False, help="Shorthand for --negatives-from anm.")

@@ -17,7 +17,7 @@ from ebmtool import sans as sans_mod
 from ebmtool.config import TrainConfig
 from ebmtool.diffusion import Schedule, condition, energy_and_grad, impose_mask, noised, repeat_condition
 from ebmtool.negatives import NegativeSettings, kappa, noise_to_signal, renoise, repeat_rows
-from ebmtool.problems import Task
+from ebmtool.tasks.problems import Task
 from ebmtool.training.diagnostics import energy_diagnostics, level_losses
 from ebmtool.training.negatives import Shard, assemble
 

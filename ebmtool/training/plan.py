@@ -18,7 +18,7 @@ from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
 from ebmtool.config import IRED_FIELDS, RECIPES, TrainConfig, first_difference, flag_name, resume_overrides
 from ebmtool.curriculum import sources_of
 from ebmtool.errors import InputError
-from ebmtool.tasks import builtin_task
+from ebmtool.tasks.registry import builtin_task
 from ebmtool.training.state import run_is_complete
 
 RUNS_DIR = Path("runs")  # where a new run without -o goes: runs/<task>-<YYYYmmdd-HHMMSS>

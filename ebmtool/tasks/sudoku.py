@@ -1,4 +1,5 @@
-"""Sudoku: a seeded generator of unique-solution puzzles, file loaders, encoding and metrics.
+"""Sudoku: the task (`SudokuTask`), a seeded generator of unique-solution puzzles, file loaders, encoding and
+metrics.
 
 Generation (no download needed): a complete grid is filled by randomised depth-first search, then cells are
 removed in a random order while the puzzle keeps exactly one solution. Uniqueness is proved for whole batches
@@ -16,12 +17,17 @@ Boards inside this module are (n, 81) int arrays with digits 1..9 and 0 for an e
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ebmtool.diffusion import SamplerSettings
 from ebmtool.errors import InputError
 from ebmtool.progress import progress_bar
+from ebmtool.tasks.discrete import DiscreteTask
+from ebmtool.tasks.problems import Problems
+from ebmtool.tasks.reference_negatives import sudoku_negative
 
 CELLS = 81
 DIGITS = 9
@@ -350,6 +356,74 @@ def problems_from_files(path: Path, labels: Path | None = None) -> tuple[np.ndar
         raise InputError(f"{path}: give an RRN/Kaggle .csv (quiz,solution) or a SAT-Net features .npy")
     check_puzzles(puzzles, sols, str(path))
     givens = (puzzles > 0).sum(1)
-    desc = {"task": "sudoku", "size": 9, "source": str(path), "n": int(len(puzzles)), "unique": None,
+    desc = {"task": SudokuTask.name, "size": 9, "source": str(path), "n": int(len(puzzles)), "unique": None,
             "givens_min": int(givens.min()), "givens_max": int(givens.max()), "givens_mean": float(givens.mean())}
     return encode(puzzles), encode(sols), given_mask(puzzles), desc
+
+
+# ------------------------------------------------------------------------------------------------ the task
+
+@dataclass(frozen=True)
+class SudokuTask(DiscreteTask):
+    """9x9 Sudoku: the solution given the clues (masked: imposed while sampling, not learnt). The harder split has
+    fewer givens; the size is always 9."""
+
+    size_unit = None  # Sudoku is always 9x9
+    has_mask = True  # the clues are given
+    converts_files = True  # the public Sudoku sets (RRN/Kaggle CSV, SAT-Net .npy)
+
+    name: str = "sudoku"
+    size: int = 9
+    metric: str = "board_solved"
+    energy_weight: float = 0.05
+    sampler: SamplerSettings = SamplerSettings(inner_steps=20, x0_clamp=1.0, opt_clamp=1.0, opt_multiplier=1.0,
+                                               post_clamp=1.0)
+    harder_size: int = 9
+
+    @property
+    def x_dim(self) -> int:
+        return Y_DIM
+
+    @property
+    def y_dim(self) -> int:
+        return Y_DIM
+
+    @property
+    def label(self) -> str:
+        return "sudoku 9x9"
+
+    def at_size(self, size: int | None) -> "SudokuTask":
+        if size is None or size == self.size:
+            return self
+        raise InputError(f"sudoku is always 9x9; --size {size} does not apply")
+
+    def problems_from_files(self, source, labels=None) -> Problems:
+        """Sudoku puzzles a user has on disk, checked (problems_from_files)."""
+        x, y, mask, desc = problems_from_files(source, labels)
+        return Problems(x, y, mask, desc)
+
+    def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
+        """The Sudoku CNN (ebmtool.models' sudoku_cnn): `width` its channels, `blocks` its residual blocks."""
+        return {"arch": "sudoku_cnn", "x_dim": Y_DIM, "y_dim": Y_DIM, "width": width or 384,
+                "blocks": 6 if blocks is None else blocks, "time_dim": 128, "time_hidden": 64}
+
+    def draw(self, rng, n, nodes, harder, desc):
+        puzzles, sols, target = generate(n, rng, GIVENS_HARDER if harder else GIVENS_TRAIN)
+        givens = (puzzles > 0).sum(1)
+        desc.update(unique=True, givens_min=int(givens.min()), givens_max=int(givens.max()),
+                    givens_mean=float(givens.mean()), givens_reached_target=float((givens == target).mean()))
+        return encode(puzzles), encode(sols), given_mask(puzzles)
+
+    def reference_negative(self, y, mask, gen, connectivity_form: str = "reference"):
+        return sudoku_negative(y, mask, gen)
+
+    def metrics(self, problems: Problems, y_hat: np.ndarray) -> dict[str, np.ndarray]:
+        puzzles = puzzles_from_x(problems.x)
+        return metrics(puzzles, decode(problems.y), y_hat, unique=bool(problems.description.get("unique", True)))
+
+    def baselines(self, problems: Problems) -> dict[str, np.ndarray]:
+        """Primary metric of trivial predictors: the numbers a model must beat to have learnt anything."""
+        return {"givens only": self.metrics(problems, problems.x)[self.metric]}
+
+
+TASKS = (SudokuTask(),)  # registered by ebmtool.tasks.registry

@@ -6,7 +6,8 @@ SeedSequence: training draws come from (seed, "train"); validation and test sets
 for every model.
 
 The training loop, the negatives, evaluation and mining talk to a task only through `Task`: they never ask
-which task it is. A new task implements this interface (see docs/architecture.md).
+which task it is. A new task implements this interface and registers an instance with
+ebmtool.tasks.registry.register (see docs/architecture.md, "Add a task").
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ def stream(seed: int, purpose: str, harder: bool = False) -> np.random.Generator
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(code,)))
 
 
-
 class Task(abc.ABC):
     """The interface of a task. Subclasses are frozen dataclasses with at least these fields:
 
@@ -85,6 +85,15 @@ class Task(abc.ABC):
     reference_negative_source: bool = False  # the `ired` source is reference_negative, not an energy descent
     negative_forms: tuple[str, ...] = ()  # forms of reference_negative a run may choose (--connectivity-negative)
     converts_files: bool = False  # `ebmtool data --from` converts the user's own files (problems_from_files)
+    files_read_as_task: bool = False  # problems written by `ebmtool data` are read back as this task (its
+    # negatives, masks and metrics), not as a plain data file
+
+    def at_size(self, size: int | None) -> "Task":
+        """This task at `size` (--size; None = its reference size): the same family, a new size. A task of one
+        fixed size accepts only that size."""
+        if size is None or size == self.size:
+            return self
+        raise InputError(f"{self.name} has a fixed size; --size {size} does not apply")
 
     @property
     @abc.abstractmethod

@@ -1,1 +1,0 @@
-"""Discrete reasoning tasks: Sudoku, graph connectivity, shortest path."""
