@@ -44,7 +44,7 @@ class ConnectivityTask(DiscreteTask):
         return {"arch": "graph_nlm", "hidden": width or 32, "depth": 2 if blocks is None else blocks,
                 "time_dim": 512, "x_channels": 1}
 
-    def draw(self, rng, n, nodes, harder, desc):
+    def draw_problems(self, rng, n, nodes, harder, desc):
         x, y = graphs.connectivity(rng, n, nodes, self.p)
         return x, y, None
 

@@ -60,11 +60,11 @@ class DiscreteTask(Task):
         seed = split_seed(split, seed)
         nodes = size or (self.harder_size if harder else self.size)
         desc = {"task": self.name, "size": nodes, "split": split, "seed": seed, "harder": harder, "n": n}
-        x, y, mask = self.draw(stream(seed, split, harder), n, nodes, harder, desc)
+        x, y, mask = self.draw_problems(stream(seed, split, harder), n, nodes, harder, desc)
         return Problems(x, y, mask, desc)
 
     @abc.abstractmethod
-    def draw(self, rng: np.random.Generator, n: int, nodes: int, harder: bool, desc: dict):
+    def draw_problems(self, rng: np.random.Generator, n: int, nodes: int, harder: bool, desc: dict):
         """(x, y, mask-or-None) of n problems from a random stream; may add to the description `desc`."""
 
     @abc.abstractmethod

@@ -116,6 +116,10 @@ class Task(abc.ABC):
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
         """The `dims` of this task's reference energy network (ebmtool.models.build_model); width/blocks scale it."""
 
+    def draw(self, rng: np.random.Generator, n: int, harder: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """n fresh problems (x, y) from a random stream: a run's training batches under --train-size 0."""
+        raise NotImplementedError(f"{self.label} problems are generated once (--train-size > 0), not per step")
+
     def reference_negative(self, y, mask, gen, form: str):
         """(y_neg, n_identical_redrawn): the task's own corruption of the answer (reference_negative_source)."""
         raise NotImplementedError(f"{self.label} has no reference negative: its ired negatives descend the energy")

@@ -42,7 +42,7 @@ class ShortestPathTask(DiscreteTask):
             raise InputError("--blocks does not apply to shortest-path (its network has two fixed blocks)")
         return {"arch": "path_gnn", "hidden": width or 64, "steps": graphs.PATH_STEPS, "time_dim": 512}
 
-    def draw(self, rng, n, nodes, harder, desc):
+    def draw_problems(self, rng, n, nodes, harder, desc):
         x, y, _ = graphs.shortest_path(rng, n, nodes)
         return x, y, None
 

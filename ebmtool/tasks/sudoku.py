@@ -407,7 +407,7 @@ class SudokuTask(DiscreteTask):
         return {"arch": "sudoku_cnn", "x_dim": Y_DIM, "y_dim": Y_DIM, "width": width or 384,
                 "blocks": 6 if blocks is None else blocks, "time_dim": 128, "time_hidden": 64}
 
-    def draw(self, rng, n, nodes, harder, desc):
+    def draw_problems(self, rng, n, nodes, harder, desc):
         puzzles, sols, target = generate(n, rng, GIVENS_HARDER if harder else GIVENS_TRAIN)
         givens = (puzzles > 0).sum(1)
         desc.update(unique=True, givens_min=int(givens.min()), givens_max=int(givens.max()),

@@ -239,9 +239,9 @@ def evaluate_now(st: RunState) -> dict:
     for name, m in (("model", st.model), ("ema", st.ema.model)):
         errs = evaluate_model(m, task, st.data.val, device=st.device, precision=st.cfg.precision)
         row[f"metric_{name}"] = float(errs[task.metric].mean())
-        if "mse" in errs:
-            row[f"mse_{name}"] = float(errs["mse"].mean())
-            row[f"mse_ref_scaled_{name}"] = float(errs["mse_ref_scaled"].mean())
+        for column in ("mse", "mse_ref_scaled"):  # where the task reports them (a task need not report both)
+            if column in errs:
+                row[f"{column}_{name}"] = float(errs[column].mean())
     return row
 
 
