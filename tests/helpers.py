@@ -12,14 +12,16 @@ The one-thread setting is an autouse fixture in conftest.py.
 """
 
 from ebmtool.config import TrainConfig
+from ebmtool.tasks.registry import builtin_task
 
 TINY_PROBLEM = dict(size=4, width=32, train_size=256, batch_size=32, val_size=8)
 TINY = dict(task="inverse", **TINY_PROBLEM, time_dim=16, log_every=2, eval_every=0, ckpt_every=0, device="cpu",
             lr=1e-3)
 SMALL = dict(batch_size=16, train_size=32, val_size=0)
 
-# discrete tasks: each task's own network scaled down (--width/--blocks), and far fewer, smaller batches
-TINY_NETS = {"sudoku": {"width": 16, "blocks": 1}, "connectivity": {"width": 8}, "shortest-path": {"width": 8}}
+# discrete tasks: each task's own network scaled down (--width/--blocks), by the architecture the task names, and
+# far fewer, smaller batches
+TINY_NETS = {"sudoku_cnn": {"width": 16, "blocks": 1}, "graph_nlm": {"width": 8}, "path_gnn": {"width": 8}}
 TINY_DISCRETE = dict(size=None, train_size=16, batch_size=8, val_size=4, log_every=1, seed=0, steps=2)
 
 
@@ -31,11 +33,19 @@ def flags(**settings) -> list[str]:
 TINY_FLAGS = flags(**TINY_PROBLEM, **{k: TINY[k] for k in ("log_every", "eval_every", "device")})
 
 
+def tiny_net(task: str) -> dict | None:
+    """The --width/--blocks of a registered task's tiny network (TINY_NETS by its architecture); None for the MLP
+    tasks and data files."""
+    t = builtin_task(task)
+    return None if t is None else TINY_NETS.get(t.model_dims()["arch"])
+
+
 def tiny(task: str = "inverse", **kw) -> TrainConfig:
     """TINY's run (a discrete task: its TINY_NETS network on TINY_DISCRETE's problems), `kw` overriding."""
     base = {**TINY, "task": task}
-    if task in TINY_NETS:  # time_dim: left at the default (a discrete network's own is fixed by its task)
-        base = {**{k: v for k, v in base.items() if k != "time_dim"}, **TINY_DISCRETE, **TINY_NETS[task]}
+    net = tiny_net(task)
+    if net is not None:  # time_dim: left at the default (a discrete network's own is fixed by its task)
+        base = {**{k: v for k, v in base.items() if k != "time_dim"}, **TINY_DISCRETE, **net}
     return TrainConfig(**{**base, **kw})
 
 

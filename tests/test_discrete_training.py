@@ -20,19 +20,20 @@ from ebmtool.training.negatives import discrete_reference
 from ebmtool.training.losses import Batch, Objective, ired_losses
 from ebmtool.rng import step_generator
 from ebmtool.training.loop import train
+from ebmtool.tasks.registry import get_task, names
 
-from helpers import TINY_NETS, tiny
+from helpers import tiny, tiny_net
 
 SCHED = cosine_schedule()
 
 
-@pytest.mark.parametrize("task", ["sudoku", "connectivity", "shortest-path"])
+@pytest.mark.parametrize("task", [n for n in names() if get_task(n).reference_negative_source])
 def test_each_task_trains_checkpoints_and_evaluates_its_metric(task, tmp_path):
     res = train(tiny(task), tmp_path / task, log=lambda *a: None)
     ck = load_checkpoint(tmp_path / task / "ckpt.safetensors")
     t = checkpoint_task(ck)
     assert ck.task == task and t.name == task and t.discrete
-    assert ck.dims == t.model_dims(**TINY_NETS[task])  # the tiny network, rebuilt from the checkpoint
+    assert ck.dims == t.model_dims(**tiny_net(task))  # the tiny network, rebuilt from the checkpoint
     assert res.final_eval["metric_name"] == t.metric
     with h5py.File(tmp_path / task / "metrics.h5") as f:
         assert f["step"][()].tolist() == [1, 2]
