@@ -53,11 +53,11 @@ def separate_passes(size, batch, width, k, repeats):
         t = torch.randint(0, 10, (batch,), generator=gen)
         eps = torch.randn(y.shape, generator=gen)
         parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, rng.NEGATIVES)), Objective(cfg, sched, energy_weight=0.5))
-        terms = [parts["energy_term"]]
+        terms = [parts.energy_term]
         for j in range(1, k):  # the other 15 negatives: generate one per positive and score it, pass by pass
             ep, _, _ = energy_term(model, Batch(x, y, t, gen, step_generator(0, j, rng.NEGATIVES)), Objective(cfg, sched), eps)
-            terms.append(0.5 * ep["loss_energy"].mean())
-        total = parts["loss_denoise"].mean() + torch.stack(terms).mean()
+            terms.append(0.5 * ep.loss_energy.mean())
+        total = parts.loss_denoise.mean() + torch.stack(terms).mean()
         opt.zero_grad()
         total.backward()
         opt.step()
@@ -82,7 +82,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 x, y = data.batch(0, "cpu"); gen = step_generator(0, 0); t = torch.randint(0, 10, ({batch},), generator=gen)
 t0 = time.perf_counter()
 parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, rng.NEGATIVES)), Objective(cfg, cosine_schedule(), energy_weight=0.5))
-parts["loss_total"].backward()
+parts.loss_total.backward()
 print(json.dumps({{"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "rss_before_step_gib": before / 2**20, "seconds": time.perf_counter() - t0}}))
 """

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import sys
+import zlib
 
 import numpy as np
 import torch
@@ -148,6 +149,29 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     out = t.detach().clone()
     _collective(_dist().all_reduce, out)
     return out
+
+
+def pack_named(values: dict[str, float]) -> torch.Tensor:
+    """`values` as one float64 vector: the values in sorted-name order, then a checksum of the names (crc32, exact
+    in float64 when summed over up to 2**20 processes). The order is the names', never the dict's, so every
+    process that holds the same names lays them out alike."""
+    names = sorted(values)
+    crc = zlib.crc32("\n".join(names).encode())
+    return torch.tensor([float(values[n]) for n in names] + [float(crc)], dtype=torch.float64)
+
+
+def all_reduce_named(values: dict[str, float]) -> dict[str, float]:
+    """Each named value summed over the processes, by name, in one all-reduce (pack_named). Processes whose names
+    differ (a field one of them lacks) raise RunError instead of summing misaligned values. Single process: the
+    values themselves."""
+    if not active():
+        return dict(values)
+    packed = pack_named(values)
+    summed = all_reduce_sum(packed).tolist()
+    if summed[-1] != world_size() * packed[-1].item():
+        raise RunError(f"the processes combined differently named values (this process has {', '.join(sorted(values))}): "
+                       "they run different code or configurations")
+    return dict(zip(sorted(values), summed[:-1]))
 
 
 BUCKET = 1 << 24  # elements per flattened all-reduce (64 MiB in fp32)

@@ -129,8 +129,8 @@ def test_training_loss_and_parameter_gradients_equal_the_function_before_in_floa
         batch = Batch(x, y, t, torch.Generator().manual_seed(4), torch.Generator().manual_seed(5))
         # the loss draws its noise in float32 on the CPU: cast the model's inputs instead of the draws
         parts = ired_losses(_Float64(net), batch, Objective(cfg, SCHED))
-        parts["loss_total"].backward()
-        losses.append(parts["loss_total"].detach())
+        parts.loss_total.backward()
+        losses.append(parts.loss_total.detach())
         grads.append([p.grad.clone() for p in m.parameters()])
     assert _rel(losses[0], losses[1]) < 1e-12
     for (name, _), a, b in zip(reuse_cases.model().named_parameters(), *grads):

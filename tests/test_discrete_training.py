@@ -91,9 +91,9 @@ def test_sudoku_losses_with_every_source_are_finite(negatives, extra):
     gen = step_generator(0, 0)
     t = torch.randint(0, 10, (x.shape[0],), generator=gen)
     parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(0, 0, purpose=3), mask=mask), Objective(cfg, SCHED, task=data.task, energy_weight=data.task.energy_weight))
-    assert torch.isfinite(parts["loss_total"]) and torch.isfinite(parts["loss_energy"]).all()
-    assert 0.0 <= parts["diagnostics"]["dup_fraction"] <= 1.0
-    parts["loss_total"].backward()
+    assert torch.isfinite(parts.loss_total) and torch.isfinite(parts.energy.loss_energy).all()
+    assert 0.0 <= parts.diagnostics["dup_fraction"] <= 1.0
+    parts.loss_total.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
@@ -106,9 +106,9 @@ def test_given_cells_contribute_no_denoising_loss():
     t = torch.randint(0, 10, (4,), generator=gen)
     full = torch.ones_like(mask)
     parts = ired_losses(model, Batch(y, y, t, gen, mask=full), Objective(cfg, SCHED, task=data.task, energy_weight=0.0))
-    assert float(parts["loss_denoise"].detach().abs().max()) == 0.0
+    assert float(parts.loss_denoise.detach().abs().max()) == 0.0
     parts = ired_losses(model, Batch(x, y, t, step_generator(0, 0), mask=mask), Objective(cfg, SCHED, task=data.task, energy_weight=0.0))
-    assert float(parts["loss_denoise"].detach().min()) > 0.0
+    assert float(parts.loss_denoise.detach().min()) > 0.0
 
 
 def test_shortest_path_weights_the_path_entries():
@@ -120,7 +120,7 @@ def test_shortest_path_weights_the_path_entries():
     x, y, _ = data.batch_with_mask(0, "cpu")
     model = build_model(data.task.model_dims(8))
     t = torch.randint(0, 10, (x.shape[0],), generator=step_generator(0, 0))
-    got = ired_losses(model, Batch(x, y, t, step_generator(0, 1)), Objective(cfg, SCHED, task=data.task, energy_weight=0.0))["loss_denoise"]
+    got = ired_losses(model, Batch(x, y, t, step_generator(0, 1)), Objective(cfg, SCHED, task=data.task, energy_weight=0.0)).loss_denoise
     eps = torch.randn(y.shape, generator=step_generator(0, 1))  # the first draw inside ired_losses
     _, eps_hat = energy_and_grad(model, x, noised(SCHED, y, t, eps), t)
     sq = (eps_hat - eps) ** 2

@@ -120,8 +120,8 @@ def test_grad_cosine_equals_autograd_on_a_small_model():
     cfg = tiny(seed=0).validate()
     model, parts = seeded_losses(cfg, 0)
     params = [p for p in model.parameters() if p.requires_grad]
-    g1 = torch.autograd.grad(parts["loss_denoise"].mean(), params, retain_graph=True, allow_unused=True)
-    g2 = torch.autograd.grad(parts["energy_term"], params, retain_graph=True, allow_unused=True)
+    g1 = torch.autograd.grad(parts.loss_denoise.mean(), params, retain_graph=True, allow_unused=True)
+    g2 = torch.autograd.grad(parts.energy_term, params, retain_graph=True, allow_unused=True)
     flat = [torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).double() for g, p in zip(gs, params)])
             for gs in (g1, g2)]
     want_cos = float(flat[0] @ flat[1] / (flat[0].norm() * flat[1].norm()))
@@ -140,7 +140,7 @@ def test_the_cosine_sign_follows_the_gradients():
     model, parts = seeded_losses(cfg, 0)
     a = float(diagnostics.backward_terms(model, parts, measure=True)["grad_cosine"])
     model, parts = seeded_losses(cfg, 0)
-    parts["energy_term"] = -parts["energy_term"]
+    parts.energy_term = -parts.energy_term
     b = float(diagnostics.backward_terms(model, parts, measure=True)["grad_cosine"])
     assert b == pytest.approx(-a, rel=1e-5) and a != 0
 

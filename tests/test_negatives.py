@@ -192,10 +192,10 @@ def test_examples_without_valid_negatives_leave_the_energy_term_and_are_counted(
     gen = step_generator(1, 0)
     t = torch.randint(0, 10, (32,), generator=gen)
     parts = ired_losses(model, Batch(x, y, t, gen, neg_gen=step_generator(1, 0, rng.NEGATIVES)), Objective(cfg, SCHED, energy_weight=0.5))
-    d = parts["diagnostics"]
+    d = parts.diagnostics
     assert d["dup_fraction"] == 1.0 and d["excluded_fraction"] == 1.0
-    assert parts["energy_term"].item() == 0.0  # nothing is learnt from duplicates
-    assert torch.isclose(parts["loss_total"], parts["loss_denoise"].mean())
+    assert parts.energy_term.item() == 0.0  # nothing is learnt from duplicates
+    assert torch.isclose(parts.loss_total, parts.loss_denoise.mean())
 
 
 # ------------------------------------------------------------------------------------------------ sensitivity
@@ -226,11 +226,11 @@ def test_hnm_levels_span_the_schedule():
 def test_default_configuration_reproduces_the_baseline_loss_golden():
     """Golden values computed with the code of commit 37c0756 for the same seeded step."""
     model, parts = seeded_losses(tiny(seed=7).validate(), 7)
-    parts["loss_total"].backward()
+    parts.loss_total.backward()
     gnorm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
-    assert parts["loss_total"].item() == pytest.approx(1.407025694847107, rel=1e-6)
-    assert parts["loss_energy"].mean().item() == pytest.approx(0.6922881603240967, rel=1e-6)
-    assert parts["energy_neg"].sum().item() == pytest.approx(7.359838008880615, rel=1e-6)
+    assert parts.loss_total.item() == pytest.approx(1.407025694847107, rel=1e-6)
+    assert parts.energy.loss_energy.mean().item() == pytest.approx(0.6922881603240967, rel=1e-6)
+    assert parts.energy.energy_neg.sum().item() == pytest.approx(7.359838008880615, rel=1e-6)
     assert gnorm == pytest.approx(0.022984404116868973, rel=1e-5)
 
 
@@ -259,7 +259,7 @@ def test_one_energy_call_scores_positives_and_all_k_negatives():
     # denoise (1) + ired descent 2 steps (3 calls of B*K rows) + one scoring call of B(1+K) rows
     assert model.counter.calls == 5
     assert model.counter.rows == 32 + 3 * 32 * 8 + 32 * 9
-    assert parts["diagnostics"]["weight_ess"] == pytest.approx(8.0)
+    assert parts.diagnostics["weight_ess"] == pytest.approx(8.0)
 
 
 # ------------------------------------------------------------------------------------------------ config + CLI

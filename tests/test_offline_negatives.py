@@ -197,7 +197,7 @@ def test_offline_rows_take_the_files_negatives(base):
     parts, diag, _ = energy_term(model, batch, Objective(cfg, cosine_schedule(), offline=store), eps)
     assert diag["offline_fraction"] == 0.75
     w = _contents(base / "weights.h5")["weights"]
-    e_neg = parts["energy_neg"]  # weighted mean of E- with the file's weights on offline rows
+    e_neg = parts.energy_neg  # weighted mean of E- with the file's weights on offline rows
     from ebmtool.negatives import renoise
     xn = renoise(cosine_schedule(), store.y_neg[[5]], t[[0]], eps[[0]]).reshape(3, 16)
     with torch.no_grad():

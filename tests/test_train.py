@@ -36,9 +36,9 @@ def test_initial_losses_match_the_reference_smoke_values():
     gen = step_generator(0, 0)
     t = torch.randint(0, 10, (256,), generator=gen)
     parts = ired_losses(model, Batch(x, y, t, gen), Objective(cfg, cosine_schedule(), energy_weight=0.5))
-    assert 0.9 < parts["loss_denoise"].mean().item() < 1.1
-    assert 0.55 < float(parts["loss_energy"].mean()) < 0.70
-    assert parts["loss_denoise"].shape == parts["loss_energy"].shape == (256,)
+    assert 0.9 < parts.loss_denoise.mean().item() < 1.1
+    assert 0.55 < float(parts.energy.loss_energy.mean()) < 0.70
+    assert parts.loss_denoise.shape == parts.energy.loss_energy.shape == (256,)
 
 
 def test_energy_term_changes_the_parameter_gradient():
@@ -46,7 +46,7 @@ def test_energy_term_changes_the_parameter_gradient():
     grads = {}
     for on in (True, False):
         model, parts = seeded_losses(tiny(seed=3, supervise_energy=on), 3)
-        parts["loss_total"].backward()
+        parts.loss_total.backward()
         grads[on] = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert not torch.allclose(grads[True], grads[False])
 
@@ -130,8 +130,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
 
     def poisoned(*a, **k):
         parts = real(*a, **k)
-        parts["loss_energy"] = parts["loss_energy"] * float("nan")
-        parts["loss_total"] = parts["loss_total"] * float("nan")
+        parts.energy.loss_energy = parts.energy.loss_energy * float("nan")
+        parts.loss_total = parts.loss_total * float("nan")
         return parts
 
     monkeypatch.setattr(tr, "ired_losses", poisoned)

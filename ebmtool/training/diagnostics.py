@@ -145,7 +145,7 @@ def to_host(rows: list[dict]) -> list[dict]:
 
 
 def backward_terms(model, parts, measure: bool) -> dict[str, torch.Tensor]:
-    """Back-propagate loss_total as its two terms, the denoising mean and the energy term, at EVERY step, and
+    """Back-propagate loss_total (of `parts`, a training.losses.Losses with the energy term) as its two terms, the denoising mean and the energy term, at EVERY step, and
     leave their sum in the parameters' .grad. Always the same arithmetic, so a run's weights never depend on
     which steps were measured (the log cadence, where a run was split and resumed). The two graphs share only
     the parameters: traversing them apart costs what one backward of their sum costs.
@@ -155,7 +155,7 @@ def backward_terms(model, parts, measure: bool) -> dict[str, torch.Tensor]:
     parameters against the denoiser) and their norm ratio ||g_E|| / ||g_mse||. Under several processes these
     are of the whole batch's gradients, as for the update."""
     params = [p for p in model.parameters() if p.requires_grad]
-    terms = (parts["loss_denoise"].mean(), parts["energy_term"])
+    terms = (parts.loss_denoise.mean(), parts.energy_term)
     g_mse, g_e = (torch.autograd.grad(term, params, retain_graph=i == 0, allow_unused=True)
                   for i, term in enumerate(terms))
     for p, a, b in zip(params, g_mse, g_e):

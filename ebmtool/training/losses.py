@@ -8,13 +8,14 @@ configuration (ired, K = 1, no SANS) the energy loss is exactly softplus(E+ - E-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 from ebmtool import distributed as dist
 from ebmtool import sans as sans_mod
 from ebmtool.config import TrainConfig
+from ebmtool.errors import RunError
 from ebmtool.diffusion import Schedule, condition, energy_and_grad, impose_mask, noised, repeat_condition
 from ebmtool.negatives import NegativeSettings, kappa, noise_to_signal, renoise, repeat_rows
 from ebmtool.tasks.problems import Task
@@ -65,9 +66,56 @@ def standard_normal(y, gen, shard: Shard | None) -> torch.Tensor:
     return shard.rows(torch.randn((shard.total, y.shape[1]), generator=gen)).to(y.device)
 
 
-def ired_losses(model, batch: Batch, obj: Objective) -> dict:
-    """The parts of the objective, each reduced to shape (B,) before use, plus loss_total (a scalar) and
-    parts["diagnostics"] (logged floats).
+# A per-example part whose non-finite values do not stop a step (a diagnostic) says so in its field's metadata.
+DIAGNOSTIC_ONLY = {"checked": False}
+
+
+@dataclass
+class EnergyParts:
+    """The energy-landscape term of each example: every field has shape (B,)."""
+
+    loss_energy: torch.Tensor  # the per-example loss (softplus(E+ - E-) by default; the SANS form with --sans)
+    energy_pos: torch.Tensor  # E+ (detached)
+    energy_neg: torch.Tensor  # the weighted mean of E- over the K negatives (detached)
+    norm_ratio: torch.Tensor = field(metadata=DIAGNOSTIC_ONLY)  # ||x-|| / ||x+||, weighted as E- is (detached)
+
+
+@dataclass
+class Losses:
+    """What `ired_losses` returns: the losses, the per-example parts and the logged diagnostics."""
+
+    loss_total: torch.Tensor  # 0-d: what the step back-propagates
+    loss_denoise: torch.Tensor  # (B,)
+    energy: EnergyParts | None  # None when the energy term is off (--no-supervise-energy)
+    energy_term: torch.Tensor | None  # 0-d: λ times loss_energy's mean over included examples (None as energy)
+    diagnostics: dict = field(default_factory=dict)  # logged values (0-d tensors or floats) by column name
+
+    def __post_init__(self):
+        if (self.energy is None) != (self.energy_term is None):
+            raise ValueError("Losses takes both the energy parts and the energy term, or neither")
+
+    def per_example(self, checked_only: bool = False) -> dict[str, torch.Tensor]:
+        """The (B,) parts by name, loss_denoise first, then the energy term's fields when it is on. With
+        `checked_only`, the parts whose non-finite values stop a step, in the order a fault names the first."""
+        out = {"loss_denoise": self.loss_denoise}
+        if self.energy is not None:
+            out.update({f.name: getattr(self.energy, f.name) for f in fields(self.energy)
+                        if not checked_only or f.metadata.get("checked", True)})
+        return out
+
+
+def check_shapes(parts: dict[str, torch.Tensor], rows: int) -> None:
+    """Refuse a per-example part whose shape is not (rows,): a (B, B) or (B, K) broadcast would otherwise be
+    averaged into a plausible loss. A check that stays under python -O (an assert would not)."""
+    for name, v in parts.items():
+        if tuple(v.shape) != (rows,):
+            raise RunError(f"the objective's part {name} has shape {tuple(v.shape)} where ({rows},) was expected "
+                           f"(one value per example of the batch's {rows} rows)")
+
+
+def ired_losses(model, batch: Batch, obj: Objective) -> Losses:
+    """The objective of one batch: the per-example parts (each of shape (B,), checked), loss_total (a scalar) and
+    the diagnostics (logged values).
 
     Under a shard (distributed training) the parts are this process's rows, and loss_total is scaled so that the
     mean of the processes' loss_total (and of their gradients) is the one-process loss of the whole batch."""
@@ -84,22 +132,18 @@ def ired_losses(model, batch: Batch, obj: Objective) -> dict:
     weights = None if obj.task is None else obj.task.denoise_weights(y)
     if weights is not None:
         sq = sq * weights
-    parts = {"loss_denoise": sq.mean(dim=1)}
-    diag: dict[str, float] = {}
+    loss_denoise = sq.mean(dim=1)
+    energy, diag, included = None, {}, None
     if cfg.supervise_energy:
         eps_shared = standard_normal(y, batch.gen, batch.shard)
-        energy_parts, diag, included = energy_term(model, batch, obj, eps_shared, cond)
-        parts.update(energy_parts)
-    diag.update(level_losses(parts["loss_denoise"], t, sched.levels, batch.shard is not None))
-    for k, v in parts.items():
-        assert v.shape == (b,), f"{k} has shape {tuple(v.shape)}, expected ({b},)"  # no (B,B,D) broadcasts
-    total = parts["loss_denoise"].mean()
-    if cfg.supervise_energy:
-        parts["energy_term"] = obj.energy_weight * included_mean(parts["loss_energy"], included, batch.shard)
-        total = total + parts["energy_term"]
-    parts["loss_total"] = total
-    parts["diagnostics"] = diag
-    return parts
+        energy, diag, included = energy_term(model, batch, obj, eps_shared, cond)
+    diag.update(level_losses(loss_denoise, t, sched.levels, batch.shard is not None))
+    check_shapes({"loss_denoise": loss_denoise, **({} if energy is None else vars(energy))}, b)
+    total, term = loss_denoise.mean(), None
+    if energy is not None:
+        term = obj.energy_weight * included_mean(energy.loss_energy, included, batch.shard)
+        total = total + term
+    return Losses(total, loss_denoise, energy, term, diag)
 
 
 def included_mean(le: torch.Tensor, included: torch.Tensor, shard: Shard | None) -> torch.Tensor:
@@ -115,8 +159,8 @@ def included_mean(le: torch.Tensor, included: torch.Tensor, shard: Shard | None)
 def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor, cond=None):
     """The energy-landscape loss per example: the batch's negatives (training.negatives.assemble), re-noised with
     the positive's eps so that the pair differs only in y, scored with the positives in one call, weighted and
-    compared (`cond`: the batch's Condition, whose projection and level terms the scoring call reuses). Returns (parts,
-    diagnostics, included)."""
+    compared (`cond`: the batch's Condition, whose projection and level terms the scoring call reuses). Returns
+    (EnergyParts, diagnostics, included)."""
     cfg, sched, x, y, t, mask = obj.cfg, obj.sched, batch.x, batch.y, batch.t, batch.mask
     b, d, k = y.shape[0], y.shape[1], cfg.k
     neg = assemble(model, batch, obj, eps)
@@ -146,8 +190,7 @@ def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor, cond=Non
     norm_ratio = (x_neg.norm(dim=2) / x_pos.norm(dim=1)[:, None].clamp_min(1e-12)).detach()
     kap = kappa(neg.y_neg, y, eps, noise_to_signal(sched, t), mask)
     e_neg_d = e_neg.detach()
-    parts = {"loss_energy": loss_e, "energy_pos": e_pos.detach(), "energy_neg": (w * e_neg_d).sum(dim=1),
-             "norm_ratio": (w * norm_ratio).sum(dim=1)}
+    parts = EnergyParts(loss_e, e_pos.detach(), (w * e_neg_d).sum(dim=1), (w * norm_ratio).sum(dim=1))
     diag = energy_diagnostics(neg, e_pos.detach(), e_neg_d, norm_ratio, kap, w.detach(),
                               batch.shard is not None, cfg.hnm_candidates, sched.levels)
     return parts, diag, included

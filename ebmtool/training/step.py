@@ -7,7 +7,6 @@ reaches every collective.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -17,56 +16,63 @@ from ebmtool import distributed as dist
 from ebmtool import rng
 from ebmtool.devices import autocast
 from ebmtool.training.diagnostics import backward_terms
-from ebmtool.training.losses import Batch, ired_losses
+from ebmtool.training.losses import Batch, Losses, ired_losses
 from ebmtool.training.negatives import Shard
 from ebmtool.training.signals import STOP_SIGNALS
 from ebmtool.training.state import RunState
 
-CHECKED_PARTS = ("loss_denoise", "loss_energy", "energy_pos", "energy_neg")  # non-finite values stop the step
+LOSSES = ("loss_total", "loss_denoise", "loss_energy")  # the agreed (summed) losses of a step, when present
+FAULT_LAST = ("loss_total", "gradient norm")  # non-finite checks after the per-example parts, in the order named
 
 
 @dataclass
 class Agreement:
-    """What every process must decide alike at a step, summed over the processes by one all-reduce."""
+    """What every process must decide alike at a step, summed over the processes by one all-reduce. Every value
+    has a name (`named`), and the all-reduce combines them by name (distributed.all_reduce_named), so a part or
+    loss added here cannot land in another's place."""
 
-    non_finite: list[float]  # per checked part present, then loss_total, then the gradient norm: > 0 where some
-    # process saw a non-finite value
-    signals: list[float]  # per STOP_SIGNALS: > 0 where some process received it
-    losses: list[float]  # loss_total, loss_denoise, loss_energy (NaN without the energy term): sums
+    non_finite: dict[str, float]  # per checked part present, then loss_total and the gradient norm (the order a
+    # fault is named in): > 0 where some process saw a non-finite value
+    signals: dict[str, float]  # per STOP_SIGNALS, by name: > 0 where some process received it
+    losses: dict[str, float]  # LOSSES present at this step (loss_energy only with the energy term): sums
     grad_norm: float  # the clipped update's gradient norm (of the averaged gradient: alike on every process)
     flops: float  # the step's counted work, summed: the whole batch's, charged once
-    checked: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, parts: dict, grad_norm: torch.Tensor, signum: int | None, flops: float) -> "Agreement":
+    def of(cls, parts: Losses, grad_norm: torch.Tensor, signum: int | None, flops: float) -> "Agreement":
         """This process's view. The flags, losses and gradient norm are read from the device in one transfer:
         the step's only host round-trip outside logged rows."""
-        checked = tuple(k for k in CHECKED_PARTS if k in parts)
-        dev = [(~torch.isfinite(parts[k]).all()).double() for k in checked]
-        dev += [(~torch.isfinite(parts["loss_total"])).double(), (~torch.isfinite(grad_norm)).double()]
-        dev += [parts[k].detach().mean().double() for k in ("loss_total", "loss_denoise", "loss_energy") if k in parts]
-        dev.append(grad_norm.detach().double())
-        host = torch.stack(dev).cpu().tolist()
-        n = len(checked) + 2
-        losses = host[n:-1] + ([] if "loss_energy" in parts else [math.nan])
-        return cls(host[:n], [float(signum == s) for s in STOP_SIGNALS], losses, host[-1], flops, checked)
+        checked = parts.per_example(checked_only=True)
+        flags = {k: ~torch.isfinite(v).all() for k, v in checked.items()}
+        flags.update(zip(FAULT_LAST, (~torch.isfinite(parts.loss_total), ~torch.isfinite(grad_norm))))
+        values = {"loss_total": parts.loss_total, **parts.per_example()}
+        losses = {k: values[k].detach().mean() for k in LOSSES if k in values}
+        dev = [*flags.values(), *losses.values(), grad_norm.detach()]
+        host = torch.stack([v.double() for v in dev]).cpu().tolist()
+        return cls(dict(zip(flags, host)), {s.name: float(signum == s) for s in STOP_SIGNALS},
+                   dict(zip(losses, host[len(flags):])), host[-1], flops)
+
+    def named(self) -> dict[str, float]:
+        """The values the processes sum, each under its own name."""
+        return {**{f"non_finite/{k}": v for k, v in self.non_finite.items()},
+                **{f"signal/{k}": v for k, v in self.signals.items()},
+                **{f"loss/{k}": v for k, v in self.losses.items()}, "flops": self.flops}
 
     def all_reduced(self) -> "Agreement":
         if not dist.active():
             return self
-        n, s = len(self.non_finite), len(self.signals)
-        v = dist.all_reduce_sum(torch.tensor(self.non_finite + self.signals + self.losses + [self.flops],
-                                             dtype=torch.float64)).tolist()
-        return Agreement(v[:n], v[n:n + s], v[n + s:n + s + 3], self.grad_norm, v[n + s + 3], self.checked)
+        v = dist.all_reduce_named(self.named())
+        return Agreement({k: v[f"non_finite/{k}"] for k in self.non_finite}, {k: v[f"signal/{k}"] for k in self.signals},
+                         {k: v[f"loss/{k}"] for k in self.losses}, self.grad_norm, v["flops"])
 
     def fault(self) -> str | None:
         """The first part some process found non-finite (loss_total, then the gradient norm, last), or None."""
-        bad = [k for k, f in zip(self.checked + ("loss_total", "gradient norm"), self.non_finite) if f > 0]
+        bad = [k for k, f in self.non_finite.items() if f > 0]
         return bad[0] if bad else None
 
     def signal(self) -> int | None:
         """The stop signal some process received (the last of STOP_SIGNALS when several), or None."""
-        raised = [sig for sig, f in zip(STOP_SIGNALS, self.signals) if f > 0]
+        raised = [sig for sig in STOP_SIGNALS if self.signals[sig.name] > 0]
         return raised[-1] if raised else None
 
 
@@ -123,10 +129,10 @@ def train_step(st: RunState, batch: Batch, signum: int | None = None) -> StepRes
     # takes the previous step's (agreed) instead, so all decide alike whether to measure the share
     logging = ends_log_row(st, flops if world == 1 else st.last_step_flops)
     st.opt.zero_grad(set_to_none=True)
-    if "energy_term" in parts:
-        parts["diagnostics"].update(backward_terms(st.model, parts, measure=logging))
+    if parts.energy_term is not None:
+        parts.diagnostics.update(backward_terms(st.model, parts, measure=logging))
     else:
-        parts["loss_total"].backward()
+        parts.loss_total.backward()
     dist.average_gradients(st.model.parameters())  # one flattened all-reduce (not DDP: see ebmtool.distributed)
     grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
     agreed = Agreement.of(parts, grad_norm, signum, flops).all_reduced()
@@ -138,10 +144,10 @@ def train_step(st: RunState, batch: Batch, signum: int | None = None) -> StepRes
     st.opt.step()
     st.ema.update(st.model)
     st.step += 1
-    total, denoise, energy = (v / world for v in agreed.losses)
-    row = {"loss_total": total, "loss_denoise": denoise, "grad_norm": agreed.grad_norm,
+    losses = {k: v / world for k, v in agreed.losses.items()}
+    row = {"loss_total": losses["loss_total"], "loss_denoise": losses["loss_denoise"], "grad_norm": agreed.grad_norm,
            "step_seconds": time.perf_counter() - started}
-    if "loss_energy" in parts:
-        row["loss_energy"] = energy
-    row.update(parts.get("diagnostics", {}))
+    if "loss_energy" in losses:
+        row["loss_energy"] = losses["loss_energy"]
+    row.update(parts.diagnostics)
     return StepResult(None, row, agreed)
