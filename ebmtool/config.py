@@ -32,13 +32,35 @@ RECIPES = {
 # Fields that do not change what is computed, only when things are saved or shown; a resume may change them.
 # (budget_of names the run a budget was read from; the budget itself, budget_flops, is part of the computation.)
 CADENCE_FIELDS = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "device", "val_size", "budget_of")
-# Fields added after checkpoints existed: left out of the checksum at their default, so older checkpoints verify.
-LATER_FIELDS = {"blocks": None, "precision": "fp32", "budget_flops": None, "budget_of": None, "init_steps": None,
-                "connectivity_negative": None, "compile": False, "kappa_floor": 0.0}
 # Fields that follow from others (set by prepare), never compared as a user's choice.
 DERIVED_FIELDS = ("curriculum_total", "init_sha256", "init_steps", "offline_negatives_sha256",
                   "offline_weights_sha256", "offline_mismatch")
 NO_STEP_CAP = 10**9  # --steps of a budgeted run when none is given: the budget alone ends it
+
+
+@dataclass(frozen=True)
+class LaterField:
+    """A TrainConfig field added after checkpoints existed, which a checkpoint written before it lacks."""
+
+    implied: object  # the value such a checkpoint was trained with: filled in on load, and left out of the
+    # checksum at this value (so the checksum it was written with still verifies)
+    added: str  # the change that added the field
+
+
+# The one table of fields an older checkpoint may lack. A new TrainConfig field goes here too, with the value
+# that reproduces what ebmtool computed before it existed; a checkpoint lacking a field that is not here is
+# refused by name (TrainConfig.from_dict), never read as altered. tests/test_compat.py checks that every field
+# the oldest fixture (ebmtool 0.1) lacks is listed.
+LATER_FIELDS = {
+    "blocks": LaterField(None, "--blocks for the discrete networks, 2026-11-22"),
+    "precision": LaterField("fp32", "--precision bf16, 2026-11-28"),
+    "budget_flops": LaterField(None, "--budget/--budget-of, 2026-12-01"),
+    "budget_of": LaterField(None, "--budget/--budget-of, 2026-12-01"),
+    "init_steps": LaterField(None, "compute counted across --init, 2026-12-01"),
+    "connectivity_negative": LaterField(None, "--connectivity-negative, 2026-12-01"),
+    "compile": LaterField(False, "--compile, 2026-12-02 (after ebmtool 0.1.0)"),
+    "kappa_floor": LaterField(0.0, "--kappa-floor, 2026-12-06 (after ebmtool 0.1.0)"),
+}
 
 
 def steps_text(config: dict) -> str:
@@ -273,16 +295,25 @@ class TrainConfig:
     def checksum(self) -> str:
         """sha256 of the fields that determine the computation (PyKEEN-style resume guard)."""
         d = {k: v for k, v in self.to_dict().items()
-             if k not in CADENCE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+             if k not in CADENCE_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k].implied)}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d: dict, where: str | None = None) -> "TrainConfig":
+        """A stored configuration; fields it lacks take the value LATER_FIELDS says a checkpoint written before
+        them implies. A lacking field without an entry there is refused by name (`where`: the file, for the
+        message)."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(d) - set(known)
         if unknown:
             raise InputError(f"checkpoint configuration has fields this ebmtool does not know: {sorted(unknown)}")
-        return cls(**d)
+        missing = [name for name in known if name not in d]
+        unfilled = [name for name in missing if name not in LATER_FIELDS]
+        if unfilled:
+            raise InputError(f"{where + ': ' if where else ''}the checkpoint's configuration lacks "
+                             f"{', '.join(unfilled)}, which this ebmtool has no value for in a checkpoint written "
+                             "before the field existed (no entry in config.LATER_FIELDS)")
+        return cls(**d, **{name: LATER_FIELDS[name].implied for name in missing})
 
 
 

@@ -2,6 +2,7 @@
 checkpoint and metrics.h5, and 64 rows of negatives mined from it) still load, resume and train to the
 numbers that version produced (expected.json, recorded with it on 2026-12-02)."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,9 +11,11 @@ import h5py
 import pytest
 
 from ebmtool.checkpoints import load_checkpoint
+from ebmtool.config import LATER_FIELDS, LaterField, TrainConfig
+from ebmtool.errors import InputError
 from ebmtool.negatives_file import read_negatives
 from ebmtool.info import describe
-from ebmtool.training import train
+from ebmtool.training import loop, train
 
 from helpers import tiny
 
@@ -70,5 +73,67 @@ def test_an_old_negatives_file_trains_a_refined_run_to_the_same_numbers(tmp_path
 def test_old_files_open_and_describe(tmp_path):
     negs = read_negatives(DATA / "negatives.h5")
     assert negs["arrays"]["negatives"].shape == (64, 2, 16)
-    for name in ("ckpt.safetensors", "metrics.h5", "negatives.h5"):
-        assert describe(DATA / name)  # info reads every old artifact
+    # info reads every old artifact as what it is, with the values the 0.1 run recorded
+    ck = describe(DATA / "ckpt.safetensors")
+    assert (ck["kind"], ck["task"], ck["step"], ck["seed"], ck["ebmtool_version"], ck["compute_rule"]) == \
+        ("checkpoint", "inverse", 20, 0, "0.1.0", "1")
+    assert ck["model"]["parameters"] == 2976 and ck["config"]["steps"] == 20
+    metrics = describe(DATA / "metrics.h5")
+    assert (metrics["kind"], metrics["provenance"]["command"], metrics["provenance"]["ebmtool_version"]) == \
+        ("metrics", "train", "0.1.0")
+    summary = metrics["summary"]
+    assert (summary["rows"], summary["first_step"], summary["last_step"], summary["alarms"]) == (10, 2, 20, [])
+    mined = describe(DATA / "negatives.h5")
+    assert (mined["kind"], mined["provenance"]["command"], mined["provenance"]["checkpoint_step"]) == \
+        ("negatives", "mine-negatives", 20)
+    assert mined["datasets"]["negatives"]["shape"] == [64, 2, 16]
+
+
+def _oldest_config() -> dict:
+    return load_checkpoint(DATA / "ckpt.safetensors").config
+
+
+def test_every_field_the_oldest_checkpoint_lacks_is_in_the_later_fields_table():
+    """A TrainConfig field added since ebmtool 0.1 needs the value 0.1's checkpoints imply (config.LATER_FIELDS),
+    or those checkpoints stop resuming."""
+    lacking = {f.name for f in dataclasses.fields(TrainConfig)} - set(_oldest_config())
+    assert lacking, "the 0.1 fixture lacks no field: this check would check nothing"
+    assert lacking <= set(LATER_FIELDS), sorted(lacking - set(LATER_FIELDS))
+    stored = TrainConfig.from_dict(_oldest_config())
+    assert all(getattr(stored, name) == LATER_FIELDS[name].implied for name in lacking)
+    meta = load_checkpoint(DATA / "ckpt.safetensors").meta
+    assert stored.checksum() == meta["ebmtool.config_sha256"]  # the checksum 0.1 wrote still verifies
+
+
+@dataclasses.dataclass
+class _WithANewField(TrainConfig):
+    new_knob: int = 3  # a field added without an entry in LATER_FIELDS
+
+
+def test_a_field_missing_from_the_table_is_named_not_read_as_an_altered_checkpoint(tmp_path, monkeypatch):
+    with pytest.raises(InputError) as e:
+        _WithANewField.from_dict(_oldest_config())
+    assert str(e.value) == ("the checkpoint's configuration lacks new_knob, which this ebmtool has no value for in a "
+                            "checkpoint written before the field existed (no entry in config.LATER_FIELDS)")
+    run = tmp_path / "run"
+    shutil.copytree(DATA, run, ignore=shutil.ignore_patterns("negatives.h5", "expected.json"))
+    monkeypatch.setattr(loop, "TrainConfig", _WithANewField)  # the resume path of this ebmtool with the new field
+    with pytest.raises(InputError) as e:
+        train(None, run, resume=run / "ckpt.safetensors", overrides={"steps": 30}, log=quiet)
+    assert str(e.value).startswith(f"{run / 'ckpt.safetensors'}: the checkpoint's configuration lacks new_knob, ")
+    assert "altered" not in str(e.value)
+    monkeypatch.setitem(LATER_FIELDS, "new_knob", LaterField(3, "a test's field"))  # with its entry: it resumes
+    assert _WithANewField.from_dict(_oldest_config()).new_knob == 3
+    train(None, run, resume=run / "ckpt.safetensors", overrides={"steps": 22}, log=quiet)
+    assert load_checkpoint(run / "ckpt.safetensors").step == 22
+
+
+def test_a_changed_value_still_reads_as_an_altered_checkpoint(tmp_path):
+    """The table fills in missing fields only: a stored value that differs from the checksum is still refused."""
+    from ebmtool.checkpoints import save_checkpoint
+
+    ck = load_checkpoint(DATA / "ckpt.safetensors")
+    meta = {**ck.meta, "ebmtool.config": json.dumps({**ck.config, "lr": 0.5}, sort_keys=True)}
+    save_checkpoint(tmp_path / "ckpt.safetensors", ck.tensors, meta)
+    with pytest.raises(InputError, match="configuration checksum mismatch; the checkpoint was altered"):
+        train(None, tmp_path, resume=tmp_path / "ckpt.safetensors", overrides={"steps": 30}, log=quiet)

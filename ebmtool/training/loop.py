@@ -69,7 +69,7 @@ def prepare(cfg: TrainConfig, resume: Path | None = None,
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        stored = TrainConfig.from_dict(ckpt.config)
+        stored = TrainConfig.from_dict(ckpt.config, where=str(resume))
         if stored.checksum() != ckpt.meta.get("ebmtool.config_sha256"):
             raise InputError(f"{resume}: configuration checksum mismatch; the checkpoint was altered")
         bad = sorted(set(overrides or {}) - set(CADENCE_FIELDS))

@@ -61,7 +61,7 @@ def resume_plan(given: dict, *, recipe: str, recipe_given: bool, resume, output)
     resume = resolve_checkpoint_path(resume)
     if output is not None and Path(output).resolve() != resume.parent.resolve():
         raise InputError("--resume continues in the checkpoint's own directory; leave out -o")
-    stored = TrainConfig.from_dict(load_checkpoint(resume).config)
+    stored = TrainConfig.from_dict(load_checkpoint(resume).config, where=str(resume))
     if recipe_given and recipe != stored.recipe:
         raise InputError(f"--recipe {recipe} differs from the run's {stored.recipe}: a resumed run keeps its "
                          "configuration (start a new run with --init to change it)")
@@ -121,7 +121,7 @@ def autoresume_target(recipe: str, init, output: Path, given: dict):
     if not ckpt_path.exists():
         return None
     ckpt = load_checkpoint(ckpt_path)
-    stored = TrainConfig.from_dict(ckpt.config)
+    stored = TrainConfig.from_dict(ckpt.config, where=str(ckpt_path))
     new = new_config(recipe, init, given)
     if new.seed is None:
         new.seed = stored.seed  # a seed drawn for the stored run is that run's seed
