@@ -1,4 +1,7 @@
-"""The only code that touches safetensors and HDF5: schemas, provenance, validation, atomic writes.
+"""HDF5 artifacts and the file primitives every format shares: schemas, provenance, validation, atomic writes,
+a safetensors file's metadata and checksums. The other file-format modules of this layer (`checkpoints` for
+safetensors checkpoints, `negatives_file` for the negatives file) build on it; nothing above them opens HDF5 or
+safetensors.
 
 Every artifact says what it is (`kind`), which format version wrote it, and where it came from (`provenance`).
 Readers check all three and fail with one sentence that names the file. Writers go to a temporary file beside

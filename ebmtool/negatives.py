@@ -26,7 +26,7 @@ counted; the caller never uses them.
 Masks (given entries, e.g. Sudoku's given cells): every source keeps them. A negative's given entries equal the
 positive's (y), descent re-imposes them at every step, and the framework re-imposes sqrt(ab_t) x on the
 re-noised point. Discrete tasks use a clean box of +-1 (`clean_clamp`) instead of +-2; their `ired` source is
-the task's own reference negative (train.discrete_reference), not this module's.
+the task's own reference negative (ebmtool.training.negatives.discrete_reference), not this module's.
 """
 
 from __future__ import annotations
