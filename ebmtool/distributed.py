@@ -169,8 +169,8 @@ def all_reduce_named(values: dict[str, float]) -> dict[str, float]:
     packed = pack_named(values)
     summed = all_reduce_sum(packed).tolist()
     if summed[-1] != world_size() * packed[-1].item():
-        raise RunError(f"the processes combined differently named values (this process has {', '.join(sorted(values))}): "
-                       "they run different code or configurations")
+        raise RunError(f"the processes combined differently named values (this process has "
+                       f"{', '.join(sorted(values))}): they run different code or configurations")
     return dict(zip(sorted(values), summed[:-1]))
 
 

@@ -62,7 +62,8 @@ class Agreement:
         if not dist.active():
             return self
         v = dist.all_reduce_named(self.named())
-        return Agreement({k: v[f"non_finite/{k}"] for k in self.non_finite}, {k: v[f"signal/{k}"] for k in self.signals},
+        return Agreement({k: v[f"non_finite/{k}"] for k in self.non_finite},
+                         {k: v[f"signal/{k}"] for k in self.signals},
                          {k: v[f"loss/{k}"] for k in self.losses}, self.grad_norm, v["flops"])
 
     def fault(self) -> str | None:
