@@ -36,6 +36,9 @@ def resolves(path: str) -> bool:
     return False
 
 
+GENERATED = {"ebmtool/_version.py"}  # written by the install (setuptools-scm), absent from a bare checkout
+
+
 def test_the_check_tells_a_real_path_from_a_stale_one():
     assert resolves("ebmtool.training.losses.ired_losses") and resolves("ebmtool.config.TrainConfig.from_dict")
     assert not resolves("ebmtool.compare.unset_defaults")  # the path cli/defaults.py named after the move
@@ -52,5 +55,6 @@ def test_every_dotted_path_in_comments_and_docs_resolves():
 def test_every_file_named_in_comments_and_docs_exists():
     named = {(m.group(0), str(name)) for name, text in _texts() for m in FILES.finditer(text)}
     assert named
-    missing = sorted(f"{path} (in {where})" for path, where in named if not (ROOT / path).exists())
+    missing = sorted(f"{path} (in {where})" for path, where in named
+                     if not (ROOT / path).exists() and path not in GENERATED)
     assert not missing, missing
