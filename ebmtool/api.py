@@ -30,7 +30,7 @@ from ebmtool.export import Export, export_run
 from ebmtool.mining import MineOptions, MineResult, compute_weights, finished_partial, mine, score, write_scores
 from ebmtool.mining import write_weights
 from ebmtool.tasks.problems import Problems
-from ebmtool.sans import DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
+from ebmtool.negatives.sans import DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 from ebmtool.training.loop import TrainResult
 from ebmtool.training.loop import train as run_training
 from ebmtool.training.metrics import read_metrics

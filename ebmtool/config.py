@@ -13,11 +13,12 @@ import json
 import math
 from dataclasses import dataclass
 
-from ebmtool import curriculum as curriculum_mod
-from ebmtool import sans as sans_mod
 from ebmtool.compute import format_flops
 from ebmtool.errors import InputError
-from ebmtool.negatives import CLAMP_MODES, NegativeSettings
+from ebmtool.negatives import DUP_THRESHOLD, NegativeSettings, registry
+from ebmtool.negatives import curriculum as curriculum_mod
+from ebmtool.negatives import sans as sans_mod
+from ebmtool.negatives.ired import CLAMP, NOISE, STEPS
 from ebmtool.tasks.registry import DEFAULT_TASK, builtin_task
 
 ON_NAN = ("stop", "skip")  # --on-nan: stop with the last good checkpoint kept, or drop the batch and go on
@@ -60,6 +61,7 @@ LATER_FIELDS = {
     "connectivity_negative": LaterField(None, "--connectivity-negative, 2026-12-01"),
     "compile": LaterField(False, "--compile, 2026-12-02 (after ebmtool 0.1.0)"),
     "kappa_floor": LaterField(0.0, "--kappa-floor, 2026-12-06 (after ebmtool 0.1.0)"),
+    "source_settings": LaterField(None, "settings of negative sources registered by plugins, 2026-12-07"),
 }
 
 
@@ -90,18 +92,19 @@ class TrainConfig:
     train_size: int = 12800  # fixed training problems generated from the seed; 0 = fresh draws every step
     supervise_energy: bool = True  # the energy-landscape term (full IRED); off only for ablations
     energy_weight: float | None = None  # None = the task's reference λ
-    neg_steps: int = 2
-    neg_noise_scale: float = 3.0
-    clamp_mode: str = "per-example"
+    # The reference source's settings (ebmtool.negatives.ired), stored resolved whether it is used or not.
+    neg_steps: int = STEPS.default
+    neg_noise_scale: float = NOISE.default
+    clamp_mode: str = CLAMP.default
     # Negatives. Source-specific fields are None unless their source is used; validate() fills in the
     # defaults of used sources (so the stored config is fully resolved) and rejects fields of unused ones.
-    negatives: str = "ired"  # --negatives-from: SOURCE or SOURCE:FRACTION,... (one-stage curriculum)
+    negatives: str = registry.reference().name  # --negatives-from: SOURCE or SOURCE:FRACTION,... (one-stage curriculum)
     curriculum: str | None = None  # inline spec or preset; excludes a non-default --negatives-from
     curriculum_total: int | None = None  # run length the curriculum is laid out for (set at start; kept on resume)
     budget_flops: float | None = None  # train until the run's cumulative compute reaches this (--budget/--budget-of)
     budget_of: str | None = None  # the run whose compute became budget_flops (recorded, not recomputed)
     k: int = 1  # negatives per positive
-    dup_threshold: float = 1e-3  # clean-space RMS(y_neg - y) at or below which a negative is a near-duplicate
+    dup_threshold: float = DUP_THRESHOLD  # clean-space RMS(y_neg - y) at or below which a negative is a near-duplicate
     kappa_floor: float = 0.0  # every negative kept at kappa >= this (ebmtool.negatives.floor_kappa); 0 = off
     anm_steps: int | None = None
     anm_step_size: float | None = None
@@ -111,6 +114,9 @@ class TrainConfig:
     hnm_steps: int | None = None
     hnm_lambda: float | None = None
     gaussian_scale: float | None = None
+    # Settings of sources registered from outside the package (ebmtool.plugins), {setting: value}, filled in for
+    # used sources as the fields above are; the built-in sources' settings are the fields above.
+    source_settings: dict | None = None
     sans: bool = False
     alpha: float | None = None
     alpha_schedule: str | None = None
@@ -153,8 +159,7 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"--lr must be a positive number, got {self.lr}")
-        if self.clamp_mode not in CLAMP_MODES:
-            raise InputError(f"--clamp-mode must be one of {', '.join(CLAMP_MODES)}")
+        CLAMP.check(self.clamp_mode)
         if self.on_nan not in ON_NAN:
             raise InputError(f"--on-nan must be {' or '.join(repr(v) for v in ON_NAN)}")
         if self.blocks is not None and self.blocks < 1:
@@ -193,7 +198,7 @@ class TrainConfig:
             if self.connectivity_negative is not None:
                 raise InputError("--connectivity-negative applies to the connectivity task only")
             return
-        changed = [n for n in IRED_FIELDS if getattr(self, n) != MINING_FIELDS[n]]
+        changed = [n for n in reference_fields() if getattr(self, n) != mining_fields()[n]]
         if changed:
             raise InputError(f"--{flag_name(changed[0])} has no effect on {self.task}: its ired negative is the "
                              "task's own corruption of the answer, not an energy descent")
@@ -207,9 +212,8 @@ class TrainConfig:
     def _validate_negatives(self):
         """Every negative-mining field is used or rejected: fields of unused sources, SANS
         fields without --sans and any mining field without energy supervision are errors; used ones get defaults."""
-        defaults = NegativeSettings()
         if not self.supervise_energy:
-            changed = [n for n, d in MINING_FIELDS.items() if getattr(self, n) != d]
+            changed = [n for n, d in mining_fields().items() if self.setting(n) != d]
             if changed:
                 raise InputError(f"--{flag_name(changed[0])} has no effect without energy supervision "
                                  "(--no-supervise-energy): negatives are only used by the energy term")
@@ -228,28 +232,7 @@ class TrainConfig:
         if not (self.kappa_floor == 0 or (self.kappa_floor >= 1 and math.isfinite(self.kappa_floor))):
             raise InputError(f"--kappa-floor must be 0 (off) or at least 1 (a negative at least as far from the "
                              f"noisy answer as its positive), got {self.kappa_floor}")
-        for src, fields in SOURCE_FIELDS.items():
-            for name in fields:
-                if src in used:
-                    if getattr(self, name) is None:
-                        setattr(self, name, getattr(defaults, name))
-                elif getattr(self, name) != MINING_FIELDS.get(name):
-                    raise InputError(f"--{flag_name(name)} is set but no negative source {src!r} is used "
-                                     f"(sources: {', '.join(used)})")
-        for name in ("anm_steps", "hnm_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise InputError(f"--{flag_name(name)} must be non-negative")
-        if self.anm_steps == 0:
-            raise InputError("--anm-steps 0 leaves ANM negatives where they start (a noisier ired source): give at "
-                             "least 1 descent step")
-        for name in ("anm_step_size", "anm_radius", "hnm_candidates", "gaussian_scale"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise InputError(f"--{flag_name(name)} must be positive, got {getattr(self, name)}")
-        if "ired" not in used:
-            changed = [n for n in IRED_FIELDS if getattr(self, n) != MINING_FIELDS[n]]
-            if changed:
-                raise InputError(f"--{flag_name(changed[0])} is a setting of the ired source, which is not used "
-                                 f"(sources: {', '.join(used)})")
+        self._resolve_sources(used)
         if not self.sans:
             given = [n for n in SANS_FIELDS if getattr(self, n) is not None]
             if given:
@@ -276,18 +259,55 @@ class TrainConfig:
         if self.alpha < 0 or (self.alpha_floor or 0) < 0:
             raise InputError("--alpha and --alpha-floor must be non-negative (alpha is an inverse temperature)")
 
+    def _resolve_sources(self, used: list[str]):
+        """Settings of used sources get their defaults and are checked against their ranges; a setting of an
+        unused source is an error naming it (the reference source's are stored resolved and refused when given)."""
+        for src in registry.sources():
+            for st in src.settings:
+                if not st.training or src.reference:
+                    continue
+                if src.name in used:
+                    if self.setting(st.name) is None:
+                        self.set_setting(st.name, st.default)
+                elif self.setting(st.name) != mining_fields().get(st.name):
+                    raise InputError(f"--{flag_name(st.name)} is set but no negative source {src.name!r} is used "
+                                     f"(sources: {', '.join(used)})")
+        for src in registry.sources():
+            for st in src.settings:
+                if st.training and not src.reference and self.setting(st.name) is not None:
+                    st.check(self.setting(st.name))
+        for src in registry.sources():
+            if src.check is not None and src.name in used:
+                src.check(self.negative_settings())
+        if registry.reference().name not in used:
+            changed = [n for n in reference_fields() if getattr(self, n) != mining_fields()[n]]
+            if changed:
+                raise InputError(f"--{flag_name(changed[0])} is a setting of the "
+                                 f"{registry.reference().name} source, which is not used "
+                                 f"(sources: {', '.join(used)})")
+
+    def setting(self, name: str):
+        """A source setting's value: its field for the built-in sources, source_settings' entry for others."""
+        if name in _FIELD_NAMES:
+            return getattr(self, name)
+        return (self.source_settings or {}).get(name)
+
+    def set_setting(self, name: str, value) -> None:
+        if name in _FIELD_NAMES:
+            setattr(self, name, value)
+        else:
+            self.source_settings = {**(self.source_settings or {}), name: value}
+
     def stages(self):
         return curriculum_mod.resolve(self.negatives, self.curriculum)
 
     def negative_settings(self, clean_box: float | None = None) -> NegativeSettings:
         """The sources' settings; `clean_box` is the task's (Task.clean_box: discrete answers keep their negatives
-        in +-1), None for the default clean-space clamp."""
-        d = NegativeSettings()
-        return NegativeSettings(
-            ired_steps=self.neg_steps, ired_noise=self.neg_noise_scale, clamp_mode=self.clamp_mode,
-            **{n: getattr(self, n) if getattr(self, n) is not None else getattr(d, n)
-               for fields in SOURCE_FIELDS.values() for n in fields},
-            dup_threshold=self.dup_threshold, kappa_floor=self.kappa_floor, **({"clean_clamp": clean_box} if clean_box is not None else {}))
+        in +-1), None for the default clean-space clamp. An unset setting takes its declared default."""
+        values = {st.name: self.setting(st.name) for src in registry.sources() for st in src.settings
+                  if st.training and self.setting(st.name) is not None}
+        return NegativeSettings(**values, dup_threshold=self.dup_threshold, kappa_floor=self.kappa_floor,
+                                **({"clean_clamp": clean_box} if clean_box is not None else {}))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -318,18 +338,42 @@ class TrainConfig:
 
 
 
-# Fields of each source (besides ired's existing neg_steps, neg_noise_scale, clamp_mode).
-SOURCE_FIELDS = {"anm": ("anm_steps", "anm_step_size", "anm_radius", "anm_noise"),
-                 "hnm": ("hnm_candidates", "hnm_steps", "hnm_lambda"),
-                 "gaussian": ("gaussian_scale",)}
-# Every negative-mining field with its default: any other value without energy supervision is an error.
-MINING_FIELDS = {"negatives": "ired", "curriculum": None, "k": 1, "dup_threshold": 1e-3, "kappa_floor": 0.0,
-                 "neg_steps": 2,
-                 "neg_noise_scale": 3.0, "clamp_mode": "per-example", "sans": False, "alpha": None,
-                 "alpha_schedule": None, "alpha_floor": None, "sans_loss": None, "margin": None,
-                 **{n: None for fs in SOURCE_FIELDS.values() for n in fs}}
-IRED_FIELDS = ("neg_steps", "neg_noise_scale", "clamp_mode")
-REFINING_SOURCES = ("anm", "hnm")  # sources whose negatives are refined by accepted/rejected descent steps
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def source_fields() -> dict[str, tuple[str, ...]]:
+    """The settings of each registered source, unset (None) unless the source is used: every source but the
+    reference (whose settings are always stored, `reference_fields`)."""
+    return {src.name: tuple(st.name for st in src.settings if st.training)
+            for src in registry.sources() if not src.reference}
+
+
+def reference_fields() -> tuple[str, ...]:
+    """The reference source's settings (ired's neg_steps, neg_noise_scale, clamp_mode): stored resolved."""
+    return tuple(st.name for st in registry.reference().settings if st.training)
+
+
+def mining_fields() -> dict:
+    """Every negative-mining field with its default: any other value without energy supervision is an error."""
+    return {"negatives": registry.reference().name, "curriculum": None, "k": 1, "dup_threshold": DUP_THRESHOLD,
+            "kappa_floor": 0.0, **{n: getattr(TrainConfig, n) for n in reference_fields()},
+            "sans": False, "alpha": None, "alpha_schedule": None, "alpha_floor": None, "sans_loss": None,
+            "margin": None, **{n: None for fs in source_fields().values() for n in fs}}
+
+
+def plugin_settings(given: dict) -> dict:
+    """`given` (flags of the command line) with the settings of sources registered from outside the package
+    gathered into source_settings (the built-in sources' settings are TrainConfig fields)."""
+    out = {k: v for k, v in given.items() if k in _FIELD_NAMES}
+    extra = {k: v for k, v in given.items() if k not in _FIELD_NAMES}
+    unknown = [k for k in extra if registry.setting(k) is None]
+    if unknown:
+        raise InputError(f"--{flag_name(unknown[0])} is not a setting of ebmtool or of a registered negative source")
+    if extra:
+        out["source_settings"] = {**(out.get("source_settings") or {}), **extra}
+    return out
+
+
 SANS_FIELDS = ("alpha", "alpha_schedule", "alpha_floor", "sans_loss", "margin")
 
 
@@ -341,7 +385,8 @@ def flag_name(name: str) -> str:
 def check_given(given: dict) -> None:
     """Flags given on the command line that the run would ignore are refused even at their default value:
     a mining flag (--k 1 included) with --no-supervise-energy."""
-    mining = sorted(set(given) & set(MINING_FIELDS))
+    names = set(given) | set(given.get("source_settings") or {})
+    mining = sorted(names & set(mining_fields()))
     if given.get("supervise_energy") is False and mining:
         raise InputError(f"--{flag_name(mining[0])} has no effect without energy supervision (--no-supervise-energy): "
                          "negatives are only used by the energy term")

@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from ebmtool.compute import check_same_rule
-from ebmtool.config import CADENCE_FIELDS, SOURCE_FIELDS, TrainConfig, steps_text
+from ebmtool.config import CADENCE_FIELDS, TrainConfig, source_fields, steps_text
 from ebmtool.errors import InputError
 from ebmtool.arms import Group, Run
 from ebmtool.negatives import NegativeSettings
@@ -48,7 +48,7 @@ def unset_defaults() -> dict:
     """
     neg = NegativeSettings()
     sans = TrainConfig(sans=True, k=2).validate()
-    return {**{n: getattr(neg, n) for fields in SOURCE_FIELDS.values() for n in fields},
+    return {**{n: getattr(neg, n) for fields in source_fields().values() for n in fields},
             "alpha": sans.alpha, "alpha_schedule": sans.alpha_schedule, "sans_loss": sans.sans_loss,
             "alpha_floor": TrainConfig(sans=True, k=2, alpha_schedule="linear").validate().alpha_floor,
             "margin": TrainConfig(sans=True, k=2, sans_loss="logistic").validate().margin,
@@ -58,6 +58,7 @@ def unset_defaults() -> dict:
 def normalised_config(run: Run, defaults: dict) -> dict:
     """The run's configuration with unset negative-mining fields at their defaults, plus 'trained_steps'."""
     cfg = {**run.ckpt.config, "trained_steps": run.ckpt.step}
+    cfg.update(cfg.pop("source_settings", None) or {})  # a plugin source's settings compare as the built-ins' do
     cfg["steps"] = steps_text(cfg)  # a budgeted run without a step cap: its budget, not the cap
     for key, value in defaults.items():
         if cfg.get(key) is None:

@@ -1,4 +1,4 @@
-"""Offline negatives: mine (HNM) into a file, score a file under any checkpoint, turn scores into SANS weights.
+"""Offline negatives: mine (HNM, or any registered source: `negatives`) into a file, score a file under any checkpoint, turn scores into SANS weights.
 
 Files (HDF5, one JSON provenance attribute each; see README "Offline negatives"):
 - negatives: rows into the checkpoint's training set, with positives, inputs, K clean-space negatives, the level t
@@ -34,10 +34,21 @@ from ebmtool.data import TrainingData
 from ebmtool.errors import InputError
 from ebmtool.offline import family
 from ebmtool.compute import RULE, ComputeMeter
-from ebmtool.negatives import NegativeSettings, floor_kappa, generate, noise_to_signal, renoise, rms
-from ebmtool import sans as sans_mod
+from ebmtool.negatives import (
+    DUP_THRESHOLD,
+    NegativeSettings,
+    floor_kappa,
+    generate,
+    noise_to_signal,
+    registry,
+    renoise,
+    rms,
+)
+from ebmtool.negatives import hnm
+from ebmtool.negatives import sans as sans_mod
 
-SELECT = ("top", "sample")
+SELECT = hnm.SELECT
+DEFAULT_SOURCE = hnm.SOURCE.name  # what mine-negatives mines unless --negatives-from names another source
 SCORE_LEVELS = ("mined", "all")  # score at each negative's mined level (the default), or at every level
 
 
@@ -54,9 +65,28 @@ class MineOptions:
     seed: int = 0
     batch_size: int = 256
     limit: int | None = None
-    dup_threshold: float = 1e-3
+    dup_threshold: float = DUP_THRESHOLD
     weights: str = DEFAULT_WEIGHTS
     kappa_floor: float = 0.0  # negatives kept at kappa >= this (ebmtool.negatives.floor_kappa); 0 = off
+    negatives: str = DEFAULT_SOURCE  # the registered source that mines
+    settings: tuple = ()  # (setting, value) pairs of that source's settings (its declared defaults otherwise)
+
+    def record(self) -> dict:
+        """The options as a negatives file's provenance records them: the source and its settings only when
+        they are not the default's (so a default mine records exactly what it always did)."""
+        out = asdict(self)
+        if self.negatives == DEFAULT_SOURCE and not self.settings:
+            del out["negatives"], out["settings"]
+        else:
+            out["settings"] = dict(self.settings)
+        return out
+
+    def negative_settings(self, clean_box: float | None = None) -> NegativeSettings:
+        """The mining source's settings: its mine-negatives options (hnm's --candidates, ...), then `settings`."""
+        source = registry.get(self.negatives)
+        values = {name: getattr(self, option) for option, name in source.mining_options}
+        return NegativeSettings(**values, **dict(self.settings), dup_threshold=self.dup_threshold,
+                                **({"clean_clamp": clean_box} if clean_box is not None else {}))
 
     def validate(self):
         for name in ("k", "candidates", "batch_size"):
@@ -68,6 +98,13 @@ class MineOptions:
             raise InputError(f"--select must be one of {', '.join(SELECT)}")
         if self.limit is not None and self.limit < 1:
             raise InputError("--limit must be at least 1")
+        source = registry.get(self.negatives)
+        for name, value in self.settings:
+            st = registry.setting(name)
+            if st is None or st not in source.settings:
+                raise InputError(f"--{name.replace('_', '-')} is not a setting of the negative source "
+                                 f"{self.negatives!r}")
+            st.check(value)
         if not (self.kappa_floor == 0 or (self.kappa_floor >= 1 and math.isfinite(self.kappa_floor))):
             raise InputError(f"--kappa-floor must be 0 (off) or at least 1, got {self.kappa_floor}")
         return self
@@ -131,17 +168,16 @@ COUNTS = ("candidates", "duplicates", "dup_negatives", "filtered_absolute_margin
 
 
 def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None, clean_box: float | None = None):
-    """Mine one batch of rows: HNM negatives, energies, distances, window filters. Returns arrays and counts.
+    """Mine one batch of rows: the source's negatives (HNM by default), energies, distances, window filters. Returns arrays and counts.
 
     Discrete tasks: negatives stay in the box +-1 (as in training) and given entries (mask = 1) are kept."""
     t, eps = row_noise(opts.seed, rows, y.shape[1], sched.levels)
     t, eps = t.to(device), eps.to(device)
-    settings = NegativeSettings(hnm_candidates=opts.candidates, hnm_steps=opts.refine_steps, hnm_lambda=opts.lam,
-                                hnm_select=opts.select, dup_threshold=opts.dup_threshold,
-                                **({"clean_clamp": clean_box} if clean_box is not None else {}))
+    settings = opts.negative_settings(clean_box)
+    source = registry.get(opts.negatives)
     meter = ComputeMeter(model, x.shape[1], y.shape[1])
     meter.start()
-    nb = generate("hnm", model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])),
+    nb = generate(source.name, model, x, y, t, eps, sched, opts.k, settings, batch_generator(opts.seed, int(rows[0])),
                   mask=mask)
     floored = short = torch.zeros_like(nb.valid)
     if opts.kappa_floor:  # positive-aware: no negative more probable than its positive at (t, eps); no network call
@@ -164,12 +200,15 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
             valid &= ~bad
     counts["rows_not_enough"] = int((valid.sum(dim=1) < opts.k).sum())
     counts["flops"] = int(round(flops))  # the network work of this batch (ebmtool.compute), summed into the file
-    counts["accepted_steps"] = int(nb.info["accepted"])
-    counts["attempted_steps"] = int(nb.info["attempted"])
+    counts["accepted_steps"] = int(nb.info.get("accepted", 0))
+    counts["attempted_steps"] = int(nb.info.get("attempted", 0))
+    # the start level of each negative (hnm's); -1 for a source that reports none
+    start = nb.info.get(source.per_negative) if source.per_negative else None
+    start = torch.full(nb.valid.shape, -1) if start is None else start
     counts["floored"], counts["floor_dropped"] = int(floored.sum()), int(short.sum())
     out = {"index": rows.astype(np.int64), "level": t.cpu().numpy().astype(np.int64),
            "eps": eps.cpu().numpy(), "positives": y.cpu().numpy(), "inputs": x.cpu().numpy(),
-           "negatives": nb.y_neg.cpu().numpy(), "start_level": nb.info["level"].cpu().numpy().astype(np.int64),
+           "negatives": nb.y_neg.cpu().numpy(), "start_level": start.cpu().numpy().astype(np.int64),
            "energy_pos": e_pos.cpu().numpy(), "energy": e_neg.cpu().numpy(), "distance": dist.cpu().numpy(),
            "valid": valid.cpu().numpy()}
     if mask is not None:
@@ -220,7 +259,7 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     sched = cosine_schedule().to(device)
     n = len(problems) if opts.limit is None else min(opts.limit, len(problems))
     ident = {"checkpoint_sha256": sha256_file(checkpoint), "data_fingerprint": fingerprint,
-             "options": asdict(opts), "n": n, "compute_rule": RULE}  # one rule for every batch's count
+             "options": opts.record(), "n": n, "compute_rule": RULE}  # one rule for every batch's count
     store = PartialNegatives(output) if main else None
     try:
         # process 0 opens the partial state; every process gets where to continue (or the reason it cannot)
@@ -249,7 +288,7 @@ def _mine_rows(store, state, ckpt, checkpoint, output, task, problems, fingerpri
         log(f"resuming {part} at row {done} of {n}")
     resumed_from = done
     k, d, xd = opts.k, problems.y.shape[1], problems.x.shape[1]
-    prov = provenance("mine-negatives", asdict(opts), inputs={"checkpoint": checkpoint},
+    prov = provenance("mine-negatives", opts.record(), inputs={"checkpoint": checkpoint},
                       checkpoint_step=ckpt.step, data_fingerprint=fingerprint,
                       data=str(data) if data is not None else "checkpoint training set", task=task.label,
                       device=device)

@@ -29,7 +29,8 @@ def plugin_modules() -> list[str]:
 
 def load_plugins() -> list[str]:
     """Import every plugin module not imported yet by this function; returns the modules loaded so far. A module
-    that cannot be imported is an InputError naming it and where it was named."""
+    that cannot be imported is an InputError naming it and where it was named, and so is one whose own code fails
+while it loads; a registry's refusal (a name registered twice) is that registry's sentence."""
     for name in plugin_modules():
         if name in _loaded:
             continue
@@ -38,5 +39,9 @@ def load_plugins() -> list[str]:
         except ImportError as e:
             raise InputError(f"cannot import the plugin module {name!r} (named in {ENV_VAR} or an "
                              f"{ENTRY_POINT_GROUP!r} entry point): {e}") from e
+        except InputError:
+            raise  # a registry's own sentence (a name registered twice, ...)
+        except Exception as e:  # any other failure of the module's own code: one sentence, not a traceback
+            raise InputError(f"the plugin module {name!r} failed while loading: {type(e).__name__}: {e}") from e
         _loaded.append(name)
     return list(_loaded)

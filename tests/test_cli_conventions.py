@@ -275,7 +275,7 @@ def test_choices_and_shown_defaults_come_from_the_library():
     from ebmtool.mining import SELECT
     from ebmtool.negatives import CLAMP_MODES, NegativeSettings
     from ebmtool.plots import FIGURE_FORMATS
-    from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
+    from ebmtool.negatives.sans import ALPHA_SCHEDULES, LOSS_FORMS
     from ebmtool.config import RECIPES, TrainConfig
 
     opt = {(name, p.name): p for name, p in options()}

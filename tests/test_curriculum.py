@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool import curriculum as cur
+from ebmtool.negatives import curriculum as cur
 from ebmtool.errors import InputError
 from ebmtool.config import TrainConfig
 from ebmtool.training.loop import train

@@ -13,7 +13,7 @@ from ebmtool.diffusion import cosine_schedule
 from ebmtool.errors import InputError
 from ebmtool.evaluate import checkpoint_task, evaluate_model, evaluation_problems, load_model, sample_answers
 from ebmtool.models import build_model
-from ebmtool.negatives import NegativeSettings, generate
+from ebmtool.negatives import NegativeSettings, generate, registry
 from ebmtool.config import TrainConfig
 from ebmtool.data import TrainingData
 from ebmtool.training.negatives import discrete_reference
@@ -54,7 +54,7 @@ def _sudoku_batch(n=6):
     return data, x, y, mask
 
 
-@pytest.mark.parametrize("source", ["ired", "anm", "hnm", "gaussian"])
+@pytest.mark.parametrize("source", registry.names())
 def test_every_negative_source_keeps_the_given_cells(source):
     data, x, y, mask = _sudoku_batch()
     given = mask > 0

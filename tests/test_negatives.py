@@ -2,18 +2,24 @@
 every hyper-parameter, ANM harder than the reference on a trained model, K = 1 parity with the baseline, and the
 command-line guards."""
 
-import dataclasses
-
 import h5py
 import pytest
 import torch
 
 from ebmtool.cli import cli
 from ebmtool.diffusion import cosine_schedule, energy
-from ebmtool import sans as sans_mod
+from ebmtool.negatives import sans as sans_mod
 from ebmtool.errors import InputError
 from ebmtool.models import EnergyMLP
-from ebmtool.negatives import NegativeSettings, generate, hnm_levels, ired_negative, refine_renoised, renoise
+from ebmtool.negatives import (
+    NegativeSettings,
+    generate,
+    hnm_levels,
+    ired_negative,
+    refine_renoised,
+    registry,
+    renoise,
+)
 from ebmtool.data import TrainingData
 from ebmtool.training.losses import Batch, Objective, ired_losses
 from ebmtool import rng
@@ -25,7 +31,7 @@ from ebmtool.evaluate import load_model
 from helpers import seeded_losses, TINY_FLAGS, tiny
 
 SCHED = cosine_schedule()
-SOURCES = ("ired", "anm", "hnm", "gaussian")
+SOURCES = registry.names()  # every registered source (the built-ins when the tests are collected)
 
 
 def quiet(*a, **k):
@@ -200,19 +206,27 @@ def test_examples_without_valid_negatives_leave_the_energy_term_and_are_counted(
 
 # ------------------------------------------------------------------------------------------------ sensitivity
 
-@pytest.mark.parametrize("source, field, value", [
-    ("anm", "anm_steps", 2), ("anm", "anm_step_size", 0.3), ("anm", "anm_radius", 0.05), ("anm", "anm_noise", 3.0),
-    ("hnm", "hnm_candidates", 2), ("hnm", "hnm_steps", 0), ("hnm", "hnm_lambda", 20.0),
-    ("gaussian", "gaussian_scale", 0.3), ("ired", "ired_steps", 0), ("ired", "ired_noise", 1.0),
-])
-def test_every_hyper_parameter_changes_the_negatives(trained, source, field, value):
+# a value other than the default for every setting of every registered source
+CHANGED = {"anm_steps": 2, "anm_step_size": 0.3, "anm_radius": 0.05, "anm_noise": 3.0, "hnm_candidates": 2,
+           "hnm_steps": 0, "hnm_lambda": 20.0, "hnm_select": "sample", "gaussian_scale": 0.3, "neg_steps": 0,
+           "neg_noise_scale": 1.0, "clamp_mode": "first-example"}
+SETTINGS = [(src.name, st.name) for src in registry.sources() for st in src.settings]
+
+
+def test_every_registered_setting_has_a_changed_value_to_test():
+    assert sorted(n for _, n in SETTINGS) == sorted(CHANGED)
+
+
+@pytest.mark.parametrize("source, field", SETTINGS)
+def test_every_hyper_parameter_changes_the_negatives(trained, source, field):
+    value = CHANGED[field]
     model, x, y = trained
     g = torch.Generator().manual_seed(2)
     t = torch.randint(0, 6, (x.shape[0],), generator=g)
     eps = torch.randn(y.shape, generator=g)
     base = NegativeSettings()
     a = generate(source, model, x, y, t, eps, SCHED, 2, base, torch.Generator().manual_seed(0)).y_neg
-    b = generate(source, model, x, y, t, eps, SCHED, 2, dataclasses.replace(base, **{field: value}),
+    b = generate(source, model, x, y, t, eps, SCHED, 2, base.replace(**{field: value}),
                  torch.Generator().manual_seed(0)).y_neg
     assert not torch.allclose(a, b), f"{field} has no effect"
 

@@ -263,7 +263,7 @@ def test_hnm_sample_selection_is_seeded(base):
 
 def test_weights_default_alpha_is_trains(base, runner, tmp_path):
     """`weights` without --alpha uses the inverse temperature `train --sans` defaults to, and says so in its file."""
-    from ebmtool.sans import DEFAULT_ALPHA
+    from ebmtool.negatives.sans import DEFAULT_ALPHA
     from ebmtool.config import TrainConfig
 
     assert TrainConfig(sans=True, k=2).validate().alpha == DEFAULT_ALPHA == 1.0

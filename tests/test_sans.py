@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from ebmtool import sans
+from ebmtool.negatives import sans
 
 
 def test_lower_energy_gets_higher_weight_and_rows_sum_to_one():

@@ -1,8 +1,11 @@
 """The `ebmtool` command line: a click group of thin commands over the library.
 
 Library errors become one sentence and an exit code: InputError -> 2, RunError -> 1, Interrupted -> 130/143.
-`ebmtool --debug CMD` shows the traceback instead. Under torchrun a failing process's exception is also written to
-torchrun's error file, so that torchrun's end-of-job summary names it (messages and exit codes stay the same).
+`ebmtool --debug CMD` shows the traceback instead.
+Under torchrun a failing process's exception is also written to torchrun's error file, so that torchrun's end-of-job summary names it (messages and exit codes stay the same).
+Plugins (ebmtool.plugins: EBMTOOL_PLUGINS, entry points) are loaded before the commands are built, so that a
+plugin's tasks and negative sources are in their choices, flags and help; a plugin that fails to load is one
+sentence, exit 2.
 """
 
 from __future__ import annotations
@@ -15,13 +18,21 @@ import click
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from ebmtool import __version__, distributed
-from ebmtool.errors import EbmtoolError, RunError
+from ebmtool.errors import EbmtoolError, InputError, RunError
 from ebmtool.plugins import load_plugins
+
+try:  # before the commands below are built
+    load_plugins()
+    PLUGIN_ERROR: InputError | None = None
+except InputError as _exc:  # reported as every command's error (one sentence, exit 2), not as a traceback
+    PLUGIN_ERROR = _exc
 
 
 class EbmtoolGroup(click.Group):
     def invoke(self, ctx):
         try:
+            if PLUGIN_ERROR is not None:
+                raise PLUGIN_ERROR
             return super().invoke(ctx)
         except EbmtoolError as exc:
             if ctx.params.get("debug"):
@@ -111,7 +122,8 @@ def _run():
     cli(prog_name="ebmtool")
 
 
-load_plugins()  # before the commands are built: a plugin's tasks are among their choices and help
+# plugins were loaded above, before the commands are built: a plugin's tasks and negative sources are among their
+# choices, flags and help
 from ebmtool.cli import compare, core, data, export, negatives, study  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["cli", "main"]

@@ -136,3 +136,24 @@ def command_line(ctx: click.Context, drop: tuple[str, ...] = ()) -> str:
         else:
             words += [max(param.opts, key=len), str(value)]
     return shlex.join(words)
+
+
+def setting_type(st):
+    """The click type of a negative source's setting (ebmtool.negatives.registry.Setting): a choice, an int range
+    from its minimum (ints), or its type (floats are range-checked by TrainConfig.validate, in one sentence)."""
+    if st.choices is not None:
+        return click.Choice(st.choices)
+    if st.type is int and st.minimum is not None:
+        return click.IntRange(min=int(st.minimum) + (1 if st.exclusive else 0))
+    return st.type
+
+
+def setting_options(settings, *, option=click.option, help_text=None):
+    """One option per setting (`--NAME`, unset by default, the declared default shown): the flags a registered
+    negative source gets for free. `help_text(setting)` replaces the declared help."""
+    def decorate(f):
+        for st in reversed(settings):
+            f = option(f"--{st.flag_name}", st.name, type=setting_type(st), default=None,
+                       show_default=str(st.default), help=help_text(st) if help_text else st.help)(f)
+        return f
+    return decorate

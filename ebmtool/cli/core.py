@@ -26,6 +26,7 @@ from ebmtool.cli.common import (
     RENAMED_PREFIX,
     renamed_option,
     seed_option,
+    setting_options,
     table,
     take_renamed,
 )
@@ -41,15 +42,17 @@ from ebmtool.config import (
     ON_NAN,
     check_given,
     NO_STEP_CAP,
+    plugin_settings,
     RECIPES,
 )
 from ebmtool.devices import PRECISIONS, resolve_device
 from ebmtool.errors import InputError, Interrupted
 from ebmtool.evaluate import DEFAULT_WEIGHTS, EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint, problems_label
 from ebmtool.info import describe, format_description
-from ebmtool.negatives import CLAMP_MODES
+from ebmtool.negatives import anm as anm_source
+from ebmtool.negatives import registry
 from ebmtool.negatives_file import negatives_k
-from ebmtool.sans import ALPHA_SCHEDULES, LOSS_FORMS
+from ebmtool.negatives.sans import ALPHA_SCHEDULES, LOSS_FORMS
 from ebmtool.tasks.reference_negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.tasks.registry import names as task_names
 from ebmtool.training.loop import train as run_training
@@ -57,6 +60,11 @@ from ebmtool.training.plan import plan_run
 from ebmtool.training.state import checkpoint_budget
 from ebmtool.training.trackers import TRACKERS
 
+# the flags of every registered source's settings: the reference source's first, then the others' (plugins' too)
+REFERENCE_SETTINGS = [st for st in registry.reference().settings if st.flag and st.training]
+SOURCE_SETTINGS = [st for src in registry.sources() if not src.reference for st in src.settings
+                   if st.flag and st.training]
+SOURCES_TEXT = ", ".join(f"{src.name} ({src.describe})" if src.describe else src.name for src in registry.sources())
 CONTINUOUS_SIZE = RECIPES[TRAIN_DEFAULTS["recipe"]]["size"]  # `data`'s matrix size: the default recipe's
 
 
@@ -129,9 +137,9 @@ class TrainCommand(click.Command):
 @optgroup.option("--energy-weight", type=float, default=None, show_default=per_task(lambda t: t.energy_weight),
                  help="λ of the energy term (the task's reference).")
 @optgroup.option("--negatives-from", "negatives", default=None, metavar="SOURCE[:FRACTION],...",
-                 help="Negative sources and their mix: ired (reference), anm, hnm, gaussian; e.g. ired:0.5,anm:0.5.",
+                 help=f"Negative sources and their mix: {SOURCES_TEXT}; e.g. ired:0.5,anm:0.5.",
                  show_default=train_default("negatives"))
-@optgroup.option("--anm", is_flag=True, default=None,
+@optgroup.option("--anm", "anm_shorthand", is_flag=True, default=None,
                  help="Adversarial negatives: shorthand for --negatives-from anm (e.g. ebmtool train --anm --k 16).")
 @optgroup.option("--k", "k", type=click.IntRange(min=1), default=None, show_default=train_default("k"),
                  help="Negatives per positive.")
@@ -146,31 +154,11 @@ class TrainCommand(click.Command):
                  "kappa = |x- - sqrt(ab_t) y| / |x+ - sqrt(ab_t) y|, so none is more probable than its positive; "
                  "no network call. 0 = off.")
 @optgroup.group("Settings of the negative sources")
-@optgroup.option("--neg-steps", type=click.IntRange(min=0), default=None, show_default=train_default("neg_steps"),
-                 help="Descent steps of IRED negatives.")
-@optgroup.option("--clamp-mode", type=click.Choice(CLAMP_MODES), default=None, show_default=train_default("clamp_mode"),
-                 help="opt_step clamp bound: per example (correct) or the release's first-example bug.")
+@setting_options(REFERENCE_SETTINGS, option=optgroup.option)
 @optgroup.option("--connectivity-negative", type=click.Choice(CONNECTIVITY_NEGATIVES), default=None,
                  help="connectivity only: the reference negative sets chosen closure entries to -1 (reference, as the "
                  "published method) or flips them both ways (flip).", show_default=CONNECTIVITY_NEGATIVES[0])
-@optgroup.option("--anm-steps", type=click.IntRange(min=0), default=None, show_default=train_default("anm_steps"),
-                 help="ANM descent steps.")
-@optgroup.option("--anm-step-size", type=float, default=None, show_default=train_default("anm_step_size"),
-                 help="ANM step, as a multiple of eta_t.")
-@optgroup.option("--anm-radius", type=float, default=None, show_default=train_default("anm_radius"),
-                 help="ANM radius around the start (clean RMS).")
-@optgroup.option("--anm-noise", type=float, default=None, show_default=train_default("anm_noise"),
-                 help="ANM start noise scale (ired uses 3).")
-@optgroup.option("--hnm-candidates", type=click.IntRange(min=1), default=None,
-                 show_default=train_default("hnm_candidates"),
-                 help="HNM candidates per negative, at evenly spaced start levels.")
-@optgroup.option("--hnm-steps", type=click.IntRange(min=0), default=None, show_default=train_default("hnm_steps"),
-                 help="HNM refinement steps.")
-@optgroup.option("--hnm-lambda", type=float, default=None,
-                 show_default=train_default("hnm_lambda"),
-                 help="HNM deception score z(-E) + lambda * z(RMS(y- - y)), z-scored over each negative's candidates.")
-@optgroup.option("--gaussian-scale", type=float, default=None, show_default=train_default("gaussian_scale"),
-                 help="Gaussian control: y + scale * N(0,1).")
+@setting_options(SOURCE_SETTINGS, option=optgroup.option)
 @optgroup.group("SANS")
 @optgroup.option("--sans", is_flag=True, default=None,
                  help="Weight the K negatives of each positive by softmax(-alpha * E-) (detached).")
@@ -292,11 +280,12 @@ def _given_flags(flags: dict, budget, budget_of, resume) -> tuple[dict, bool]:
             given[name] = str(given[name])
     if "offline_negatives" in given and "k" not in given and resume is None:
         given["k"] = negatives_k(Path(given["offline_negatives"]))  # K follows the file unless given
-    if given.pop("anm", None):
+    if given.pop("anm_shorthand", None):
         if "negatives" in given or "curriculum" in given:
             raise InputError("--anm is shorthand for --negatives-from anm; give one of --anm, --negatives-from, "
                              "--curriculum")
-        given["negatives"] = "anm"
+        given["negatives"] = anm_source.SOURCE.name
+    given = plugin_settings(given)
     check_given(given)
     return given, force
 

@@ -17,6 +17,7 @@ from ebmtool.cli.common import (
     log,
     overwrite_option,
     print_json,
+    setting_options,
     table,
 )
 from ebmtool.config import TrainConfig
@@ -24,6 +25,7 @@ from ebmtool.devices import resolve_device
 from ebmtool.errors import InputError
 from ebmtool.evaluate import DEFAULT_WEIGHTS, WEIGHTS
 from ebmtool.mining import (
+    DEFAULT_SOURCE,
     SCORE_LEVELS,
     SELECT,
     SUMMARY_HEADER,
@@ -36,9 +38,20 @@ from ebmtool.mining import (
     write_scores,
     write_weights,
 )
+from ebmtool.negatives import DUP_THRESHOLD, registry
+from ebmtool.negatives import anm as anm_source
 from ebmtool.preflight import preflight as run_preflight
-from ebmtool.sans import ALPHA_SCHEDULES, DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
+from ebmtool.negatives.sans import ALPHA_SCHEDULES, DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 from ebmtool.tasks.registry import DEFAULT_TASK
+
+
+
+# mine-negatives' flags of the sources' settings: those a source's own mining options (hnm's --candidates, ...)
+# do not already set
+_MINED = {name for src in registry.sources() for _, name in src.mining_options}
+MINING_SETTINGS = [st for src in registry.sources() for st in src.settings
+                   if st.flag and st.training and st.name not in _MINED]
+SETTING_SOURCE = {st.name: src.name for src in registry.sources() for st in src.settings}
 
 
 def _device(name):
@@ -70,7 +83,7 @@ def _summary(rows, header) -> dict:
 @click.option("--max-energy", type=float, default=None, help="Keep only E- <= this (off by default).")
 @click.option("--select", type=click.Choice(SELECT), default=SELECT[0], show_default=True,
               help="Per negative: the best candidate, or one drawn with probability softmax(deception score).")
-@click.option("--dup-threshold", type=float, default=1e-3, show_default=True,
+@click.option("--dup-threshold", type=float, default=DUP_THRESHOLD, show_default=True,
               help="Negatives with clean-space RMS(y- - y) at or below this are near-duplicates: dropped, counted.")
 @click.option("--kappa-floor", type=float, default=0.0, show_default=True,
               help="Positive-aware negatives: move every negative out to kappa >= this at its row's (t, eps), so "
@@ -81,13 +94,17 @@ def _summary(rows, header) -> dict:
               help="Seed of levels, noises and candidates (row i's level and noise depend only on (seed, i)).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Mine only the first N problems.")
+@click.option("--negatives-from", "negatives", default=DEFAULT_SOURCE, show_default=True, metavar="SOURCE",
+              help="The registered negative source that mines (--candidates, --refine-steps, --lambda and --select "
+              "are hnm's; another source takes its own settings' flags below).")
+@setting_options(MINING_SETTINGS, help_text=lambda st: f"A setting of {SETTING_SOURCE[st.name]}, as for train.")
 @device_option
 @json_option
 @overwrite_option
 def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, absolute_margin, relative_margin,
-                   max_energy, select, dup_threshold, kappa_floor, weights, seed, batch_size, limit, device, as_json,
-                   overwrite):
-    """Mine K hard negatives (HNM) for every training problem of a checkpoint.
+                   max_energy, select, dup_threshold, kappa_floor, weights, seed, batch_size, limit, negatives,
+                   device, as_json, overwrite, **settings):
+    """Mine K hard negatives (HNM, or --negatives-from SOURCE) for every training problem of a checkpoint.
 
     A killed run leaves OUTPUT.partial (crash-safe); rerunning with the same options continues it.
     Example: ebmtool mine-negatives runs/base/ckpt.safetensors --k 4 -o negs.h5
@@ -99,7 +116,8 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
     opts = MineOptions(k=k, candidates=candidates, refine_steps=refine_steps, lam=lam,
                        absolute_margin=absolute_margin, relative_margin=relative_margin, max_energy=max_energy,
                        select=select, seed=seed, batch_size=batch_size, limit=limit, dup_threshold=dup_threshold,
-                       weights=weights, kappa_floor=kappa_floor)
+                       weights=weights, kappa_floor=kappa_floor, negatives=negatives,
+                       settings=tuple((n, v) for n, v in settings.items() if v is not None))
     res = mine(checkpoint, output, opts, data=data, device=_device(device), overwrite=overwrite, log=log)
     if not distributed.is_main():
         return
@@ -258,7 +276,7 @@ def preflight_command(task, size, anm, n, seed, as_json, **flags):
     if anm:
         if "negatives" in given:
             raise InputError("--anm is shorthand for --negatives-from anm; give one of them")
-        given["negatives"] = "anm"
+        given["negatives"] = anm_source.SOURCE.name
     result = run_preflight(TrainConfig(task=task, size=size, **given), n=n, seed=seed)  # size None: the task's own
     if as_json:
         print_json(result.as_dict())

@@ -6,23 +6,15 @@ the logged numbers equal a one-process run's.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
-from ebmtool import curriculum as curriculum_mod
+from ebmtool.negatives import curriculum as curriculum_mod
 from ebmtool import distributed as dist
-from ebmtool import sans as sans_mod
-from ebmtool.config import REFINING_SOURCES
-from ebmtool.negatives import hnm_levels
-
-
-def masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean of v over the True entries of mask, as a 0-d tensor on v's device (NaN when there are none):
-    no boolean indexing, so no host round-trip."""
-    return torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=v.device)).sum() / mask.sum()
+from ebmtool.negatives import sans as sans_mod
+from ebmtool.negatives import masked_mean, registry
 
 
 def pair_stats(e_pos, e_neg, norm_ratio, valid, kappa, floored=None) -> dict[str, torch.Tensor]:
@@ -64,9 +56,9 @@ def gathered(e_pos, pairs: dict, level, counts, sharded: bool):
     return parts[0][:, 0].float(), out, parts[-1] if level is not None else None, dist.all_reduce_sum(counts)
 
 
-def energy_diagnostics(neg, e_pos, e_neg, norm_ratio, kappa, w, sharded: bool, hnm_candidates, levels: int):
+def energy_diagnostics(neg, e_pos, e_neg, norm_ratio, kappa, w, sharded: bool, settings, levels: int):
     """The logged diagnostics of one step's energy term: pair statistics overall and per source, SANS weight
-    entropy/ESS, near-duplicate and excluded fractions, refinement acceptance and HNM's selected levels.
+    entropy/ESS, near-duplicate and excluded fractions, refinement acceptance and each source's own diagnostics (hnm's selected levels).
     `neg` is the step's training.negatives.Negatives. Values are 0-d tensors on the device (or floats the host
     already knows): nothing here waits for the device; the logger reads a row's values in one transfer."""
     pairs = {"e_neg": e_neg, "norm_ratio": norm_ratio, "valid": neg.valid, "w": w, "kappa": kappa}
@@ -88,18 +80,17 @@ def energy_diagnostics(neg, e_pos, e_neg, norm_ratio, kappa, w, sharded: bool, h
         diag[f"source/{name}/fraction"] = 1.0 if rows is None else rows.numel() / neg.total
         diag[f"source/{name}/seconds"] = neg.seconds[name]
         diag[f"source/{name}/dup_fraction"] = counts[j, 1] / counts[j, 0].clamp_min(1)
-        if name in REFINING_SOURCES:  # NaN where no step was attempted (0 / 0)
+        source = registry.get(name)
+        if source.refines:  # NaN where no step was attempted (0 / 0)
             diag[f"source/{name}/accept_fraction"] = counts[j, 2] / counts[j, 3]
         sel = slice(None) if rows is None else rows.to(g_pos.device)
         stats = pair_stats(g_pos[sel], g["e_neg"][sel], g["norm_ratio"][sel], g_valid[sel], g["kappa"][sel],
                            None if g_floored is None else g_floored[sel])
         for key, v in stats.items():
             diag[f"source/{name}/{key}"] = v
-        if name == "hnm" and g_level is not None:
-            lv, ok = g_level[sel], g_valid[sel]
-            diag[f"source/{name}/selected_level"] = masked_mean(lv, ok)
-            for level in hnm_level_values(hnm_candidates, levels):
-                diag[f"source/hnm/selected_level_{level}"] = masked_mean((lv == level).float(), ok)
+        if source.diagnose is not None and g_level is not None:
+            for key, v in source.diagnose(g_level[sel], g_valid[sel], settings, levels).items():
+                diag[f"source/{name}/{key}"] = v
     for name in curriculum_mod.sources_of(neg.stages):  # sources of other stages: configured and realised 0 here
         diag.setdefault(f"source/{name}/fraction", 0.0)
         diag[f"source/{name}/configured"] = neg.stage.fractions().get(name, 0.0)
@@ -117,12 +108,6 @@ def level_losses(loss: torch.Tensor, t: torch.Tensor, levels: int, sharded: bool
         sums = dist.all_reduce_sum(sums)
     means = sums[0] / sums[1]
     return {f"loss_denoise_t{i}": means[i] for i in range(levels)}
-
-
-@functools.lru_cache(maxsize=None)
-def hnm_level_values(candidates: int, levels: int) -> tuple[int, ...]:
-    """The distinct start levels of HNM's candidates (fixed for a run: computed once, not read every step)."""
-    return tuple(hnm_levels(candidates, levels).unique().tolist())
 
 
 def nanmean(values) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from ebmtool import distributed as dist
-from ebmtool import sans as sans_mod
+from ebmtool.negatives import sans as sans_mod
 from ebmtool.config import TrainConfig
 from ebmtool.errors import RunError
 from ebmtool.diffusion import Schedule, condition, energy_and_grad, impose_mask, noised, repeat_condition
@@ -192,5 +192,5 @@ def energy_term(model, batch: Batch, obj: Objective, eps: torch.Tensor, cond=Non
     e_neg_d = e_neg.detach()
     parts = EnergyParts(loss_e, e_pos.detach(), (w * e_neg_d).sum(dim=1), (w * norm_ratio).sum(dim=1))
     diag = energy_diagnostics(neg, e_pos.detach(), e_neg_d, norm_ratio, kap, w.detach(),
-                              batch.shard is not None, cfg.hnm_candidates, sched.levels)
+                              batch.shard is not None, obj.settings, sched.levels)
     return parts, diag, included

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool import curriculum as curriculum_mod
+from ebmtool.negatives import curriculum as curriculum_mod
 from ebmtool import distributed as dist
 from ebmtool.artifacts import atomic_path, jsonable, open_h5, provenance, write_h5
-from ebmtool.config import REFINING_SOURCES, TrainConfig
+from ebmtool.config import TrainConfig
 from ebmtool.diffusion import NUM_LEVELS
 from ebmtool.errors import InputError
-from ebmtool.negatives import NegativeSettings, hnm_levels
+from ebmtool.negatives import registry
 
 LIVE_LOG = "metrics.jsonl"
 
@@ -47,12 +47,11 @@ def metric_columns(cfg: TrainConfig) -> tuple[str, ...]:
         cols.append("offline_fraction")
     for name in curriculum_mod.sources_of(cfg.stages()):
         cols += [f"source/{name}/{c}" for c in SOURCE_COLUMNS + floored]
-        if name in REFINING_SOURCES:
+        source = registry.get(name)
+        if source.refines:
             cols.append(f"source/{name}/accept_fraction")
-        if name == "hnm":
-            cols.append("source/hnm/selected_level")
-            levels = hnm_levels(cfg.hnm_candidates or NegativeSettings().hnm_candidates).unique().tolist()
-            cols += [f"source/hnm/selected_level_{lv}" for lv in levels]
+        if source.columns is not None:
+            cols += [f"source/{name}/{c}" for c in source.columns(cfg.negative_settings(), NUM_LEVELS)]
     return tuple(cols)
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ebmtool import curriculum as curriculum_mod
+from ebmtool.negatives import curriculum as curriculum_mod
 from ebmtool import distributed as dist
-from ebmtool.negatives import NegativeBatch, draw_noise, floor_kappa, generate, noise_to_signal, repeat_rows
+from ebmtool.negatives import NegativeBatch, draw_noise, floor_kappa, generate, noise_to_signal, registry, repeat_rows
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class Negatives:
 
     y_neg: torch.Tensor
     valid: torch.Tensor  # (B, K): not a near-duplicate of its positive
-    level: torch.Tensor | None  # (B, K): HNM's selected start level (NaN elsewhere); None without hnm
+    level: torch.Tensor | None  # (B, K): a source's per-negative value (hnm's start level; NaN elsewhere); None
+    # when no source of the stage reports one (NegativeSource.per_negative)
     counts: torch.Tensor  # (sources, 4) on the device: candidates, duplicates, accepted and attempted steps
     stages: list
     stage: curriculum_mod.Stage
@@ -75,6 +76,11 @@ def discrete_reference(task, y, mask, k, gen, connectivity_form: str | None = No
                          int(redrawn))
 
 
+def _per_negative(names) -> bool:
+    """Whether a source of the stage reports a per-negative value (hnm's selected start level)."""
+    return any(registry.get(n).per_negative for n in names)
+
+
 def assemble(model, batch, obj, eps) -> Negatives:
     """The negatives of `batch` (a training.step.Batch) under `obj` (a training.losses.Objective), with the
     positive's shared noise eps."""
@@ -88,7 +94,7 @@ def assemble(model, batch, obj, eps) -> Negatives:
     stage = stages[si]
     names = [n for n, _ in stage.mix]
     neg = Negatives(torch.empty(b, k, d, device=dev), torch.empty(b, k, dtype=torch.bool, device=dev),
-                    torch.full((b, k), math.nan, device=dev) if "hnm" in names else None,
+                    torch.full((b, k), math.nan, device=dev) if _per_negative(names) else None,
                     torch.zeros(len(names), 4, dtype=torch.float64, device=dev), stages, stage, names, total,
                     diag={"stage": float(si), "k": float(k)})
     assign = curriculum_mod.assign(stage, total, batch.neg_gen)  # global, on the CPU
@@ -134,7 +140,8 @@ def _from_source(model, batch, obj, eps, neg: Negatives, j: int, name: str, rows
     else:
         here = (rows_g >= start) & (rows_g < start + b)
         pos, loc = torch.nonzero(here).squeeze(1), (rows_g[here] - start).to(dev)
-    if name == "ired" and task is not None and task.reference_negative_source:
+    source = registry.get(name)
+    if source.reference and task is not None and task.reference_negative_source:
         # no network call: drawn for all of the source's rows (duplicates are re-drawn, a data-dependent number
         # of draws), then sliced; the counts are global, so only the main process adds them
         yy, mm = (batch.y, batch.mask) if shard is None else (shard.y, shard.mask)
@@ -163,8 +170,8 @@ def _from_source(model, batch, obj, eps, neg: Negatives, j: int, name: str, rows
         neg.y_neg, neg.valid = nb.y_neg, nb.valid
     else:
         neg.y_neg[loc], neg.valid[loc] = nb.y_neg, nb.valid
-    if neg.level is not None and "level" in nb.info:
+    if neg.level is not None and source.per_negative in nb.info:
         if loc is None:
-            neg.level = nb.info["level"].float()
+            neg.level = nb.info[source.per_negative].float()
         else:
-            neg.level[loc] = nb.info["level"].float()
+            neg.level[loc] = nb.info[source.per_negative].float()

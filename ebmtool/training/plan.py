@@ -15,8 +15,9 @@ from pathlib import Path
 from ebmtool import distributed
 from ebmtool.artifacts import check_output, sha256_file
 from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
-from ebmtool.config import IRED_FIELDS, RECIPES, TrainConfig, first_difference, flag_name, resume_overrides
-from ebmtool.curriculum import sources_of
+from ebmtool.config import RECIPES, plugin_settings, TrainConfig, first_difference, flag_name, reference_fields, resume_overrides
+from ebmtool.negatives import registry
+from ebmtool.negatives.curriculum import sources_of
 from ebmtool.errors import InputError
 from ebmtool.tasks.registry import builtin_task
 from ebmtool.training.state import run_is_complete
@@ -105,11 +106,12 @@ def new_config(recipe: str, init, given: dict) -> TrainConfig:
     task = builtin_task(values.get("task"))
     if task is not None and not task.recipe_size_applies and "size" not in given and init is None:
         values["size"] = None  # the recipes' matrix sizes are for continuous tasks; use the task's own
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**plugin_settings(values))
     if cfg.supervise_energy:
-        ired_given = [f for f in IRED_FIELDS if f in given]
-        if ired_given and "ired" not in sources_of(cfg.stages()):
-            raise InputError(f"--{flag_name(ired_given[0])} is a setting of the ired source, which this run does "
+        ref = registry.reference().name
+        ref_given = [f for f in reference_fields() if f in given]
+        if ref_given and ref not in sources_of(cfg.stages()):
+            raise InputError(f"--{flag_name(ref_given[0])} is a setting of the {ref} source, which this run does "
                              "not use")
     return cfg
 

@@ -8,7 +8,8 @@ every stage boundary where it was (a curriculum counter that restarts on resume 
 Spec forms:
     --negatives-from anm            --negatives-from ired:0.5,anm:0.5
     --curriculum 0:ired,0.3:ired=0.5+anm=0.5,0.7:anm      or a preset name (PRESETS)
-Every stage's mix must sum to 1 (within 1e-6) and name only known sources, else InputError (exit 2).
+Every stage's mix must sum to 1 (within 1e-6) and name only registered sources (ebmtool.negatives.registry),
+else InputError (exit 2).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ebmtool.errors import InputError
-
-SOURCES = ("ired", "anm", "hnm", "gaussian")
+from ebmtool.negatives import registry
 
 PRESETS = {
     "ired-to-anm": "0:ired,0.3:ired=0.5+anm=0.5,0.7:anm",
@@ -40,8 +40,9 @@ class Stage:
 def _check_mix(mix: list[tuple[str, float]], where: str) -> tuple[tuple[str, float], ...]:
     names = [n for n, _ in mix]
     for n, f in mix:
-        if n not in SOURCES:
-            raise InputError(f"{where}: unknown negative source {n!r}; known sources are {', '.join(SOURCES)}")
+        if n not in registry.names():
+            raise InputError(f"{where}: unknown negative source {n!r}; known sources are "
+                             f"{', '.join(registry.names())}")
         if not (0 < f <= 1):
             raise InputError(f"{where}: fraction of {n} must be in (0, 1], got {f}")
     if len(set(names)) != len(names):
@@ -104,9 +105,9 @@ def resolve(negatives: str, curriculum: str | None) -> tuple[Stage, ...]:
 
 
 def sources_of(stages) -> list[str]:
-    """Every source any stage uses, in SOURCES order."""
+    """Every source any stage uses, in the registry's order."""
     used = {n for s in stages for n, _ in s.mix}
-    return [n for n in SOURCES if n in used]
+    return [n for n in registry.names() if n in used]
 
 
 def stage_at(stages, step: int, total: int) -> int:
