@@ -221,7 +221,7 @@ class TrainConfig:
         if self.energy_weight == 0:
             raise InputError("--energy-weight 0 switches the energy term off while negatives are configured; "
                              "use --no-supervise-energy for that ablation")
-        if self.curriculum and self.negatives != "ired":
+        if self.curriculum and self.negatives != registry.reference().name:
             raise InputError("--curriculum and --negatives-from exclude each other: give the mix in the curriculum")
         stages = curriculum_mod.resolve(self.negatives, self.curriculum)
         used = curriculum_mod.sources_of(stages)
