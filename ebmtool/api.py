@@ -139,7 +139,9 @@ def mine_negatives(run: PathLike, output: PathLike, *, overwrite: bool = False, 
 
     `options` are MineOptions fields: `k` (4), `candidates` (10), `refine_steps` (5), `lam` (1.0), `select`
     ("top" or "sample"), `seed` (0), `batch_size`, `limit` (mine only the first N problems), the filters
-    `absolute_margin`, `relative_margin`, `max_energy`, and `weights` ("ema" or "model").
+    `absolute_margin`, `relative_margin`, `max_energy`, and `weights` ("ema" or "model"); `negatives` names
+    another registered source to mine with (hnm's options above are then unused) and `settings` its settings as
+    (name, value) pairs.
     Returns a MineResult: `path`, `rows`, `counts` (candidates, duplicates, filtered, ...).
     """
     ckpt, output = resolve_checkpoint_path(Path(run)), Path(output)

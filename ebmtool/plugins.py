@@ -18,6 +18,9 @@ from ebmtool.errors import InputError
 ENV_VAR = "EBMTOOL_PLUGINS"
 ENTRY_POINT_GROUP = "ebmtool.plugins"
 _loaded: list[str] = []
+# what a plugin module's own code may raise while it is imported (named: the project allows no blind except)
+LOAD_ERRORS = (SyntaxError, NameError, AttributeError, TypeError, ValueError, LookupError, ArithmeticError,
+               AssertionError, RuntimeError, OSError)
 
 
 def plugin_modules() -> list[str]:
@@ -41,7 +44,7 @@ while it loads; a registry's refusal (a name registered twice) is that registry'
                              f"{ENTRY_POINT_GROUP!r} entry point): {e}") from e
         except InputError:
             raise  # a registry's own sentence (a name registered twice, ...)
-        except Exception as e:  # any other failure of the module's own code: one sentence, not a traceback
+        except LOAD_ERRORS as e:  # a failure of the module's own code: one sentence, not a traceback
             raise InputError(f"the plugin module {name!r} failed while loading: {type(e).__name__}: {e}") from e
         _loaded.append(name)
     return list(_loaded)
