@@ -1,4 +1,5 @@
-"""Offline negatives: mine (HNM, or any registered source: `negatives`) into a file, score a file under any checkpoint, turn scores into SANS weights.
+"""Offline negatives: mine (HNM, or any registered source: `negatives`) into a file, score a file under any
+checkpoint, turn scores into SANS weights.
 
 Files (HDF5, one JSON provenance attribute each; see README "Offline negatives"):
 - negatives: rows into the checkpoint's training set, with positives, inputs, K clean-space negatives, the level t
@@ -168,7 +169,8 @@ COUNTS = ("candidates", "duplicates", "dup_negatives", "filtered_absolute_margin
 
 
 def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None, clean_box: float | None = None):
-    """Mine one batch of rows: the source's negatives (HNM by default), energies, distances, window filters. Returns arrays and counts.
+    """Mine one batch of rows: the source's negatives (HNM by default), energies, distances, window filters.
+    Returns arrays and counts.
 
     Discrete tasks: negatives stay in the box +-1 (as in training) and given entries (mask = 1) are kept."""
     t, eps = row_noise(opts.seed, rows, y.shape[1], sched.levels)

@@ -2,7 +2,8 @@
 
 Library errors become one sentence and an exit code: InputError -> 2, RunError -> 1, Interrupted -> 130/143.
 `ebmtool --debug CMD` shows the traceback instead.
-Under torchrun a failing process's exception is also written to torchrun's error file, so that torchrun's end-of-job summary names it (messages and exit codes stay the same).
+Under torchrun a failing process's exception is also written to torchrun's error file, so that torchrun's
+end-of-job summary names it (messages and exit codes stay the same).
 Plugins (ebmtool.plugins: EBMTOOL_PLUGINS, entry points) are loaded before the commands are built, so that a
 plugin's tasks and negative sources are in their choices, flags and help; a plugin that fails to load is one
 sentence, exit 2.

@@ -16,7 +16,15 @@ import torch
 
 from ebmtool.negatives import curriculum as curriculum_mod
 from ebmtool import distributed as dist
-from ebmtool.negatives import NegativeBatch, draw_noise, floor_kappa, generate, noise_to_signal, registry, repeat_rows
+from ebmtool.negatives import (
+    NegativeBatch,
+    draw_noise,
+    floor_kappa,
+    generate,
+    noise_to_signal,
+    registry,
+    repeat_rows,
+)
 
 
 @dataclass(frozen=True)
