@@ -1,6 +1,6 @@
-"""ired, the reference's negative: z = sqrt(ab_t) y + sqrt(1-ab_t) * 3 eps, 2 descent steps (1x, 2x), clamp(z/sqrt(ab_t),
-+-2). The default source. For discrete tasks the training step replaces it by the task's own reference negative
-(`reference=True`)."""
+"""ired, the reference's negative: z = sqrt(ab_t) y + sqrt(1-ab_t) * 3 eps, 2 descent steps (1x, 2x),
+clamp(z/sqrt(ab_t), +-2). The default source. For discrete tasks the training step replaces it by the task's own
+reference negative (`reference=True`)."""
 
 from __future__ import annotations
 
