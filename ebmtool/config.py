@@ -61,7 +61,7 @@ LATER_FIELDS = {
     "connectivity_negative": LaterField(None, "--connectivity-negative, 2026-12-01"),
     "compile": LaterField(False, "--compile, 2026-12-02 (after ebmtool 0.1.0)"),
     "kappa_floor": LaterField(0.0, "--kappa-floor, 2026-12-06 (after ebmtool 0.1.0)"),
-    "source_settings": LaterField(None, "settings of negative sources registered by plugins, 2026-12-07"),
+    "source_settings": LaterField(None, "settings of negative sources registered by plugins, 2026-12-06"),
 }
 
 
