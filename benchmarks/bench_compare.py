@@ -1,6 +1,6 @@
 """Cost of `ebmtool compare`: 2 default MLPs (width 512) on 1,024 held-out problems, inverse 8x8 and 20x20.
 
-Times the library call behind the command (`ebmtool.compare.compare`): loading and hashing the checkpoints,
+Times the library call behind the command (`ebmtool.analysis.compare.compare`): loading and hashing the checkpoints,
 sampling every problem with each model (10 levels x 7 network calls), the energy samples for the histograms, and
 the statistics (2,000 bootstrap resamples, 10,000 sign flips). Evaluation cost does not depend on training, so the
 checkpoints are built untrained through the library. Target: under a minute on 2 CPU cores.
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ebmtool.compare import compare
+from ebmtool.analysis.compare import compare
 from ebmtool.training.state import RunState
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.loop import prepare
 
 

@@ -48,8 +48,8 @@ def probe(setting: dict, compiled: bool, steps: int) -> dict:
     import torch
 
     from benchmarks.common import setup_training
-    from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
-    from ebmtool.models import compile_explicit
+    from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, sample
+    from ebmtool.method.models import compile_explicit
     from ebmtool.training import draw_batch, train_step
 
     torch.set_num_threads(1)

@@ -12,9 +12,9 @@ import time
 import torch
 
 from benchmarks.common import make_train_step, setup_training, timeit
-from ebmtool.diffusion import SamplerSettings, cosine_schedule, energy, energy_and_grad, sample
-import ebmtool.diffusion as diffusion
-from ebmtool.models import EnergyMLP
+from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, energy, energy_and_grad, sample
+import ebmtool.method.diffusion as diffusion
+from ebmtool.method.models import EnergyMLP
 
 
 def release_descend(model, x, y, t, sched, steps, *, multiplier=2.0, clamp=2.0, bound=None, mask=None, **_):

@@ -72,8 +72,8 @@ def replicated_work(global_batch: int, size: int, repeats: int = 20) -> float:
     """Seconds per step of what every process does for the whole global batch before slicing: the batch's rows,
     levels t, and the two noises eps, eps' (the default source draws nothing more)."""
     from ebmtool.config import TrainConfig
-    from ebmtool.data import TrainingData
-    from ebmtool.rng import step_generator
+    from ebmtool.tasks.data import TrainingData
+    from ebmtool.runtime.rng import step_generator
 
     torch.set_num_threads(1)
     cfg = TrainConfig(task="inverse", size=size, batch_size=global_batch, train_size=2 * global_batch, seed=0,

@@ -28,8 +28,8 @@ import time
 import torch
 
 from benchmarks.common import make_train_step, setup_training
-from ebmtool.diffusion import SamplerSettings, cosine_schedule, energy_and_grad, noised, sample
-from ebmtool.models import EnergyMLP, compile_explicit, mlp_energy_and_grad
+from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, energy_and_grad, noised, sample
+from ebmtool.method.models import EnergyMLP, compile_explicit, mlp_energy_and_grad
 
 THREADS = 2
 WIDTH, TIME_DIM = 512, 128  # the default model config (TrainConfig: width None = 512, time_dim 128)

@@ -25,10 +25,10 @@ import time
 import torch
 
 from benchmarks.common import counted_flops, flop_rule, make_train_step, matmul_flops, setup_training, timeit
-from ebmtool.diffusion import cosine_schedule
+from ebmtool.method.diffusion import cosine_schedule
 from ebmtool.training.losses import Batch, Objective, energy_term, ired_losses
-from ebmtool import rng
-from ebmtool.rng import step_generator
+from ebmtool.runtime import rng
+from ebmtool.runtime.rng import step_generator
 
 VARIANTS = [  # name, config overrides
     ("ired", {}),
@@ -68,13 +68,13 @@ def memory_probe(size: int, batch: int, k: int, width: int) -> dict:
     code = f"""
 import json, resource, time, torch
 torch.set_num_threads({torch.get_num_threads()})
-from ebmtool.diffusion import cosine_schedule
+from ebmtool.method.diffusion import cosine_schedule
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.losses import Batch, Objective, ired_losses
-from ebmtool import rng
-from ebmtool.rng import step_generator
-from ebmtool.models import EnergyMLP
+from ebmtool.runtime import rng
+from ebmtool.runtime.rng import step_generator
+from ebmtool.method.models import EnergyMLP
 cfg = TrainConfig(task="inverse", size={size}, seed=0, train_size={batch}, batch_size={batch}, width={width},
                   negatives="anm", k={k}); cfg.curriculum_total = 10; cfg.validate()
 data = TrainingData(cfg); model = EnergyMLP(data.task.x_dim, data.task.y_dim, {width})

@@ -6,9 +6,9 @@ Stages (inverse 20x20: x_dim = y_dim = 400, the paper's MLP, width 512, fp32; `-
              2048, per negative source: ired (K = 1, 2 descent steps), anm (K = 4, 5 projected steps), hnm (K = 1,
              C = 4 candidates, 2 steps), gaussian (K = 1). Unit: one step.
 - sample     the annealed sampler (10 levels, 5 inner steps), batch 256. Unit: one problem.
-- mine       offline mining (`ebmtool.mining.mine_batch`: HNM candidates, refinement, scoring, filters), K = 4,
+- mine       offline mining (`ebmtool.offline.mining.mine_batch`: HNM candidates, refinement, scoring, filters), K = 4,
              C = 10, S = 5, batch 32 on a CPU (256 on a GPU), frozen weights. Unit: one problem.
-- score      `ebmtool.mining.score_rows` (E+ and the K = 4 re-noised E-), batch 1024. Unit: one negative.
+- score      `ebmtool.offline.mining.score_rows` (E+ and the K = 4 re-noised E-), batch 1024. Unit: one negative.
 - graph      the connectivity task's GraphEBM (12 nodes, defaults), sampler at batch 64. Unit: one problem.
 
 How each figure is obtained:
@@ -92,7 +92,7 @@ def plan(quick: bool, device: str) -> dict:
 def build(spec: dict, device: str):
     """(fn doing one timed batch, units per call, flops kinds for counted_flops (None: no rule), the limit's
     matmul shape (m, k, n) (m = rows of the stage's largest network call), model)."""
-    from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
+    from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, sample
     from ebmtool.tasks.registry import get_task
 
     sched = cosine_schedule().to(device)
@@ -106,7 +106,7 @@ def build(spec: dict, device: str):
         return (make_train_step(st), 1,
                 {"denoise_rows": b, "train_score_rows": b * (1 + k)}, (max(b * (1 + k), b * k * cand), w, w), model)
     if kind == "graph":
-        from ebmtool.models import build_model
+        from ebmtool.method.models import build_model
 
         task = get_task("connectivity", spec["size"])
         torch.manual_seed(0)
@@ -116,7 +116,7 @@ def build(spec: dict, device: str):
         n, h = task.size, spec["width"]  # largest product: the combine Linear over b*n*n edges, [h, h^T, max, min]
         return (lambda: sample(model, x, sched, task.y_dim, task.sampler, torch.Generator().manual_seed(0)), b,
                 None, (b * n * n, 4 * h, h), model)
-    from ebmtool.models import EnergyMLP
+    from ebmtool.method.models import EnergyMLP
 
     task = get_task("inverse", spec["size"])
     problems = task.generate(b, "train", seed=0)
@@ -127,14 +127,14 @@ def build(spec: dict, device: str):
         return (lambda: sample(model, x, sched, task.y_dim, SamplerSettings(), torch.Generator().manual_seed(0)), b,
                 {}, (b, w, w), model)
     if kind == "mine":
-        from ebmtool.mining import MineOptions, mine_batch
+        from ebmtool.offline.mining import MineOptions, mine_batch
 
         opts = MineOptions(k=spec["k"], candidates=spec["candidates"], refine_steps=spec["steps"], batch_size=b)
         rows = np.arange(b)
         return (lambda: mine_batch(model, sched, x, y, rows, opts, device), b, {},
                 (b * spec["k"] * spec["candidates"], w, w), model)
     if kind == "score":
-        from ebmtool.mining import score_rows
+        from ebmtool.offline.mining import score_rows
 
         k = spec["k"]
         gen = torch.Generator().manual_seed(0)

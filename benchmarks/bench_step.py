@@ -127,7 +127,7 @@ def probe(setting: dict, quick: bool) -> dict:
     repeats, sync, now = (5 if quick else setting.get("repeats", 15)), sync_for(device), _clock(setting)
     _, _, st = setup_training(size, b, width, device, **{k: setting[k] for k in ("negatives", "k") if k in setting})
     if setting.get("compile"):
-        from ebmtool.models import compile_explicit
+        from ebmtool.method.models import compile_explicit
 
         compile_explicit(st.model, **({} if setting["compile"] == "default" else {"mode": setting["compile"]}))
 
@@ -170,8 +170,8 @@ def probe_reference(setting: dict, quick: bool) -> dict:
 
     from benchmarks import release
     from benchmarks.common import setup_training
-    from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
-    from ebmtool.models import EnergyMLP
+    from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, sample
+    from ebmtool.method.models import EnergyMLP
 
     size, b, width = setting["size"], setting["batch"], setting.get("width", WIDTH)
     _, data, st = setup_training(size, b, width)
@@ -213,8 +213,8 @@ def sampler(size: int, quick: bool, device: str = "cpu", compile_mode: str | Non
     import torch
 
     from benchmarks.common import counted_flops, flop_rule, sync_for
-    from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
-    from ebmtool.models import EnergyMLP, compile_explicit
+    from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, sample
+    from ebmtool.method.models import EnergyMLP, compile_explicit
 
     b, d = 256, size * size
     torch.manual_seed(0)

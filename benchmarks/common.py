@@ -1,7 +1,7 @@
 """Helpers shared by the benchmarks: timing, machine description, the matmul limit of this machine, the FLOP
 rule of the energy network, training-step setup, peak memory and a linear fit.
 
-FLOP rule: the library's (`ebmtool.compute`, which states it and which the training loop uses to count every
+FLOP rule: the library's (`ebmtool.method.compute`, which states it and which the training loop uses to count every
 run's compute), on the rows the model's counter saw; cross-checked against torch.profiler's matmul count in
 tests/test_bench_common.py.
 """
@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from ebmtool.compute import counted_flops as library_counted_flops, flop_rule  # noqa: F401 (re-exported)
+from ebmtool.method.compute import counted_flops as library_counted_flops, flop_rule  # noqa: F401 (re-exported)
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
-from ebmtool.diffusion import cosine_schedule
+from ebmtool.tasks.data import TrainingData
+from ebmtool.method.diffusion import cosine_schedule
 from ebmtool.training import draw_batch, train_step
 from ebmtool.training.losses import Objective
 from ebmtool.training.state import RunState
@@ -69,7 +69,7 @@ def matmul_flops(m: int, k: int, n: int, repeats: int = 10, device="cpu", dtype=
 # ------------------------------------------------------------------------------------------------ FLOP rule
 
 def counted_flops(rule: dict, counter, *, denoise_rows: int = 0, train_score_rows: int = 0) -> float:
-    """FLOPs of the work `counter` saw, by the library's rule (ebmtool.compute.counted_flops)."""
+    """FLOPs of the work `counter` saw, by the library's rule (ebmtool.method.compute.counted_flops)."""
     return library_counted_flops(rule, counter.rows, counter.grad_rows, denoise_rows=denoise_rows,
                                  train_score_rows=train_score_rows)
 

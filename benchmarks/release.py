@@ -20,7 +20,7 @@ import copy
 import torch
 from torch.nn import functional as F
 
-from ebmtool.diffusion import Schedule, noised
+from ebmtool.method.diffusion import Schedule, noised
 
 
 class ReleaseMLP(torch.nn.Module):

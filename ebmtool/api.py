@@ -2,7 +2,7 @@
 
 `import ebmtool` loads none of this (nor torch): `ebmtool.train` and the other names below are imported from here
 when first used. Each function runs the library code its command runs, with the same checks and the same files;
-errors are `ebmtool.errors.InputError` (a bad argument or file: the command's exit 2) and `RunError` (a failure
+errors are `ebmtool.runtime.errors.InputError` (a bad argument or file: the command's exit 2) and `RunError` (a failure
 while running: exit 1). docs/python-api.md shows them in use; its examples run in the test suite.
 """
 
@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool.arms import expand_paths, named_arms
-from ebmtool.artifacts import check_output
-from ebmtool.checkpoints import Checkpoint, load_checkpoint, resolve_checkpoint_path
-from ebmtool.compare import DEFAULT_SEED
-from ebmtool.compare import compare as compare_groups
+from ebmtool.analysis.arms import expand_paths, named_arms
+from ebmtool.io.artifacts import check_output
+from ebmtool.io.checkpoints import Checkpoint, load_checkpoint, resolve_checkpoint_path
+from ebmtool.analysis.compare import DEFAULT_SEED
+from ebmtool.analysis.compare import compare as compare_groups
 from ebmtool.config import NO_STEP_CAP, TrainConfig, check_given
-from ebmtool.errors import InputError
-from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, Evaluation, checkpoint_task, evaluate_checkpoint
-from ebmtool.evaluate import load_model as frozen_model
-from ebmtool.evaluate import sample_answers, weight_sets
-from ebmtool.export import Export, export_run
-from ebmtool.mining import MineOptions, MineResult, compute_weights, finished_partial, mine, score, write_scores
-from ebmtool.mining import write_weights
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, Evaluation, checkpoint_task, evaluate_checkpoint
+from ebmtool.analysis.evaluate import load_model as frozen_model
+from ebmtool.analysis.evaluate import sample_answers, weight_sets
+from ebmtool.analysis.export import Export, export_run
+from ebmtool.offline.mining import MineOptions, MineResult, compute_weights, finished_partial, mine, score, write_scores
+from ebmtool.offline.mining import write_weights
 from ebmtool.tasks.problems import Problems
 from ebmtool.negatives.sans import DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 from ebmtool.training.loop import TrainResult

@@ -13,8 +13,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from ebmtool.compute import format_flops
-from ebmtool.errors import InputError
+from ebmtool.method.compute import format_flops
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives import DUP_THRESHOLD, NegativeSettings, registry
 from ebmtool.negatives import curriculum as curriculum_mod
 from ebmtool.negatives import sans as sans_mod
@@ -136,8 +136,8 @@ class TrainConfig:
     keep: int = 0  # step-numbered snapshots kept beside ckpt.safetensors (the newest N; 0 = only the latest)
     val_size: int = 256
     device: str = "auto"
-    precision: str = "fp32"  # bf16: autocast on CUDA (ebmtool.devices)
-    compile: bool = False  # torch.compile the MLP's explicit input gradient (ebmtool.models.compile_explicit)
+    precision: str = "fp32"  # bf16: autocast on CUDA (ebmtool.runtime.devices)
+    compile: bool = False  # torch.compile the MLP's explicit input gradient (ebmtool.method.models.compile_explicit)
     init: str | None = None
     init_sha256: str | None = None
     init_steps: int | None = None  # optimiser steps the --init checkpoint had trained (its own inherited ones too)

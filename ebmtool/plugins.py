@@ -13,7 +13,7 @@ import importlib
 import os
 from importlib.metadata import entry_points
 
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 
 ENV_VAR = "EBMTOOL_PLUGINS"
 ENTRY_POINT_GROUP = "ebmtool.plugins"

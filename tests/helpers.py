@@ -67,10 +67,10 @@ def seeded_losses(cfg: TrainConfig, seed: int):
     training stream of (seed, 0), energy weight 0.5: one real loss evaluation, for tests of the objective."""
     import torch
 
-    from ebmtool.data import TrainingData
-    from ebmtool.diffusion import cosine_schedule
-    from ebmtool.models import EnergyMLP
-    from ebmtool.rng import step_generator
+    from ebmtool.tasks.data import TrainingData
+    from ebmtool.method.diffusion import cosine_schedule
+    from ebmtool.method.models import EnergyMLP
+    from ebmtool.runtime.rng import step_generator
     from ebmtool.training.losses import Batch, Objective, ired_losses
 
     data = TrainingData(cfg)

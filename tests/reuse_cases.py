@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import torch
 
-from ebmtool.diffusion import SamplerSettings, cosine_schedule, descend, energy_and_grad, sample
-from ebmtool.mining import MineOptions, mine_batch, score_rows
-from ebmtool.models import EnergyMLP
+from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, descend, energy_and_grad, sample
+from ebmtool.offline.mining import MineOptions, mine_batch, score_rows
+from ebmtool.method.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, generate
 
 X_DIM, Y_DIM, WIDTH, TIME_DIM, B = 12, 16, 64, 16, 24

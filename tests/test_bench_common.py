@@ -9,8 +9,8 @@ import torch
 
 from benchmarks.common import counted_flops, flop_rule, linear_fit, make_train_step, profiled_matmul_flops, \
     setup_training
-from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
-from ebmtool.mining import MineOptions, mine_batch, score_rows
+from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, sample
+from ebmtool.offline.mining import MineOptions, mine_batch, score_rows
 
 SCHED = cosine_schedule()
 

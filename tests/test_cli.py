@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ebmtool.cli import cli
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 
 from helpers import TINY_FLAGS
 
@@ -210,7 +210,7 @@ def test_debug_shows_the_traceback(runner, tmp_path):
     p = subprocess.run([sys.executable, "-m", "ebmtool", "--debug", "eval", str(missing)], capture_output=True,
                        text=True, timeout=120)  # and, as a process, Python's traceback on stderr
     assert p.returncode == 1 and p.stderr.startswith("Traceback (most recent call last):"), p.stderr
-    assert p.stderr.strip().splitlines()[-1] == f"ebmtool.errors.InputError: {missing}: no such file"
+    assert p.stderr.strip().splitlines()[-1] == f"ebmtool.runtime.errors.InputError: {missing}: no such file"
 
 
 def test_shell_completion_names_every_subcommand():

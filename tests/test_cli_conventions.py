@@ -15,7 +15,7 @@ import click
 import numpy as np
 import pytest
 
-from ebmtool.artifacts import json_text
+from ebmtool.io.artifacts import json_text
 from ebmtool.cli import cli
 from ebmtool.training import train
 
@@ -115,8 +115,8 @@ def test_offline_commands_json(runs, tmp_path):
 
 @pytest.fixture(scope="module")
 def comparison(runs):
-    from ebmtool.compare import compare
-    from ebmtool.arms import expand_paths
+    from ebmtool.analysis.compare import compare
+    from ebmtool.analysis.arms import expand_paths
 
     arms = [("base", expand_paths(f"{runs}/base/seed-*")), ("var", expand_paths(f"{runs}/var/seed-*"))]
     return compare(arms, n=32, n_boot=200, n_perm=200, batch_size=32, device="cpu")
@@ -128,7 +128,7 @@ MAGIC = {"png": lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"), "pdf": lambda b: b
 
 @pytest.mark.parametrize("fmt", ["png", "pdf", "svg"])
 def test_each_plot_format_writes_files_of_that_type_with_a_csv_each(comparison, tmp_path, fmt):
-    from ebmtool.plots import FIGURE_FORMATS, write_all
+    from ebmtool.analysis.plots import FIGURE_FORMATS, write_all
 
     assert fmt in FIGURE_FORMATS
     report, extras = comparison
@@ -149,7 +149,7 @@ def read_csv(path):
 
 
 def test_csvs_hold_the_plotted_numbers(comparison, tmp_path, monkeypatch):
-    from ebmtool import plots
+    from ebmtool.analysis import plots
 
     figures = {}
     save = plots._save
@@ -214,8 +214,8 @@ def test_csvs_hold_the_plotted_numbers(comparison, tmp_path, monkeypatch):
 
 
 def test_plot_dir_with_figures_needs_overwrite(comparison, tmp_path):
-    from ebmtool.errors import InputError
-    from ebmtool.plots import check_plot_dir
+    from ebmtool.runtime.errors import InputError
+    from ebmtool.analysis.plots import check_plot_dir
 
     check_plot_dir(tmp_path / "new", overwrite=False)
     (tmp_path / "old.csv").write_text("x\n")
@@ -227,7 +227,7 @@ def test_plot_dir_with_figures_needs_overwrite(comparison, tmp_path):
 # ------------------------------------------------------------------------------------------------ progress
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):
-    from ebmtool.progress import progress_bar
+    from ebmtool.runtime.progress import progress_bar
 
     class Terminal:
         def isatty(self):
@@ -268,13 +268,13 @@ def test_no_hand_written_default_in_help():
 
 
 def test_choices_and_shown_defaults_come_from_the_library():
-    from ebmtool.compare import DEFAULT_SEED
-    from ebmtool.confounds import unset_defaults
-    from ebmtool.devices import PRECISIONS
-    from ebmtool.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, WEIGHTS
-    from ebmtool.mining import SELECT
+    from ebmtool.analysis.compare import DEFAULT_SEED
+    from ebmtool.analysis.confounds import unset_defaults
+    from ebmtool.runtime.devices import PRECISIONS
+    from ebmtool.analysis.evaluate import EVAL_SPLITS, WEIGHT_CHOICES, WEIGHTS
+    from ebmtool.offline.mining import SELECT
     from ebmtool.negatives import CLAMP_MODES, NegativeSettings
-    from ebmtool.plots import FIGURE_FORMATS
+    from ebmtool.analysis.plots import FIGURE_FORMATS
     from ebmtool.negatives.sans import ALPHA_SCHEDULES, LOSS_FORMS
     from ebmtool.config import RECIPES, TrainConfig
 
@@ -319,14 +319,14 @@ def test_torchrun_entry_point_keeps_exit_codes_and_messages(tmp_path, args):
     if args[1:] == ["missing.safetensors"]:
         assert plain.stderr == "Error: missing.safetensors: no such file\n"
         err = json.loads((tmp_path / "error.json").read_text())  # what torchrun's summary shows
-        assert err["message"] == "ebmtool.errors.InputError: missing.safetensors: no such file"
+        assert err["message"] == "ebmtool.runtime.errors.InputError: missing.safetensors: no such file"
     else:
         assert not (tmp_path / "error.json").exists()
 
 
 def test_training_curves_are_also_drawn_against_compute(comparison, tmp_path, monkeypatch):
     """At matched compute the arms stop at different steps: a second figure puts training compute on the x axis."""
-    from ebmtool import plots
+    from ebmtool.analysis import plots
     from ebmtool.training.metrics import read_metrics
 
     figures = {}
@@ -349,7 +349,7 @@ def test_training_curves_are_also_drawn_against_compute(comparison, tmp_path, mo
 def test_energy_histogram_tick_labels_do_not_overlap(tmp_path, monkeypatch):
     """Energies within less than a decade (as in a trained ired run) on the log axis: no two x tick labels of a
     panel overlap once drawn."""
-    from ebmtool import plots
+    from ebmtool.analysis import plots
 
     figures = []
     save = plots._save

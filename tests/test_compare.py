@@ -1,4 +1,4 @@
-"""ebmtool.compare on synthetic per-problem errors (statistics, verdicts, replicates, config diff)."""
+"""ebmtool.analysis.compare on synthetic per-problem errors (statistics, verdicts, replicates, config diff)."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -6,12 +6,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ebmtool import stats as S
-from ebmtool.artifacts import jsonable
-from ebmtool.compare import NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, analyse, identical_replicates
-from ebmtool.arms import Group, Run
-from ebmtool.confounds import config_diff
-from ebmtool.errors import InputError
+from ebmtool.analysis import stats as S
+from ebmtool.io.artifacts import jsonable
+from ebmtool.analysis.compare import NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, analyse, identical_replicates
+from ebmtool.analysis.arms import Group, Run
+from ebmtool.analysis.confounds import config_diff
+from ebmtool.runtime.errors import InputError
 
 BASE_CFG = {"task": "inverse", "size": 4, "steps": 100, "seed": 0, "supervise_energy": True, "lr": 1e-3,
             "log_every": 10, "device": "auto"}
@@ -159,8 +159,8 @@ def test_unknown_baseline_is_an_input_error():
 def test_energy_samples_are_shared_across_models_and_accept_runs_without_ired_settings():
     import torch
 
-    from ebmtool.compare import energy_samples
-    from ebmtool.models import EnergyMLP
+    from ebmtool.analysis.compare import energy_samples
+    from ebmtool.method.models import EnergyMLP
     from ebmtool.tasks.registry import get_task
 
     task = get_task("inverse", 3)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from ebmtool.checkpoints import load_checkpoint, save_checkpoint
-from ebmtool.artifacts import sha256_file
+from ebmtool.io.checkpoints import load_checkpoint, save_checkpoint
+from ebmtool.io.artifacts import sha256_file
 from ebmtool.cli import cli
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.loop import prepare, train
 from ebmtool.training.state import RunState
 
@@ -134,7 +134,7 @@ def test_train_seeds_writes_one_run_per_seed(runner, tmp_path):
             "--val-size", "0", "--device", "cpu", "--seeds", "3,4", "-o", str(tmp_path / "r")]
     res = runner.invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    from ebmtool.checkpoints import load_checkpoint
+    from ebmtool.io.checkpoints import load_checkpoint
 
     assert [load_checkpoint(tmp_path / "r" / f"seed-{s}" / "ckpt.safetensors").seed for s in (3, 4)] == [3, 4]
     assert runner.invoke(cli, [*args[:-2], "--seed", "1", "-o", str(tmp_path / "q")]).exit_code == 2

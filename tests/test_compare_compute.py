@@ -1,4 +1,4 @@
-"""ebmtool.compare: training compute per arm, a config diff that names only real confounds, one-seed verdicts.
+"""ebmtool.analysis.compare: training compute per arm, a config diff that names only real confounds, one-seed verdicts.
 
 Fake checkpoints (configs as the training code resolves them, metadata strings) and synthetic errors: no files,
 no models.
@@ -11,12 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ebmtool import stats as S
-from ebmtool.compare import CHECKPOINTS_DIFFER, NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, analyse
-from ebmtool.arms import COMPUTE_META, Group, Run
-from ebmtool.confounds import DERIVED_KEYS, config_diff
-from ebmtool.reporting import summary_lines
-from ebmtool.errors import InputError
+from ebmtool.analysis import stats as S
+from ebmtool.analysis.compare import CHECKPOINTS_DIFFER, NO_DIFFERENCE_SHOWN, ONE_SEED_NOTE, analyse
+from ebmtool.analysis.arms import COMPUTE_META, Group, Run
+from ebmtool.analysis.confounds import DERIVED_KEYS, config_diff
+from ebmtool.analysis.reporting import summary_lines
+from ebmtool.runtime.errors import InputError
 
 from helpers import SMALL, tiny
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import h5py
 import pytest
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.config import LATER_FIELDS, LaterField, TrainConfig
-from ebmtool.errors import InputError
-from ebmtool.negatives_file import read_negatives
-from ebmtool.info import describe
+from ebmtool.runtime.errors import InputError
+from ebmtool.io.negatives_file import read_negatives
+from ebmtool.analysis.info import describe
 from ebmtool.training import loop, train
 
 from helpers import tiny
@@ -39,7 +39,7 @@ def _summary(d: Path) -> dict:
             "weight_abs_sum": float(sum(t.double().abs().sum() for t in w)), **last}
 
 
-# Compute of the steps this code adds is counted under rule 2 (ebmtool.compute, since 2026-12-06), the 0.1 files'
+# Compute of the steps this code adds is counted under rule 2 (ebmtool.method.compute, since 2026-12-06), the 0.1 files'
 # under rule 1, so the totals differ from expected.json's and the files say they mix the two rules ("1+2").
 RULE_2_COMPUTE = {"resume_to_30": 37683200.0, "offline_10": 44631040.0}
 
@@ -130,7 +130,7 @@ def test_a_field_missing_from_the_table_is_named_not_read_as_an_altered_checkpoi
 
 def test_a_changed_value_still_reads_as_an_altered_checkpoint(tmp_path):
     """The table fills in missing fields only: a stored value that differs from the checksum is still refused."""
-    from ebmtool.checkpoints import save_checkpoint
+    from ebmtool.io.checkpoints import save_checkpoint
 
     ck = load_checkpoint(DATA / "ckpt.safetensors")
     meta = {**ck.meta, "ebmtool.config": json.dumps({**ck.config, "lr": 0.5}, sort_keys=True)}

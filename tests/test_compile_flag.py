@@ -4,9 +4,9 @@ within float tolerance; other networks are refused with one sentence."""
 import h5py
 import numpy as np
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
-from ebmtool.models import compile_explicit
+from ebmtool.method.models import compile_explicit
 from ebmtool.training import loop as train_loop
 from ebmtool.training import train
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from benchmarks.common import profiled_matmul_flops
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
-from ebmtool.confounds import compute_summary
-from ebmtool.arms import load_groups
-from ebmtool.compute import counted_flops, flop_rule, parse_flops
-from ebmtool.errors import InputError
-from ebmtool.models import build_model
+from ebmtool.analysis.confounds import compute_summary
+from ebmtool.analysis.arms import load_groups
+from ebmtool.method.compute import counted_flops, flop_rule, parse_flops
+from ebmtool.runtime.errors import InputError
+from ebmtool.method.models import build_model
 from ebmtool.config import NO_STEP_CAP
 from ebmtool.training.state import RunLock, checkpoint_compute
 from ebmtool.training.loop import train

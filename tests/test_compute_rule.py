@@ -1,4 +1,4 @@
-"""The compute rule's version (ebmtool.compute.RULE_VERSION): recorded in every artifact that carries a count
+"""The compute rule's version (ebmtool.method.compute.RULE_VERSION): recorded in every artifact that carries a count
 (checkpoint, metrics.h5, negatives and scores files), read as rule 1 where an older artifact records none, combined
 ("1+2") where a run adds counts of two rules, and the refusals: `compare` and `--budget-of` will not match or
 compare counts made under different rules (exit 2, one sentence naming both)."""
@@ -8,12 +8,12 @@ import json
 import h5py
 import pytest
 
-from ebmtool.arms import load_groups
-from ebmtool.checkpoints import load_checkpoint, save_checkpoint
+from ebmtool.analysis.arms import load_groups
+from ebmtool.io.checkpoints import load_checkpoint, save_checkpoint
 from ebmtool.cli import cli
-from ebmtool.compute import RULE, combined_rule, counted_flops, flop_rule
-from ebmtool.info import describe, format_description
-from ebmtool.models import build_model
+from ebmtool.method.compute import RULE, combined_rule, counted_flops, flop_rule
+from ebmtool.analysis.info import describe, format_description
+from ebmtool.method.models import build_model
 from ebmtool.training.loop import train
 from ebmtool.training.state import checkpoint_compute_rule
 

@@ -18,9 +18,9 @@ import torch
 from torch.nn import functional as F
 
 from ebmtool.config import TrainConfig
-from ebmtool.diffusion import (SamplerSettings, condition, cosine_schedule, descend, energy, energy_and_grad,
+from ebmtool.method.diffusion import (SamplerSettings, condition, cosine_schedule, descend, energy, energy_and_grad,
                                sample)
-from ebmtool.mining import score_rows
+from ebmtool.offline.mining import score_rows
 from ebmtool.negatives import NegativeSettings, generate
 from ebmtool.training.losses import Batch, Objective, ired_losses
 

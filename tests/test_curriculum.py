@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ebmtool.negatives import curriculum as cur
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.config import TrainConfig
 from ebmtool.training.loop import train
 

@@ -3,10 +3,10 @@
 import torch
 from torch import nn
 
-from ebmtool.diffusion import (
+from ebmtool.method.diffusion import (
     CallCounter, SamplerSettings, cosine_schedule, descend, energy, energy_and_grad, sample,
 )
-from ebmtool.models import EnergyMLP
+from ebmtool.method.models import EnergyMLP
 
 SCHED = cosine_schedule()
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
-from ebmtool.devices import autocast, check_precision, resolve_device
-from ebmtool.errors import InputError
-from ebmtool.evaluate import evaluation_problems, load_model, per_problem_errors, sample_answers
+from ebmtool.runtime.devices import autocast, check_precision, resolve_device
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import evaluation_problems, load_model, per_problem_errors, sample_answers
 from ebmtool.training.loop import train
 
 from helpers import TINY_FLAGS, tiny
@@ -100,7 +100,7 @@ def test_bf16_agrees_with_fp32_within_tolerance(tmp_path):
 
 
 def test_under_torchrun_a_process_without_its_own_gpu_is_refused_but_cpu_runs(monkeypatch):
-    from ebmtool import distributed
+    from ebmtool.runtime import distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.diffusion import SamplerSettings, cosine_schedule, sample
+from ebmtool.method.diffusion import SamplerSettings, cosine_schedule, sample
 from ebmtool.tasks import graphs, sudoku
 from ebmtool.tasks import reference_negatives as negatives
-from ebmtool.models import GraphEBM, PathGNN, SudokuCNN, build_model, parameter_count
+from ebmtool.method.models import GraphEBM, PathGNN, SudokuCNN, build_model, parameter_count
 from ebmtool.tasks.registry import get_task
 
 SOLVED = np.array([int(c) for c in
@@ -123,7 +123,7 @@ def test_loaders_read_csv_and_numpy(tmp_path, puzzles):
     sudoku.check_puzzles(fp, fs, "x")
     bad = fs.copy()
     bad[0, :2] = bad[0, 1::-1]
-    from ebmtool.errors import InputError
+    from ebmtool.runtime.errors import InputError
     with pytest.raises(InputError):
         sudoku.check_puzzles(fp, bad, "x")
 

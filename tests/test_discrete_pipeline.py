@@ -49,7 +49,7 @@ def test_offline_pipeline_on_a_discrete_task(runner, tmp_path, flags):
 
 def test_data_from_rrn_csv_and_satnet_npy(runner, tmp_path):
     """Puzzles a user has on disk become the dataset layout train/eval read, equal to our own encoding."""
-    from ebmtool.artifacts import read_dataset
+    from ebmtool.io.artifacts import read_dataset
     from ebmtool.tasks import sudoku
 
     gen = tmp_path / "gen.h5"

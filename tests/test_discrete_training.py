@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
-from ebmtool.diffusion import cosine_schedule
-from ebmtool.errors import InputError
-from ebmtool.evaluate import checkpoint_task, evaluate_model, evaluation_problems, load_model, sample_answers
-from ebmtool.models import build_model
+from ebmtool.method.diffusion import cosine_schedule
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import checkpoint_task, evaluate_model, evaluation_problems, load_model, sample_answers
+from ebmtool.method.models import build_model
 from ebmtool.negatives import NegativeSettings, generate, registry
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.negatives import discrete_reference
 from ebmtool.training.losses import Batch, Objective, ired_losses
-from ebmtool.rng import step_generator
+from ebmtool.runtime.rng import step_generator
 from ebmtool.training.loop import train
 from ebmtool.tasks.registry import get_task, names
 
@@ -113,7 +113,7 @@ def test_given_cells_contribute_no_denoising_loss():
 
 def test_shortest_path_weights_the_path_entries():
     """The reference's element weight 10 where y > 0, 0.5 elsewhere, recomputed here from the same draws."""
-    from ebmtool.diffusion import energy_and_grad, noised
+    from ebmtool.method.diffusion import energy_and_grad, noised
 
     cfg = tiny("shortest-path", supervise_energy=False).validate()
     data = TrainingData(cfg)

@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool import distributed
-from ebmtool.artifacts import safetensors_metadata
-from ebmtool.checkpoints import load_checkpoint
-from ebmtool.errors import InputError
-from ebmtool.diffusion import cosine_schedule
-from ebmtool.mining import MineOptions, mine, score
-from ebmtool.models import EnergyMLP
+from ebmtool.runtime import distributed
+from ebmtool.io.artifacts import safetensors_metadata
+from ebmtool.io.checkpoints import load_checkpoint
+from ebmtool.runtime.errors import InputError
+from ebmtool.method.diffusion import cosine_schedule
+from ebmtool.offline.mining import MineOptions, mine, score
+from ebmtool.method.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, draw_noise, generate
 from ebmtool.training.state import RunState
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.loop import check_world, train
 
 from helpers import flags
@@ -200,7 +200,7 @@ def test_batch_not_divisible_by_the_process_count_is_refused(tmp_path):
     lines = done.stderr.splitlines()
     assert lines.count(f"Error: {msg}") == 1, done.stderr[-3000:]  # said once, by process 0
     # and named once in torchrun's summary, from the error file process 0 wrote (the other process's is empty)
-    assert sum(ln.strip() == f"traceback : ebmtool.errors.InputError: {msg}" for ln in lines) == 1, done.stderr[-3000:]
+    assert sum(ln.strip() == f"traceback : ebmtool.runtime.errors.InputError: {msg}" for ln in lines) == 1, done.stderr[-3000:]
     assert "exitcode  : 2" in done.stderr  # each worker exits 2 (torchrun itself exits 1 when a worker fails)
     assert not re.search(OWN_TRACEBACK, done.stderr), "a worker showed a traceback"  # (torchrun shows its own)
     assert not (tmp_path / "bad" / "ckpt.safetensors").exists()
@@ -300,7 +300,7 @@ def test_non_finite_loss_stops_every_process_at_the_same_step(tmp_path):
     lines = done.stderr.splitlines()
     assert sum(ln.startswith(f"Error: {msg}") for ln in lines) == 1, done.stderr[-3000:]  # said once
     # and named once in torchrun's summary, from process 0's error file
-    assert sum(ln.strip().startswith(f"traceback : ebmtool.errors.RunError: {msg}") for ln in lines) == 1
+    assert sum(ln.strip().startswith(f"traceback : ebmtool.runtime.errors.RunError: {msg}") for ln in lines) == 1
     assert "exitcode  : 1" in done.stderr and not re.search(OWN_TRACEBACK, done.stderr)
     assert load_checkpoint(out / "ckpt.safetensors").step == 1
     with h5py.File(out / "metrics.h5", "r") as f:

@@ -4,7 +4,7 @@ runs both on the same sequence of weights and asks for the same EMA weights, bit
 import pytest
 import torch
 
-from ebmtool.models import EnergyMLP
+from ebmtool.method.models import EnergyMLP
 from ebmtool.training.state import EMA
 
 ema_pytorch = pytest.importorskip("ema_pytorch")

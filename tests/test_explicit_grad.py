@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-import ebmtool.models as models
-from ebmtool.diffusion import (SamplerSettings, autograd_energy_and_grad, cosine_schedule, descend, energy_and_grad,
+import ebmtool.method.models as models
+from ebmtool.method.diffusion import (SamplerSettings, autograd_energy_and_grad, cosine_schedule, descend, energy_and_grad,
                                sample)
-from ebmtool.models import EnergyMLP, PathGNN, compile_explicit
+from ebmtool.method.models import EnergyMLP, PathGNN, compile_explicit
 
 
 SCHED = cosine_schedule()

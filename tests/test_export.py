@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 import ebmtool
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 
 from helpers import TINY_FLAGS

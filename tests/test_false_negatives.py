@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from ebmtool.cli import cli
 from ebmtool.config import TrainConfig
-from ebmtool.diffusion import cosine_schedule, noised
+from ebmtool.method.diffusion import cosine_schedule, noised
 from ebmtool.negatives import FLOOR_MARGIN, floor_kappa, kappa, noise_to_signal, renoise
-from ebmtool.preflight import ExactEnergy, preflight
+from ebmtool.analysis.preflight import ExactEnergy, preflight
 from ebmtool.tasks.problems import Problems
 from ebmtool.training import diagnostics, train
 from ebmtool.training.metrics import read_metrics
@@ -237,7 +237,7 @@ def test_mine_negatives_records_the_floor(tmp_path):
 
 
 def test_the_cosine_alarm_reads_the_last_quarter():
-    from ebmtool.info import metrics_summary
+    from ebmtool.analysis.info import metrics_summary
     import numpy as np
     steps = np.arange(1, 9)
     healthy = {"step": steps, "grad_cosine": np.array([-0.5, -0.5, -0.5, -0.5, -0.5, -0.5, 0.3, 0.2])}

@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from ebmtool import FORMAT_VERSION
-from ebmtool.artifacts import finalize_h5, ST_CHECKSUM, open_h5, read_dataset, write_h5
-from ebmtool.checkpoints import load_checkpoint, save_checkpoint
+from ebmtool.io.artifacts import finalize_h5, ST_CHECKSUM, open_h5, read_dataset, write_h5
+from ebmtool.io.checkpoints import load_checkpoint, save_checkpoint
 from ebmtool.cli import cli
-from ebmtool.errors import InputError, RunError
+from ebmtool.runtime.errors import InputError, RunError
 from ebmtool.config import TrainConfig
 from ebmtool.training.state import prune_snapshots, snapshot_path
 from ebmtool.training.loop import train
@@ -187,7 +187,7 @@ def test_a_damaged_sealed_file_never_reaches_the_hdf5_library(artifacts, tmp_pat
     def no_h5py(*a, **k):
         raise AssertionError("h5py opened a file that fails its seal")
 
-    monkeypatch.setattr("ebmtool.artifacts.h5py.File", no_h5py)
+    monkeypatch.setattr("ebmtool.io.artifacts.h5py.File", no_h5py)
     for read in (lambda: open_h5(bad, "evaluation"), lambda: read_dataset(bad)):
         with pytest.raises(InputError, match="file checksum mismatch"):
             read()
@@ -332,7 +332,7 @@ def test_full_disk_keeps_the_previous_checkpoint(artifacts, tmp_path, monkeypatc
     target.write_bytes(artifacts["checkpoint"].read_bytes())
     before = target.read_bytes()
     ck = load_checkpoint(target)
-    monkeypatch.setattr("ebmtool.checkpoints.save_file", _enospc)
+    monkeypatch.setattr("ebmtool.io.checkpoints.save_file", _enospc)
     with pytest.raises(RunError) as info:
         save_checkpoint(target, ck.tensors, {k: v for k, v in ck.meta.items() if k != ST_CHECKSUM})
     assert str(target) in str(info.value) and "No space left" in str(info.value)
@@ -347,7 +347,7 @@ def test_full_disk_during_training_exits_1_with_one_line(artifacts, tmp_path, mo
     for name in ("ckpt.safetensors", "metrics.h5"):
         (run / name).write_bytes((artifacts["checkpoint"].parent / name).read_bytes())
     before = (run / "ckpt.safetensors").read_bytes()
-    monkeypatch.setattr("ebmtool.checkpoints.save_file", _enospc)
+    monkeypatch.setattr("ebmtool.io.checkpoints.save_file", _enospc)
     r = runner.invoke(cli, ["train", "--resume", str(run), "--steps", "25"])
     assert r.exit_code == 1, (r.output, r.exception)
     last = r.stderr.strip().splitlines()[-1]
@@ -360,7 +360,7 @@ def test_full_disk_writing_hdf5_keeps_the_previous_file(artifacts, tmp_path, mon
     target = tmp_path / "metrics.h5"
     target.write_bytes(artifacts["metrics"].read_bytes())
     before = target.read_bytes()
-    monkeypatch.setattr("ebmtool.artifacts.write_array", _enospc)
+    monkeypatch.setattr("ebmtool.io.artifacts.write_array", _enospc)
     with pytest.raises(RunError, match="could not write .*No space left.*previous file is unchanged"):
         write_h5(target, "metrics", {"step": np.arange(3)}, {}, {})
     assert target.read_bytes() == before and len(list(tmp_path.iterdir())) == 1

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from ebmtool.artifacts import write_text
-from ebmtool.checkpoints import save_checkpoint
+from ebmtool.io.artifacts import write_text
+from ebmtool.io.checkpoints import save_checkpoint
 
 
 @pytest.fixture(params=[0o022, 0o027])

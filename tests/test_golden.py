@@ -16,7 +16,7 @@ import h5py
 import pytest
 import torch
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.training import train
 
 from helpers import tiny

@@ -1,7 +1,7 @@
 """`train --init RUN` starts a new run from RUN's weights on RUN's training data: its seed, task, size, training
 set and model shape carry over unless given, so negatives mined from RUN fit the new run."""
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 
 from helpers import TINY_FLAGS

@@ -4,7 +4,7 @@ systems), and never a link followed at the lock's path."""
 import errno
 import fcntl
 
-from ebmtool import locks
+from ebmtool.io import locks
 from ebmtool.cli import cli
 
 from helpers import TINY_FLAGS

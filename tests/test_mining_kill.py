@@ -1,7 +1,7 @@
 """SIGKILL `ebmtool mine-negatives` at seeded random moments, rerun it, and get the uninterrupted file exactly.
 
 The mines are real processes (`python -m ebmtool mine-negatives`). Most are killed by the writer itself at one of
-its crash points (ebmtool.negatives_file.crash_point: between any two steps of committing a batch, rewriting the
+its crash points (ebmtool.io.negatives_file.crash_point: between any two steps of committing a batch, rewriting the
 journal, assembling the final file and removing the partial directory, including halfway through writing a
 file or a journal line); others are SIGKILLed from here after a random delay once they have begun writing (so
 also in the middle of mining a batch). After every kill the same command is rerun; the file each chain of
@@ -24,7 +24,7 @@ import time
 import h5py
 import pytest
 
-from ebmtool.artifacts import open_h5
+from ebmtool.io.artifacts import open_h5
 from ebmtool.training import train
 
 from helpers import tiny

@@ -14,7 +14,7 @@ import h5py
 import pytest
 
 import ebmtool
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives import curriculum, registry
 
 from helpers import TINY_FLAGS

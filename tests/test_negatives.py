@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ebmtool.cli import cli
-from ebmtool.diffusion import cosine_schedule, energy
+from ebmtool.method.diffusion import cosine_schedule, energy
 from ebmtool.negatives import sans as sans_mod
-from ebmtool.errors import InputError
-from ebmtool.models import EnergyMLP
+from ebmtool.runtime.errors import InputError
+from ebmtool.method.models import EnergyMLP
 from ebmtool.negatives import (
     NegativeSettings,
     generate,
@@ -20,13 +20,13 @@ from ebmtool.negatives import (
     registry,
     renoise,
 )
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.losses import Batch, Objective, ired_losses
-from ebmtool import rng
-from ebmtool.rng import step_generator
+from ebmtool.runtime import rng
+from ebmtool.runtime.rng import step_generator
 from ebmtool.training.loop import train
-from ebmtool.checkpoints import load_checkpoint
-from ebmtool.evaluate import load_model
+from ebmtool.io.checkpoints import load_checkpoint
+from ebmtool.analysis.evaluate import load_model
 
 from helpers import seeded_losses, TINY_FLAGS, tiny
 
@@ -88,7 +88,7 @@ def test_ired_and_hnm_refinement_lower_the_energy(source):
     model = fixed_net()
     x, y, t, eps = problem(256)
     if source == "ired":
-        from ebmtool.diffusion import descend, noised
+        from ebmtool.method.diffusion import descend, noised
 
         bound = 2 * SCHED.sqrt_ab[t][:, None]
         z0 = torch.maximum(torch.minimum(noised(SCHED, y, t, eps), bound), -bound)  # a start inside the box

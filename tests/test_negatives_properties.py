@@ -11,17 +11,17 @@ import torch
 
 from ebmtool.negatives import hnm as neg_mod  # the module whose refine_renoised the spy replaces
 from ebmtool.training import diagnostics, negatives as train_negatives
-from ebmtool.checkpoints import load_checkpoint
-from ebmtool.diffusion import cosine_schedule, raw
-from ebmtool.errors import InputError
-from ebmtool.evaluate import load_model
-from ebmtool.mining import MineOptions, mine
-from ebmtool.models import EnergyMLP
+from ebmtool.io.checkpoints import load_checkpoint
+from ebmtool.method.diffusion import cosine_schedule, raw
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import load_model
+from ebmtool.offline.mining import MineOptions, mine
+from ebmtool.method.models import EnergyMLP
 from ebmtool.negatives import NegativeSettings, generate, standardise
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.state import checkpoint_compute
 from ebmtool.training.losses import Batch, Objective, ired_losses
-from ebmtool.rng import step_generator
+from ebmtool.runtime.rng import step_generator
 from ebmtool.training.loop import train
 
 from helpers import tiny
@@ -149,7 +149,7 @@ def test_refining_sources_log_their_accepted_fraction_and_hnm_its_level_histogra
 
 
 def test_accept_alarm_names_a_source_whose_steps_are_rejected():
-    from ebmtool.info import source_alarms
+    from ebmtool.analysis.info import source_alarms
 
     assert source_alarms({"accept_fraction": np.array([0.0, 0.02])}) == [
         "only 1.0% of its descent steps were accepted: its negatives barely move from where they start "

@@ -7,8 +7,8 @@ import signal
 import pytest
 import torch
 
-from ebmtool import distributed as dist
-from ebmtool.errors import RunError
+from ebmtool.runtime import distributed as dist
+from ebmtool.runtime.errors import RunError
 from ebmtool.training import losses as L
 from ebmtool.training.step import Agreement
 

@@ -2,7 +2,7 @@
 coverage, and a warning gives the fraction of each batch that will really use it."""
 
 from ebmtool.cli import cli
-from ebmtool.mining import MineOptions, mine
+from ebmtool.offline.mining import MineOptions, mine
 from ebmtool.training.loop import train
 
 from helpers import TINY_FLAGS, tiny

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ebmtool.cli import cli
-from ebmtool.errors import InputError
-from ebmtool.mining import MineOptions, compute_weights, mine, partial_path, score, write_scores
+from ebmtool.runtime.errors import InputError
+from ebmtool.offline.mining import MineOptions, compute_weights, mine, partial_path, score, write_scores
 from helpers import TINY_FLAGS, tiny
 
 
@@ -21,7 +21,7 @@ MINE_FLAGS = ["--k", "3", "--candidates", "3", "--refine-steps", "1", "--seed", 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny base run (CLI-compatible model shape), its negatives, scores and weights."""
-    from ebmtool.mining import write_weights
+    from ebmtool.offline.mining import write_weights
     from ebmtool.training.loop import train
 
     d = tmp_path_factory.mktemp("offline")
@@ -87,7 +87,7 @@ def test_partial_of_an_earlier_ebmtool_is_refused_unless_overwrite(base, tmp_pat
 
 
 def test_a_partial_in_use_is_refused(base, tmp_path):
-    from ebmtool.negatives_file import PartialNegatives
+    from ebmtool.io.negatives_file import PartialNegatives
 
     ckpt = base / "base" / "ckpt.safetensors"
     out = tmp_path / "negs.h5"
@@ -176,10 +176,10 @@ def test_the_old_spelling_of_offline_fraction_still_works(base, runner, tmp_path
 
 def test_offline_rows_take_the_files_negatives(base):
     """energy_term puts the file's clean negatives and weights on the rows it covers (unit level)."""
-    from ebmtool.diffusion import cosine_schedule
-    from ebmtool.offline import OfflineNegatives
-    from ebmtool.models import EnergyMLP
-    from ebmtool.data import TrainingData
+    from ebmtool.method.diffusion import cosine_schedule
+    from ebmtool.offline.inputs import OfflineNegatives
+    from ebmtool.method.models import EnergyMLP
+    from ebmtool.tasks.data import TrainingData
     from ebmtool.training.losses import Batch, Objective, energy_term
 
     cfg = tiny(seed=1, time_dim=128, k=3, offline_negatives=str(base / "negs.h5"),
@@ -231,7 +231,7 @@ def test_provenance_mismatch_exits_2_unless_forced(base, runner, tmp_path, case)
     r = runner.invoke(cli, ["train", *flags, "--steps", "2", "--seed", seed, "-o", str(tmp_path / "run"), *extra,
                             "--force"])
     assert r.exit_code == 0, r.output
-    from ebmtool.checkpoints import load_checkpoint
+    from ebmtool.io.checkpoints import load_checkpoint
 
     recorded = load_checkpoint(tmp_path / "run" / "ckpt.safetensors").config["offline_mismatch"]
     assert recorded and expect in recorded[0]

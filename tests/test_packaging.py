@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import ebmtool
-from ebmtool.artifacts import code_version
+from ebmtool.io.artifacts import code_version
 from ebmtool.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ def test_makefile_pipeline(tmp_path):
     text = (tmp_path / "compare.txt").read_text()
     assert "control (baseline)" in text and "refined" in text  # refined is compared with its control
     assert "WARNING" not in text, text  # the pipeline declares what it varies, compute included
-    from ebmtool.checkpoints import load_checkpoint
+    from ebmtool.io.checkpoints import load_checkpoint
 
     control, refined = (load_checkpoint(tmp_path / n / "ckpt.safetensors") for n in ("control", "refined"))
     assert control.config["init_steps"] == refined.config["init_steps"] == 2 and control.step == refined.step
@@ -47,8 +47,8 @@ def test_a_ctrl_c_base_run_is_resumed_not_used(tmp_path):
 
     import h5py
 
-    from ebmtool.artifacts import safetensors_metadata, sha256_file
-    from ebmtool.checkpoints import load_checkpoint
+    from ebmtool.io.artifacts import safetensors_metadata, sha256_file
+    from ebmtool.io.checkpoints import load_checkpoint
 
     steps = 60  # with a checkpoint (and its fsync) every step: seconds, long enough to be interrupted
     tiny = ["SIZE=4", f"STEPS={steps}", "REFINE_STEPS=2", "K=2", "CANDIDATES=2", "REFINE=1", "EVAL_N=8",

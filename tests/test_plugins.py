@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from ebmtool import plugins
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 
 
 def test_env_plugins_are_imported_once_in_order(tmp_path, monkeypatch):

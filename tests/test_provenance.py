@@ -7,10 +7,10 @@ import h5py
 import pytest
 import torch
 
-from ebmtool.checkpoints import load_checkpoint, save_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint, save_checkpoint
 from ebmtool.cli import cli
-from ebmtool.confounds import environment_warnings
-from ebmtool.arms import load_groups
+from ebmtool.analysis.confounds import environment_warnings
+from ebmtool.analysis.arms import load_groups
 from ebmtool.training.loop import train
 
 from helpers import tiny
@@ -83,7 +83,7 @@ def test_an_installed_copy_inside_another_repository_records_no_commit(tmp_path)
     _git(other, "init", "-q")
     _git(other, "add", "-A")
     _git(other, "commit", "-q", "-m", "another project, with a copy of ebmtool in it")
-    code = "import json; from ebmtool.artifacts import code_version; print(json.dumps(code_version()))"
+    code = "import json; from ebmtool.io.artifacts import code_version; print(json.dumps(code_version()))"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
                          capture_output=True, text=True, check=True).stdout
     got = json.loads(out)
@@ -95,7 +95,7 @@ def test_a_checkout_records_its_own_commit():
     from pathlib import Path
 
     import ebmtool
-    from ebmtool.artifacts import code_version
+    from ebmtool.io.artifacts import code_version
 
     repo = Path(ebmtool.__file__).parent.parent
     if not (repo / ".git").exists():

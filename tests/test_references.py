@@ -41,7 +41,7 @@ GENERATED = {"ebmtool/_version.py"}  # written by the install (setuptools-scm), 
 
 def test_the_check_tells_a_real_path_from_a_stale_one():
     assert resolves("ebmtool.training.losses.ired_losses") and resolves("ebmtool.config.TrainConfig.from_dict")
-    assert not resolves("ebmtool.compare.unset_defaults")  # the path cli/defaults.py named after the move
+    assert not resolves("ebmtool.analysis.compare.unset_defaults")  # the path cli/defaults.py named after the move
     assert not resolves("ebmtool.no_such_module.thing")
 
 

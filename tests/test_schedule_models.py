@@ -2,9 +2,9 @@
 
 import torch
 
-import ebmtool.models as models
-from ebmtool.diffusion import cosine_schedule
-from ebmtool.models import EnergyMLP, parameter_count, sinusoidal_embedding
+import ebmtool.method.models as models
+from ebmtool.method.diffusion import cosine_schedule
+from ebmtool.method.models import EnergyMLP, parameter_count, sinusoidal_embedding
 
 # t, beta, alpha_bar, sqrt(alpha_bar), sqrt(1 - alpha_bar), eta
 TABLE = [

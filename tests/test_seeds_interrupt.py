@@ -4,7 +4,7 @@ import os
 import shlex
 import signal
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.training import loop
 

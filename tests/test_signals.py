@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.errors import InputError
-from ebmtool.artifacts import safetensors_metadata
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.runtime.errors import InputError
+from ebmtool.io.artifacts import safetensors_metadata
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.cli import cli
 from ebmtool.config import TrainConfig
 from ebmtool.training.loop import train

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 
 pytest.importorskip("snakemake")
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""ebmtool.stats on synthetic per-problem error vectors with known effects."""
+"""ebmtool.analysis.stats on synthetic per-problem error vectors with known effects."""
 
 import itertools
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ebmtool import stats as S
+from ebmtool.analysis import stats as S
 
 
 def errors(n=400, seed=0):

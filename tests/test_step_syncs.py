@@ -2,7 +2,7 @@
 the logged row's device values read in one transfer. A round-trip is a read of a tensor's value into Python
 (.item(), .tolist(), .numpy(), bool(), float(), int()) made by ebmtool's code: on a GPU each one stalls the
 host until the device catches up. torch's own reads (Adam's CPU step counters) are not ebmtool's to remove, and
-ebmtool/data.py's are of the epoch permutation, a tensor drawn on the host that never visits the device.
+ebmtool/tasks/data.py's are of the epoch permutation, a tensor drawn on the host that never visits the device.
 """
 
 import sys
@@ -19,7 +19,7 @@ from ebmtool.training.step import draw_batch, train_step
 from helpers import tiny
 
 PACKAGE = str(Path(ebmtool.__file__).parent)
-HOST_SIDE = (str(Path(ebmtool.__file__).parent / "data.py"),)  # reads of host-resident tensors only
+HOST_SIDE = (str(Path(ebmtool.__file__).parent / "tasks" / "data.py"),)  # reads of host-resident tensors only
 READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
 ARMS = {"ired": {}, "anm_k2": dict(negatives="anm", k=2), "hnm": dict(negatives="hnm"),
         "gaussian": dict(negatives="gaussian"), "sans_anm_k2": dict(negatives="anm", k=2, sans=True),

@@ -67,7 +67,7 @@ def test_every_training_ran_under_the_launcher_prefix(study):
 
 
 def test_anm_runs_match_the_baseline_compute_of_their_seed(study):
-    from ebmtool.checkpoints import load_checkpoint
+    from ebmtool.io.checkpoints import load_checkpoint
     from ebmtool.training.state import checkpoint_compute
 
     for s in (0, 1):

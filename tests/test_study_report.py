@@ -6,16 +6,16 @@ import shutil
 import numpy as np
 import pytest
 
-from ebmtool.artifacts import provenance, write_h5
+from ebmtool.io.artifacts import provenance, write_h5
 from ebmtool.cli import cli
-from ebmtool.study import arm_order, num, run_tail_means, seed_ci, write_report
+from ebmtool.analysis.study import arm_order, num, run_tail_means, seed_ci, write_report
 from ebmtool.training.loop import train
 from ebmtool.training.state import checkpoint_compute
 from helpers import tiny
 
 
 def _compute(study, arm, seed) -> float:
-    from ebmtool.checkpoints import load_checkpoint
+    from ebmtool.io.checkpoints import load_checkpoint
 
     return checkpoint_compute(load_checkpoint(study / "inverse" / arm / f"s{seed}" / "ckpt.safetensors"))
 
@@ -192,7 +192,7 @@ def test_the_committed_cpu_study_report_is_left_intact(runner, tmp_path):
 
 
 def test_an_mse_interval_from_two_seeds_stops_at_zero():
-    from ebmtool.study import seed_ci_text
+    from ebmtool.analysis.study import seed_ci_text
     text = seed_ci_text([0.01, 0.05], 0.95, "mse")  # the t interval with 1 degree of freedom reaches far below 0
     assert text.startswith("[0 (clipped; t interval -") and text.endswith("]")
     assert not seed_ci_text([0.01, 0.011, 0.012], 0.95, "mse").startswith("[0 (clipped")

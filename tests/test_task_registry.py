@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool import models
-from ebmtool.artifacts import read_dataset
-from ebmtool.errors import InputError
+from ebmtool.method import models
+from ebmtool.io.artifacts import read_dataset
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks import registry
 from ebmtool.tasks.registry import get_task, names, register
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.artifacts import read_dataset
-from ebmtool.errors import InputError
+from ebmtool.io.artifacts import read_dataset
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks.files import split_user_data
 from ebmtool.tasks.registry import get_task
 
@@ -77,7 +77,7 @@ def test_user_data_file_is_read_and_validated(tmp_path):
 def test_fresh_training_batches_are_a_pure_function_of_seed_and_step():
     """--train-size 0: every step draws its own problems from the task, seeded by (seed, step)."""
     from ebmtool.config import TrainConfig
-    from ebmtool.data import TrainingData
+    from ebmtool.tasks.data import TrainingData
 
     data = TrainingData(TrainConfig(task="inverse", size=4, train_size=0, batch_size=8, val_size=0, seed=3))
     x0, y0 = data.batch(0, "cpu")

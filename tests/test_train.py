@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from ebmtool.checkpoints import load_checkpoint
-from ebmtool.artifacts import sha256_file
-from ebmtool.diffusion import cosine_schedule
-from ebmtool.errors import InputError
-from ebmtool.evaluate import evaluate_model, evaluation_problems, load_model
-from ebmtool.models import EnergyMLP
+from ebmtool.io.checkpoints import load_checkpoint
+from ebmtool.io.artifacts import sha256_file
+from ebmtool.method.diffusion import cosine_schedule
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import evaluate_model, evaluation_problems, load_model
+from ebmtool.method.models import EnergyMLP
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
+from ebmtool.tasks.data import TrainingData
 from ebmtool.training.losses import Batch, Objective, ired_losses
-from ebmtool.rng import step_generator
+from ebmtool.runtime.rng import step_generator
 from ebmtool.training.loop import train
 
 from helpers import seeded_losses, tiny
@@ -135,7 +135,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
         return parts
 
     monkeypatch.setattr(tr, "ired_losses", poisoned)
-    from ebmtool.errors import RunError
+    from ebmtool.runtime.errors import RunError
 
     with pytest.raises(RunError, match="non-finite loss_energy at step 2"):
         train(TrainConfig(), tmp_path / "r", resume=tmp_path / "r" / "ckpt.safetensors", overrides={"steps": 4},

@@ -3,7 +3,7 @@ diagnostics, or on where it was split and resumed (bit for bit on the CPU)."""
 
 import pytest
 
-from ebmtool.checkpoints import load_checkpoint
+from ebmtool.io.checkpoints import load_checkpoint
 from ebmtool.training import train
 
 from helpers import tiny

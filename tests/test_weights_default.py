@@ -22,8 +22,8 @@ def default_of(command: str, flag: str):
 
 
 def test_every_command_defaults_to_the_raw_weights():
-    from ebmtool.evaluate import weight_sets
-    from ebmtool.checkpoints import Checkpoint
+    from ebmtool.analysis.evaluate import weight_sets
+    from ebmtool.io.checkpoints import Checkpoint
     # eval's option is unset by default: a training checkpoint then gets DEFAULT_WEIGHTS, an export the set it holds
     assert default_of("eval", "--weights") is None
     held = Checkpoint.__new__(Checkpoint)

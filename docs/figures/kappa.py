@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ebmtool.config import TrainConfig  # noqa: E402
-from ebmtool.preflight import preflight  # noqa: E402
+from ebmtool.analysis.preflight import preflight  # noqa: E402
 
 SETTINGS = {"ired": {}, "anm": {"negatives": "anm"}, "anm, K = 16": {"negatives": "anm", "k": 16},
             "anm, --kappa-floor 1.2": {"negatives": "anm", "kappa_floor": 1.2}}

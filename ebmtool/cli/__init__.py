@@ -18,8 +18,9 @@ import time
 import click
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from ebmtool import __version__, distributed
-from ebmtool.errors import EbmtoolError, InputError, RunError
+from ebmtool import __version__
+from ebmtool.runtime import distributed
+from ebmtool.runtime.errors import EbmtoolError, InputError, RunError
 from ebmtool.plugins import load_plugins
 
 try:  # before the commands below are built

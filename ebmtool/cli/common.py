@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import json_text
-from ebmtool.checkpoints import resolve_checkpoint_path
-from ebmtool.devices import PRECISIONS
-from ebmtool.errors import InputError
+from ebmtool.io.artifacts import json_text
+from ebmtool.io.checkpoints import resolve_checkpoint_path
+from ebmtool.runtime.devices import PRECISIONS
+from ebmtool.runtime.errors import InputError
 
 
 def log(msg: str):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ebmtool.arms import named_arms
-from ebmtool.artifacts import check_output, write_json, write_text
+from ebmtool.analysis.arms import named_arms
+from ebmtool.io.artifacts import check_output, write_json, write_text
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
     device_option,
@@ -18,13 +18,13 @@ from ebmtool.cli.common import (
     say,
     table,
 )
-from ebmtool.compare import DEFAULT_SEED
-from ebmtool.compare import compare as run_compare
-from ebmtool.devices import resolve_device
-from ebmtool.errors import RunError
-from ebmtool.evaluate import DEFAULT_WEIGHTS, WEIGHTS, problems_label
-from ebmtool.plots import FIGURE_FORMATS, check_plot_dir, write_all
-from ebmtool.reporting import diagnostics_rows, fmt_number, format_markdown, summary_lines
+from ebmtool.analysis.compare import DEFAULT_SEED
+from ebmtool.analysis.compare import compare as run_compare
+from ebmtool.runtime.devices import resolve_device
+from ebmtool.runtime.errors import RunError
+from ebmtool.analysis.evaluate import DEFAULT_WEIGHTS, WEIGHTS, problems_label
+from ebmtool.analysis.plots import FIGURE_FORMATS, check_plot_dir, write_all
+from ebmtool.analysis.reporting import diagnostics_rows, fmt_number, format_markdown, summary_lines
 
 
 def _parse_group(ctx, param, values):

@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 from click_option_group import optgroup
 
-from ebmtool import distributed
-from ebmtool.artifacts import (
+from ebmtool.runtime import distributed
+from ebmtool.io.artifacts import (
     check_output,
     write_evaluation,
 )
-from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
+from ebmtool.io.checkpoints import load_checkpoint, resolve_checkpoint_path
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
     checkpoint_argument,
@@ -37,7 +37,7 @@ from ebmtool.cli.defaults import (
     task_width,
     train_default,
 )
-from ebmtool.compute import parse_flops
+from ebmtool.method.compute import parse_flops
 from ebmtool.config import (
     ON_NAN,
     check_given,
@@ -45,13 +45,13 @@ from ebmtool.config import (
     plugin_settings,
     RECIPES,
 )
-from ebmtool.devices import PRECISIONS, resolve_device
-from ebmtool.errors import InputError, Interrupted
-from ebmtool.evaluate import DEFAULT_WEIGHTS, EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint, problems_label
-from ebmtool.info import describe, format_description
+from ebmtool.runtime.devices import PRECISIONS, resolve_device
+from ebmtool.runtime.errors import InputError, Interrupted
+from ebmtool.analysis.evaluate import DEFAULT_WEIGHTS, EVAL_SPLITS, WEIGHT_CHOICES, evaluate_checkpoint, problems_label
+from ebmtool.analysis.info import describe, format_description
 from ebmtool.negatives import anm as anm_source
 from ebmtool.negatives import registry
-from ebmtool.negatives_file import negatives_k
+from ebmtool.io.negatives_file import negatives_k
 from ebmtool.negatives.sans import ALPHA_SCHEDULES, LOSS_FORMS
 from ebmtool.tasks.reference_negatives import CONNECTIVITY_NEGATIVES
 from ebmtool.tasks.registry import names as task_names

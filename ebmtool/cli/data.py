@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ebmtool.artifacts import (
+from ebmtool.io.artifacts import (
     check_output,
     provenance,
     write_dataset,
@@ -24,7 +24,7 @@ from ebmtool.cli.defaults import (
 from ebmtool.config import (
     RECIPES,
 )
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks.problems import SPLITS
 from ebmtool.tasks.registry import get_task, names as task_names
 

@@ -3,7 +3,7 @@ read from the library so that the help never drifts from what a run uses.
 
 Options of `train` are unset (None) unless given, so that a resumed run can tell a given flag from an omitted
 one; the library resolves them: TrainConfig's field defaults, and the settings of negative sources, SANS and
-offline negatives that TrainConfig.validate fills in when they are used (ebmtool.confounds.unset_defaults).
+offline negatives that TrainConfig.validate fills in when they are used (ebmtool.analysis.confounds.unset_defaults).
 Per-task defaults (sizes, widths, energy weights) come from the tasks themselves.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from ebmtool.config import TrainConfig
-from ebmtool.confounds import unset_defaults
+from ebmtool.analysis.confounds import unset_defaults
 from ebmtool.tasks.registry import get_task, names as task_names
 
 

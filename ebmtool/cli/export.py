@@ -1,4 +1,4 @@
-"""`ebmtool export`: a run's model as a directory to share (ebmtool.export)."""
+"""`ebmtool export`: a run's model as a directory to share (ebmtool.analysis.export)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import click
 
 from ebmtool.cli import cli
 from ebmtool.cli.common import checkpoint_argument, device_option, json_option, overwrite_option, print_json, table
-from ebmtool.devices import resolve_device
-from ebmtool.evaluate import WEIGHTS
-from ebmtool.export import EXPORT_FILES, export_run
+from ebmtool.runtime.devices import resolve_device
+from ebmtool.analysis.evaluate import WEIGHTS
+from ebmtool.analysis.export import EXPORT_FILES, export_run
 
 
 @cli.command("export")

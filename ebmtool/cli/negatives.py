@@ -1,4 +1,4 @@
-"""Offline negatives: mine-negatives, score, weights (thin commands over ebmtool.mining)."""
+"""Offline negatives: mine-negatives, score, weights (thin commands over ebmtool.offline.mining)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ebmtool import distributed
-from ebmtool.artifacts import check_output, open_h5
+from ebmtool.runtime import distributed
+from ebmtool.io.artifacts import check_output, open_h5
 from ebmtool.cli import cli
 from ebmtool.cli.common import (
     checkpoint_argument,
@@ -21,10 +21,10 @@ from ebmtool.cli.common import (
     table,
 )
 from ebmtool.config import TrainConfig
-from ebmtool.devices import resolve_device
-from ebmtool.errors import InputError
-from ebmtool.evaluate import DEFAULT_WEIGHTS, WEIGHTS
-from ebmtool.mining import (
+from ebmtool.runtime.devices import resolve_device
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import DEFAULT_WEIGHTS, WEIGHTS
+from ebmtool.offline.mining import (
     DEFAULT_SOURCE,
     SCORE_LEVELS,
     SELECT,
@@ -40,7 +40,7 @@ from ebmtool.mining import (
 )
 from ebmtool.negatives import DUP_THRESHOLD, registry
 from ebmtool.negatives import anm as anm_source
-from ebmtool.preflight import preflight as run_preflight
+from ebmtool.analysis.preflight import preflight as run_preflight
 from ebmtool.negatives.sans import ALPHA_SCHEDULES, DEFAULT_ALPHA, DEFAULT_ALPHA_FLOOR
 from ebmtool.tasks.registry import DEFAULT_TASK
 

@@ -8,7 +8,7 @@ import click
 
 from ebmtool.cli import cli
 from ebmtool.cli.common import overwrite_option
-from ebmtool.study import VERDICT_WEIGHTS, WEIGHTS, write_report
+from ebmtool.analysis.study import VERDICT_WEIGHTS, WEIGHTS, write_report
 
 
 @cli.command()

@@ -3,7 +3,7 @@ the loss will actually see (the re-noised point, positive's noise), inside an RM
 
 from __future__ import annotations
 
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives.common import acceptance, clean_start, keep_given, refine_renoised, repeat_rows, start_noise
 from ebmtool.negatives.ired import draw_start
 from ebmtool.negatives.registry import NegativeSource, Setting, register

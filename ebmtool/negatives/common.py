@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ebmtool.diffusion import Schedule, descend, impose_mask, noised
+from ebmtool.method.diffusion import Schedule, descend, impose_mask, noised
 
 CLAMP_MODES = ("per-example", "first-example")
 FLOOR_MARGIN = 1e-4  # floor_kappa places a moved negative at kappa = floor * (1 + this)

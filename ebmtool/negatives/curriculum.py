@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives import registry
 
 PRESETS = {

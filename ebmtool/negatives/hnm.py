@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ebmtool.diffusion import noised
+from ebmtool.method.diffusion import noised
 from ebmtool.negatives.common import acceptance, keep_given, masked_mean, refine_renoised, repeat_rows, rms
 from ebmtool.negatives.registry import NegativeSource, Setting, register
 

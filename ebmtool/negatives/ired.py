@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ebmtool.diffusion import Schedule, descend, noised
+from ebmtool.method.diffusion import Schedule, descend, noised
 from ebmtool.negatives.common import CLAMP_MODES, repeat_rows, start_noise
 from ebmtool.negatives.registry import NegativeSource, Setting, register
 

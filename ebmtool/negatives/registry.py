@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from ebmtool.diffusion import Schedule
-from ebmtool.errors import InputError
+from ebmtool.method.diffusion import Schedule
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives.common import CLEAN_CLAMP, DUP_THRESHOLD, NegativeBatch, rms
 
 # Settings every source reads (not a source's own): the near-duplicate threshold, the clean box, the kappa floor.

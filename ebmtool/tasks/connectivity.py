@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ebmtool.diffusion import SamplerSettings
+from ebmtool.method.diffusion import SamplerSettings
 from ebmtool.tasks import graphs
 from ebmtool.tasks.discrete import DISCRETE, DiscreteTask
 from ebmtool.tasks.problems import Problems
@@ -40,7 +40,7 @@ class ConnectivityTask(DiscreteTask):
         return self.size ** 2
 
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
-        """The connectivity network (ebmtool.models' graph_nlm): `width` its hidden size, `blocks` its layers."""
+        """The connectivity network (ebmtool.method.models' graph_nlm): `width` its hidden size, `blocks` its layers."""
         return {"arch": "graph_nlm", "hidden": width or 32, "depth": 2 if blocks is None else blocks,
                 "time_dim": 512, "x_channels": 1}
 

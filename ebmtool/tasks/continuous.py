@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ebmtool.diffusion import SamplerSettings, cosine_schedule
-from ebmtool.errors import InputError
-from ebmtool.models import DEFAULT_WIDTH
+from ebmtool.method.diffusion import SamplerSettings, cosine_schedule
+from ebmtool.runtime.errors import InputError
+from ebmtool.method.models import DEFAULT_WIDTH
 from ebmtool.tasks.problems import Problems, Task, split_seed, stream
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ebmtool.diffusion import SamplerSettings
-from ebmtool.errors import InputError
+from ebmtool.method.diffusion import SamplerSettings
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives import DISCRETE_CLAMP
 from ebmtool.tasks.problems import Problems, Task, split_seed, stream
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool.artifacts import read_dataset
-from ebmtool.errors import InputError
+from ebmtool.io.artifacts import read_dataset
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks.continuous import ContinuousTask
 from ebmtool.tasks.problems import Problems
 from ebmtool.tasks.registry import dataset_task, get_task

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 
 # Fixed seed of every evaluation split (the date of the reference release). Part of each set's identity.
 EVAL_SEED = 20240614
@@ -114,7 +114,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
-        """The `dims` of this task's reference energy network (ebmtool.models.build_model); width/blocks scale it."""
+        """The `dims` of this task's reference energy network (ebmtool.method.models.build_model); width/blocks scale it."""
 
     def draw(self, rng: np.random.Generator, n: int, harder: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """n fresh problems (x, y) from a random stream: a run's training batches under --train-size 0."""

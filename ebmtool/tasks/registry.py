@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks import connectivity, continuous, shortest_path, sudoku
 from ebmtool.tasks.problems import Task
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ebmtool.diffusion import SamplerSettings
-from ebmtool.errors import InputError
+from ebmtool.method.diffusion import SamplerSettings
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks import graphs
 from ebmtool.tasks.discrete import DiscreteTask
 from ebmtool.tasks.problems import Problems
@@ -37,7 +37,7 @@ class ShortestPathTask(DiscreteTask):
         return graphs.PATH_STEPS * self.size
 
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
-        """The path network (ebmtool.models' path_gnn): `width` its hidden size; its two blocks are fixed."""
+        """The path network (ebmtool.method.models' path_gnn): `width` its hidden size; its two blocks are fixed."""
         if blocks is not None:
             raise InputError("--blocks does not apply to shortest-path (its network has two fixed blocks)")
         return {"arch": "path_gnn", "hidden": width or 64, "steps": graphs.PATH_STEPS, "time_dim": 512}

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool.diffusion import SamplerSettings
-from ebmtool.errors import InputError
-from ebmtool.progress import progress_bar
+from ebmtool.method.diffusion import SamplerSettings
+from ebmtool.runtime.errors import InputError
+from ebmtool.runtime.progress import progress_bar
 from ebmtool.tasks.discrete import DiscreteTask
 from ebmtool.tasks.problems import Problems
 from ebmtool.tasks.reference_negatives import sudoku_negative
@@ -403,7 +403,7 @@ class SudokuTask(DiscreteTask):
         return Problems(x, y, mask, desc)
 
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
-        """The Sudoku CNN (ebmtool.models' sudoku_cnn): `width` its channels, `blocks` its residual blocks."""
+        """The Sudoku CNN (ebmtool.method.models' sudoku_cnn): `width` its channels, `blocks` its residual blocks."""
         return {"arch": "sudoku_cnn", "x_dim": Y_DIM, "y_dim": Y_DIM, "width": width or 384,
                 "blocks": 6 if blocks is None else blocks, "time_dim": 128, "time_hidden": 64}
 

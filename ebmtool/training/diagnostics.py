@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ebmtool.negatives import curriculum as curriculum_mod
-from ebmtool import distributed as dist
+from ebmtool.runtime import distributed as dist
 from ebmtool.negatives import sans as sans_mod
 from ebmtool.negatives import masked_mean, registry
 

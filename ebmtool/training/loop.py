@@ -1,7 +1,7 @@
 """The training loop, top to bottom: resolve the configuration, build the run's state, then per step
 batch -> train_step -> log -> evaluate / checkpoint -> stop, and a final evaluation and checkpoint.
 
-Randomness is a pure function of (seed, step) (ebmtool.rng): a resumed run replays exactly what an
+Randomness is a pure function of (seed, step) (ebmtool.runtime.rng): a resumed run replays exactly what an
 uninterrupted run would have done, and evaluation or diagnostics can never shift the training stream.
 
 Under torchrun (WORLD_SIZE > 1) every process runs `train`: the global batch (--batch-size) is split evenly,
@@ -24,19 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ebmtool import __version__
-from ebmtool import distributed as dist
-from ebmtool.checkpoints import Checkpoint, load_checkpoint
-from ebmtool.artifacts import open_h5
-from ebmtool.compute import RULE, combined_rule, rule_label
+from ebmtool.runtime import distributed as dist
+from ebmtool.io.checkpoints import Checkpoint, load_checkpoint
+from ebmtool.io.artifacts import open_h5
+from ebmtool.method.compute import RULE, combined_rule, rule_label
 from ebmtool.config import CADENCE_FIELDS, NO_STEP_CAP, TrainConfig, beside_defaults, format_settings
-from ebmtool.data import TrainingData
-from ebmtool.devices import check_precision, resolve_device
-from ebmtool.diffusion import cosine_schedule
-from ebmtool.errors import InputError, Interrupted, RunError
-from ebmtool.evaluate import evaluate_model
-from ebmtool.models import EnergyMLP, compile_explicit
-from ebmtool.offline import OfflineNegatives
-from ebmtool.progress import progress_bar
+from ebmtool.tasks.data import TrainingData
+from ebmtool.runtime.devices import check_precision, resolve_device
+from ebmtool.method.diffusion import cosine_schedule
+from ebmtool.runtime.errors import InputError, Interrupted, RunError
+from ebmtool.analysis.evaluate import evaluate_model
+from ebmtool.method.models import EnergyMLP, compile_explicit
+from ebmtool.offline.inputs import OfflineNegatives
+from ebmtool.runtime.progress import progress_bar
 from ebmtool.training.diagnostics import nanmean, to_host
 from ebmtool.training.losses import Objective
 from ebmtool.training.metrics import LIVE_LOG, LiveLog, metric_columns, read_metric_rows, write_metrics

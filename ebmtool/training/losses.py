@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from ebmtool import distributed as dist
+from ebmtool.runtime import distributed as dist
 from ebmtool.negatives import sans as sans_mod
 from ebmtool.config import TrainConfig
-from ebmtool.errors import RunError
-from ebmtool.diffusion import Schedule, condition, energy_and_grad, impose_mask, noised, repeat_condition
+from ebmtool.runtime.errors import RunError
+from ebmtool.method.diffusion import Schedule, condition, energy_and_grad, impose_mask, noised, repeat_condition
 from ebmtool.negatives import NegativeSettings, kappa, noise_to_signal, renoise, repeat_rows
 from ebmtool.tasks.problems import Task
 from ebmtool.training.diagnostics import energy_diagnostics, level_losses
@@ -31,7 +31,7 @@ class Objective:
     sched: Schedule
     task: Task | None = None  # None: a continuous task without element weights (tests, benchmarks)
     energy_weight: float = 0.5  # λ of the energy term
-    offline: object | None = None  # ebmtool.offline.OfflineNegatives of --offline-negatives FILE
+    offline: object | None = None  # ebmtool.offline.inputs.OfflineNegatives of --offline-negatives FILE
     settings: NegativeSettings = field(init=False)
 
     def __post_init__(self):

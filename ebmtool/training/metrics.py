@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from ebmtool.negatives import curriculum as curriculum_mod
-from ebmtool import distributed as dist
-from ebmtool.artifacts import atomic_path, jsonable, open_h5, provenance, write_h5
+from ebmtool.runtime import distributed as dist
+from ebmtool.io.artifacts import atomic_path, jsonable, open_h5, provenance, write_h5
 from ebmtool.config import TrainConfig
-from ebmtool.diffusion import NUM_LEVELS
-from ebmtool.errors import InputError
+from ebmtool.method.diffusion import NUM_LEVELS
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives import registry
 
 LIVE_LOG = "metrics.jsonl"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ebmtool.negatives import curriculum as curriculum_mod
-from ebmtool import distributed as dist
+from ebmtool.runtime import distributed as dist
 from ebmtool.negatives import (
     NegativeBatch,
     draw_noise,

@@ -12,13 +12,13 @@ import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebmtool import distributed
-from ebmtool.artifacts import check_output, sha256_file
-from ebmtool.checkpoints import load_checkpoint, resolve_checkpoint_path
+from ebmtool.runtime import distributed
+from ebmtool.io.artifacts import check_output, sha256_file
+from ebmtool.io.checkpoints import load_checkpoint, resolve_checkpoint_path
 from ebmtool.config import RECIPES, plugin_settings, TrainConfig, first_difference, flag_name, reference_fields, resume_overrides
 from ebmtool.negatives import registry
 from ebmtool.negatives.curriculum import sources_of
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks.registry import builtin_task
 from ebmtool.training.state import run_is_complete
 

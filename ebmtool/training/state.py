@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from ebmtool import __version__
-from ebmtool import distributed as dist
-from ebmtool.artifacts import atomic_path, code_version, environment
-from ebmtool.checkpoints import Checkpoint, save_checkpoint
-from ebmtool.compute import RULE, ComputeMeter, check_same_rule, combined_rule, rule_label
+from ebmtool.runtime import distributed as dist
+from ebmtool.io.artifacts import atomic_path, code_version, environment
+from ebmtool.io.checkpoints import Checkpoint, save_checkpoint
+from ebmtool.method.compute import RULE, ComputeMeter, check_same_rule, combined_rule, rule_label
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
-from ebmtool.errors import InputError
-from ebmtool.locks import pid_lock
-from ebmtool.models import build_model
+from ebmtool.tasks.data import TrainingData
+from ebmtool.runtime.errors import InputError
+from ebmtool.io.locks import pid_lock
+from ebmtool.method.models import build_model
 from ebmtool.training.losses import Objective
 
 
@@ -102,7 +102,7 @@ def checkpoint_compute(ckpt: Checkpoint) -> float | None:
 
 
 def checkpoint_compute_rule(ckpt: Checkpoint) -> str:
-    """The label of the rule a checkpoint's compute was counted under (ebmtool.compute: "2", "1+2" for a run
+    """The label of the rule a checkpoint's compute was counted under (ebmtool.method.compute: "2", "1+2" for a run
     resumed across rules; "1" for checkpoints written before versions were recorded)."""
     return rule_label(ckpt.meta.get("ebmtool.compute_rule"))
 
@@ -159,7 +159,7 @@ class RunState:
         # update up to float rounding
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
         self.step = 0
-        self.compute = 0.0  # cumulative FLOPs (ebmtool.compute), inherited ones included
+        self.compute = 0.0  # cumulative FLOPs (ebmtool.method.compute), inherited ones included
         self.compute_rule = RULE  # the rule(s) `compute` was counted under ("1+2": resumed across rules)
         self.last_step_flops = 0.0  # the previous step's, to see a budget's last step coming
         self.rows: list[dict] = []

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ebmtool import distributed as dist
-from ebmtool import rng
-from ebmtool.devices import autocast
+from ebmtool.runtime import distributed as dist
+from ebmtool.runtime import rng
+from ebmtool.runtime.devices import autocast
 from ebmtool.training.diagnostics import backward_terms
 from ebmtool.training.losses import Batch, Losses, ired_losses
 from ebmtool.training.negatives import Shard
@@ -134,7 +134,7 @@ def train_step(st: RunState, batch: Batch, signum: int | None = None) -> StepRes
         parts.diagnostics.update(backward_terms(st.model, parts, measure=logging))
     else:
         parts.loss_total.backward()
-    dist.average_gradients(st.model.parameters())  # one flattened all-reduce (not DDP: see ebmtool.distributed)
+    dist.average_gradients(st.model.parameters())  # one flattened all-reduce (not DDP: see ebmtool.runtime.distributed)
     grad_norm = torch.nn.utils.clip_grad_norm_(st.model.parameters(), cfg.grad_clip)
     agreed = Agreement.of(parts, grad_norm, signum, flops).all_reduced()
     st.compute += agreed.flops

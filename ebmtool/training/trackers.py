@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from ebmtool import __version__
-from ebmtool.artifacts import atomic_path, jsonable, write_json
-from ebmtool.errors import InputError
+from ebmtool.io.artifacts import atomic_path, jsonable, write_json
+from ebmtool.runtime.errors import InputError
 
 TRACKERS = ("csv", "tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"

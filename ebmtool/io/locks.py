@@ -7,7 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ebmtool.errors import InputError, RunError
+from ebmtool.runtime.errors import InputError, RunError
 
 # flock's answers on a file system that has no locks (some network file systems): a sentence, not a traceback
 NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)

@@ -9,10 +9,10 @@ import json
 
 import numpy as np
 
-from ebmtool.compute import check_same_rule
+from ebmtool.method.compute import check_same_rule
 from ebmtool.config import CADENCE_FIELDS, TrainConfig, source_fields, steps_text
-from ebmtool.errors import InputError
-from ebmtool.arms import Group, Run
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.arms import Group, Run
 from ebmtool.negatives import NegativeSettings
 
 # The training code's cadence fields, less `steps`: a resume may extend the steps of one run, but between runs the
@@ -82,7 +82,7 @@ def environment_warnings(groups: list[Group]) -> list[str]:
 
 
 def same_rule(runs: list[Run]) -> None:
-    """Refuse (exit 2) runs whose compute was counted under different rule versions (ebmtool.compute): their
+    """Refuse (exit 2) runs whose compute was counted under different rule versions (ebmtool.method.compute): their
     FLOPs measure different things, so neither matching nor ratios would mean anything."""
     counted = [r for r in runs if r.compute_rule is not None]
     for r in counted[1:]:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool.artifacts import atomic_path
-from ebmtool.checkpoints import load_checkpoint
-from ebmtool.reporting import arm_mean_table, fmt_number, fmt_p, md_table
-from ebmtool.errors import InputError
-from ebmtool.evaluate import DEFAULT_WEIGHTS
-from ebmtool.evaluate import WEIGHTS as WEIGHT_SETS
-from ebmtool.stats import scipy_stats
+from ebmtool.io.artifacts import atomic_path
+from ebmtool.io.checkpoints import load_checkpoint
+from ebmtool.analysis.reporting import arm_mean_table, fmt_number, fmt_p, md_table
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import DEFAULT_WEIGHTS
+from ebmtool.analysis.evaluate import WEIGHTS as WEIGHT_SETS
+from ebmtool.analysis.stats import scipy_stats
 from ebmtool.training.metrics import (
     LEVEL_COLUMNS,
     TAIL_FRACTION,

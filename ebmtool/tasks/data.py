@@ -12,9 +12,9 @@ import json
 import numpy as np
 import torch
 
-from ebmtool import rng
+from ebmtool.runtime import rng
 from ebmtool.config import TrainConfig
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 from ebmtool.tasks.files import resolve_task, split_user_data
 from ebmtool.tasks.problems import Task
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ebmtool.checkpoints import Checkpoint, load_checkpoint, resolve_checkpoint_path
-from ebmtool.artifacts import sha256_file
-from ebmtool.compute import rule_label
-from ebmtool.errors import InputError
+from ebmtool.io.checkpoints import Checkpoint, load_checkpoint, resolve_checkpoint_path
+from ebmtool.io.artifacts import sha256_file
+from ebmtool.method.compute import rule_label
+from ebmtool.runtime.errors import InputError
 
 COMPUTE_META = "ebmtool.compute_flops"  # cumulative training FLOPs of the run (JSON number); older checkpoints lack it
-RULE_META = "ebmtool.compute_rule"  # the counting rule's version (ebmtool.compute); checkpoints without it: rule 1
+RULE_META = "ebmtool.compute_rule"  # the counting rule's version (ebmtool.method.compute); checkpoints without it: rule 1
 
 
 @dataclass

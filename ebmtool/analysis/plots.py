@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool.artifacts import atomic_path, write_text
-from ebmtool.errors import InputError
+from ebmtool.io.artifacts import atomic_path, write_text
+from ebmtool.runtime.errors import InputError
 
 DPI = 120
 FIGURE_FORMATS = ("png", "pdf", "svg")  # the first is the default

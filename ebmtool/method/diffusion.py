@@ -63,7 +63,7 @@ def impose_mask(sched, y, t, x_given, mask):
 class CallCounter:
     """Counts energy-network evaluations (every forward pass, in the model), the rows they covered, how many of
     them (and rows) also took an input-gradient, and the rows of conditions projected (`proj_rows`; those
-    recorded for a backward pass: `proj_grad_rows`). The compute count (ebmtool.compute) is made of these."""
+    recorded for a backward pass: `proj_grad_rows`). The compute count (ebmtool.method.compute) is made of these."""
 
     def __init__(self):
         self.reset()

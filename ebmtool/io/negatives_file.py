@@ -13,15 +13,15 @@ import h5py
 import numpy as np
 
 from ebmtool import FORMAT_VERSION, __version__
-from ebmtool.artifacts import (
+from ebmtool.io.artifacts import (
     USERBLOCK,
     finalize_h5,
     open_h5,
     read_provenance,
     sha256_file,
 )
-from ebmtool.errors import InputError, RunError
-from ebmtool.locks import pid_lock
+from ebmtool.runtime.errors import InputError, RunError
+from ebmtool.io.locks import pid_lock
 
 
 def read_negatives(path: Path) -> dict:

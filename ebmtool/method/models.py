@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ebmtool.diffusion import CallCounter, Condition
-from ebmtool.errors import InputError
+from ebmtool.method.diffusion import CallCounter, Condition
+from ebmtool.runtime.errors import InputError
 
 DEFAULT_WIDTH = 512  # the reference MLP's hidden width
 PER_ROW_TERMS = (2, 3, 6, 7)  # EnergyMLP._layers' FiLM gains and biases, one row per row (unless folded)
@@ -228,7 +228,7 @@ def mlp_energy_and_grad(proj, y, w1y, w2, b2, s2, c2, w3, b3, s3, c3, w4, b4):
     Only tensor ops that first-order autograd differentiates (w.r.t. the weights, the FiLM terms and P), and no
     Python state, so torch.compile can trace it whole. y is treated as a constant input.
 
-    Matrix-product work per row, F and F1 as in the library's FLOP rule (ebmtool.compute, rule 2): F = the
+    Matrix-product work per row, F and F1 as in the library's FLOP rule (ebmtool.method.compute, rule 2): F = the
     forward's products without x's share, so a call without a graph costs 2F; the denoising call with its
     backward 6F - F1 (F1 = fc1's y columns: y is no leaf, so their input gradient is not computed).
     """

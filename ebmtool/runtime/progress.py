@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from tqdm import tqdm
-from ebmtool import distributed
+from ebmtool.runtime import distributed
 
 
 def progress_bar(total: int | None = None, *, desc: str, unit: str = "it", initial: int = 0, **kw) -> tqdm:

@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ebmtool import FORMAT_VERSION, __version__
-from ebmtool.errors import InputError, RunError
+from ebmtool.runtime.errors import InputError, RunError
 from ebmtool.tasks.problems import Problems
-from ebmtool.provenance import code_version, environment, provenance, sha256_file  # noqa: F401 (their home was here)
+from ebmtool.io.provenance import code_version, environment, provenance, sha256_file  # noqa: F401 (their home was here)
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 # ebmtool's HDF5 files start with a 512-byte user block (HDF5 skips it; h5py and h5dump read such files as usual)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ebmtool.config import TrainConfig
-from ebmtool.diffusion import Schedule, cosine_schedule
-from ebmtool.errors import InputError
+from ebmtool.method.diffusion import Schedule, cosine_schedule
+from ebmtool.runtime.errors import InputError
 from ebmtool.negatives import kappa, noise_to_signal
 from ebmtool.tasks.problems import Problems
 from ebmtool.tasks.registry import get_task

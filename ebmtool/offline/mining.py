@@ -22,19 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool.negatives_file import PartialNegatives, read_negatives
-from ebmtool.checkpoints import load_checkpoint
-from ebmtool.artifacts import open_h5, provenance, read_dataset, sha256_file, write_h5
-from ebmtool.diffusion import condition, cosine_schedule, energy, impose_mask, noised, raw, repeat_condition
-from ebmtool import distributed as dist
-from ebmtool import rng
-from ebmtool.progress import progress_bar
-from ebmtool.evaluate import DEFAULT_WEIGHTS, checkpoint_task, load_model
+from ebmtool.io.negatives_file import PartialNegatives, read_negatives
+from ebmtool.io.checkpoints import load_checkpoint
+from ebmtool.io.artifacts import open_h5, provenance, read_dataset, sha256_file, write_h5
+from ebmtool.method.diffusion import condition, cosine_schedule, energy, impose_mask, noised, raw, repeat_condition
+from ebmtool.runtime import distributed as dist
+from ebmtool.runtime import rng
+from ebmtool.runtime.progress import progress_bar
+from ebmtool.analysis.evaluate import DEFAULT_WEIGHTS, checkpoint_task, load_model
 from ebmtool.config import TrainConfig
-from ebmtool.data import TrainingData
-from ebmtool.errors import InputError
-from ebmtool.offline import family
-from ebmtool.compute import RULE, ComputeMeter
+from ebmtool.tasks.data import TrainingData
+from ebmtool.runtime.errors import InputError
+from ebmtool.offline.inputs import family
+from ebmtool.method.compute import RULE, ComputeMeter
 from ebmtool.negatives import (
     DUP_THRESHOLD,
     NegativeSettings,
@@ -201,7 +201,7 @@ def mine_batch(model, sched, x, y, rows, opts: MineOptions, device, *, mask=None
         if bad is not None:
             valid &= ~bad
     counts["rows_not_enough"] = int((valid.sum(dim=1) < opts.k).sum())
-    counts["flops"] = int(round(flops))  # the network work of this batch (ebmtool.compute), summed into the file
+    counts["flops"] = int(round(flops))  # the network work of this batch (ebmtool.method.compute), summed into the file
     counts["accepted_steps"] = int(nb.info.get("accepted", 0))
     counts["attempted_steps"] = int(nb.info.get("attempted", 0))
     # the start level of each negative (hnm's); -1 for a source that reports none
@@ -228,7 +228,7 @@ class MineResult:
 
 
 def partial_path(output: Path) -> Path:
-    """The directory a mine of `output` builds its file in (ebmtool.negatives_file.PartialNegatives)."""
+    """The directory a mine of `output` builds its file in (ebmtool.io.negatives_file.PartialNegatives)."""
     return PartialNegatives(output).path
 
 
@@ -244,7 +244,7 @@ def mine(checkpoint: Path, output: Path, opts: MineOptions, *, data: Path | None
     OUTPUT.partial; the final name appears only when complete). `max_batches` stops after that many batches
     (leaving the .partial), for tests and budgeted runs.
 
-    Each batch is committed to OUTPUT.partial on its own, crash-safely (ebmtool.negatives_file.PartialNegatives): a
+    Each batch is committed to OUTPUT.partial on its own, crash-safely (ebmtool.io.negatives_file.PartialNegatives): a
     rerun after a kill at any moment continues from the last committed batch and writes exactly the file an
     uninterrupted mine writes.
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ebmtool import FORMAT_VERSION, __version__
-from ebmtool.artifacts import check_output, code_version, sha256_file, write_json, write_text
-from ebmtool.checkpoints import MODEL_FILE, MODEL_KIND, load_checkpoint, resolve_checkpoint_path, save_checkpoint
-from ebmtool.compute import format_flops
-from ebmtool.errors import InputError
-from ebmtool.evaluate import DEFAULT_WEIGHTS, WEIGHTS, checkpoint_model, checkpoint_task, evaluate_checkpoint
-from ebmtool.models import parameter_count
+from ebmtool.io.artifacts import check_output, code_version, sha256_file, write_json, write_text
+from ebmtool.io.checkpoints import MODEL_FILE, MODEL_KIND, load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from ebmtool.method.compute import format_flops
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import DEFAULT_WEIGHTS, WEIGHTS, checkpoint_model, checkpoint_task, evaluate_checkpoint
+from ebmtool.method.models import parameter_count
 
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"

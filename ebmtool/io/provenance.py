@@ -1,7 +1,7 @@
 """Where a file came from: ebmtool's version and (from its own checkout) commit, the environment, input hashes.
 
 Every artifact records `provenance(...)`; checkpoints record `code_version()` and `environment()` in their
-metadata. ebmtool.artifacts re-exports these names, their earlier home.
+metadata. ebmtool.io.artifacts re-exports these names, their earlier home.
 """
 
 from __future__ import annotations

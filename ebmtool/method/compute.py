@@ -38,7 +38,7 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 
 RULE_VERSION = 2  # the counting rule of this code (module docstring); artifacts without a version: 1
 

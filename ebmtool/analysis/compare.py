@@ -5,7 +5,7 @@ data set) with the sampler's shared initial noise; nothing is trained and no opt
 Runs come in groups: a group is one arm, its members are seeds (replicates). A positional checkpoint is a group of
 one. The first group is the baseline unless one is named.
 
-Statistics (see ebmtool/stats.py):
+Statistics (see ebmtool/analysis/stats.py):
 - per run and per group: the task's declared primary metric with a seeded bootstrap interval over problems;
 - per variant against the baseline, over problems (seed-averaged errors when a group has several seeds): mean
   paired difference with a bootstrap interval, the sign-flip permutation test (primary) and Wilcoxon (secondary),
@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool import stats as S
-from ebmtool.checkpoints import Checkpoint
-from ebmtool.artifacts import code_version, sha256_file
-from ebmtool.errors import InputError, RunError
-from ebmtool.arms import COMPUTE_META, Group, Run, check_compatible, load_groups
-from ebmtool.confounds import compute_summary, config_diff, environment_warnings
-from ebmtool.diffusion import cosine_schedule, energy, noised
-from ebmtool.evaluate import DEFAULT_WEIGHTS, evaluate_model, evaluation_problems, load_model
+from ebmtool.analysis import stats as S
+from ebmtool.io.checkpoints import Checkpoint
+from ebmtool.io.artifacts import code_version, sha256_file
+from ebmtool.runtime.errors import InputError, RunError
+from ebmtool.analysis.arms import COMPUTE_META, Group, Run, check_compatible, load_groups
+from ebmtool.analysis.confounds import compute_summary, config_diff, environment_warnings
+from ebmtool.method.diffusion import cosine_schedule, energy, noised
+from ebmtool.analysis.evaluate import DEFAULT_WEIGHTS, evaluate_model, evaluation_problems, load_model
 from ebmtool.negatives import ired_negative
-from ebmtool.progress import bar_log, progress_bar
+from ebmtool.runtime.progress import bar_log, progress_bar
 from ebmtool.training.metrics import WHY_COLUMNS, read_metrics, tail_means
 from ebmtool.training.state import ema_first_average
 

@@ -11,8 +11,8 @@ import contextlib
 
 import torch
 
-from ebmtool.errors import InputError
-from ebmtool import distributed as dist
+from ebmtool.runtime.errors import InputError
+from ebmtool.runtime import distributed as dist
 
 PRECISIONS = ("fp32", "bf16")
 

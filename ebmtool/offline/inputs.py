@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool.artifacts import open_h5, safetensors_metadata, sha256_file
-from ebmtool.negatives_file import read_negatives
-from ebmtool.errors import InputError
+from ebmtool.io.artifacts import open_h5, safetensors_metadata, sha256_file
+from ebmtool.io.negatives_file import read_negatives
+from ebmtool.runtime.errors import InputError
 
 
 def _pct(x: float) -> str:

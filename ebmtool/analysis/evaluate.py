@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebmtool.artifacts import read_dataset
-from ebmtool.devices import autocast
-from ebmtool.diffusion import cosine_schedule, sample
-from ebmtool.errors import InputError
-from ebmtool.models import build_model
+from ebmtool.io.artifacts import read_dataset
+from ebmtool.runtime.devices import autocast
+from ebmtool.method.diffusion import cosine_schedule, sample
+from ebmtool.runtime.errors import InputError
+from ebmtool.method.models import build_model
 from ebmtool.tasks.files import FileTask, resolve_task, split_user_data
 from ebmtool.tasks.problems import Problems, Task
 from ebmtool.tasks.registry import dataset_task, names as task_names
-from ebmtool.checkpoints import load_checkpoint
-from ebmtool.artifacts import sha256_file
-from ebmtool.devices import check_precision
-from ebmtool.progress import progress_bar
+from ebmtool.io.checkpoints import load_checkpoint
+from ebmtool.io.artifacts import sha256_file
+from ebmtool.runtime.devices import check_precision
+from ebmtool.runtime.progress import progress_bar
 
 # Seed of the sampler's initial noise: fixed, so two models evaluated on one set also share their starting noise.
 SAMPLER_SEED = 0

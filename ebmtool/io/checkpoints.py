@@ -13,9 +13,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from ebmtool import FORMAT_VERSION
-from ebmtool.errors import InputError
+from ebmtool.runtime.errors import InputError
 
-from ebmtool.artifacts import (
+from ebmtool.io.artifacts import (
     KINDS, ST_CHECKSUM, atomic_path, format_version, h5_kind, safetensors_metadata, sniff, tensors_sha256,
 )
 

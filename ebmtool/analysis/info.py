@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ebmtool.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
-from ebmtool.checkpoints import MODEL_FILE, MODEL_KIND, load_checkpoint, seed_runs
-from ebmtool.compute import format_flops
+from ebmtool.io.artifacts import artifact_kind, open_h5, read_provenance, sha256_file, sniff
+from ebmtool.io.checkpoints import MODEL_FILE, MODEL_KIND, load_checkpoint, seed_runs
+from ebmtool.method.compute import format_flops
 from ebmtool.config import beside_defaults, format_settings, steps_text
-from ebmtool.errors import InputError
-from ebmtool.evaluate import checkpoint_model, problems_label
-from ebmtool.models import parameter_count
+from ebmtool.runtime.errors import InputError
+from ebmtool.analysis.evaluate import checkpoint_model, problems_label
+from ebmtool.method.models import parameter_count
 from ebmtool.training.metrics import LIVE_LOG, live_progress, read_metrics, source_columns
-from ebmtool.locks import lock_holder
+from ebmtool.io.locks import lock_holder
 from ebmtool.training.state import checkpoint_compute, checkpoint_compute_rule
 
 

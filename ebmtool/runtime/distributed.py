@@ -32,7 +32,7 @@ import zlib
 import numpy as np
 import torch
 
-from ebmtool.errors import InputError, RunError
+from ebmtool.runtime.errors import InputError, RunError
 import torch.distributed as dist
 
 TIMEOUT_S = int(os.environ.get("EBMTOOL_DIST_TIMEOUT", "3600"))  # a collective waits this long for the others

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 
-from ebmtool import stats as S
-from ebmtool.evaluate import problems_label
+from ebmtool.analysis import stats as S
+from ebmtool.analysis.evaluate import problems_label
 
 def fmt_number(v, digits=4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
