@@ -134,3 +134,22 @@ def test_no_source_name_is_a_string_literal_outside_its_module_and_the_registry(
             if isinstance(node, ast.Constant) and node.value in allowed and path.resolve() not in allowed[node.value]:
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
     assert not found, "source names written outside their modules:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--negatives-from", "ired", "--candidates", "3"], "--candidates does not apply to mining with ired"),
+    (["--negatives-from", "gaussian", "--lambda", "2", "--select", "sample"],
+     "--lambda, --select do not apply to mining with gaussian"),
+    (["--anm-steps", "3"], "--anm-steps does not apply to mining with hnm"),
+])
+def test_mine_negatives_refuses_a_flag_its_source_would_ignore(tmp_path, flags, named):
+    """A flag of another source (or hnm's mining options under another source) is one sentence and exit 2, before
+    the checkpoint is read and with nothing written."""
+    from click.testing import CliRunner
+
+    from ebmtool.cli import cli
+
+    out = tmp_path / "negs.h5"
+    r = CliRunner().invoke(cli, ["mine-negatives", str(tmp_path / "none.safetensors"), "-o", str(out), *flags])
+    assert r.exit_code == 2 and named in r.output, r.output
+    assert not out.exists() and not (tmp_path / "negs.h5.partial").exists()

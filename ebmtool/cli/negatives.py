@@ -54,6 +54,19 @@ MINING_SETTINGS = [st for src in registry.sources() for st in src.settings
 SETTING_SOURCE = {st.name: src.name for src in registry.sources() for st in src.settings}
 
 
+def _refuse_other_sources_flags(ctx: click.Context, source: str, settings: dict) -> None:
+    """One sentence for a flag the mining source would ignore: hnm's mining options (--candidates, ...) under
+    another source, or a setting of a source other than the one that mines."""
+    own = {opt for opt, _ in registry.get(source).mining_options}
+    flag = {p.name: p.opts[0] for p in ctx.command.params}
+    foreign = [flag[n] for n in ("candidates", "refine_steps", "lam", "select")
+               if n not in own and ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    foreign += [flag[n] for n, v in settings.items() if v is not None and SETTING_SOURCE[n] != source]
+    if foreign:
+        raise InputError(f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to mining with "
+                         f"{source}: give only the mining source's own settings")
+
+
 def _device(name):
     return resolve_device(name)
 
@@ -109,6 +122,7 @@ def mine_negatives(checkpoint, output, data, k, candidates, refine_steps, lam, a
     A killed run leaves OUTPUT.partial (crash-safe); rerunning with the same options continues it.
     Example: ebmtool mine-negatives runs/base/ckpt.safetensors --k 4 -o negs.h5
     """
+    _refuse_other_sources_flags(click.get_current_context(), negatives, settings)
     distributed.init_from_env()  # under torchrun: the batches are shared out, process 0 writes the file
     # a rerun of a mine killed after its file was in place (while removing OUTPUT.partial) only finishes that
     check_output(output, overwrite or finished_partial(output), inputs=(checkpoint, data))
