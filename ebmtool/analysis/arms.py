@@ -18,7 +18,7 @@ from ebmtool.method.compute import rule_label
 from ebmtool.runtime.errors import InputError
 
 COMPUTE_META = "ebmtool.compute_flops"  # cumulative training FLOPs of the run (JSON number); older checkpoints lack it
-RULE_META = "ebmtool.compute_rule"  # the counting rule's version (ebmtool.method.compute); checkpoints without it: rule 1
+RULE_META = "ebmtool.compute_rule"  # the counting rule's version (ebmtool.method.compute); absent: rule 1
 
 
 @dataclass

@@ -1,1 +1,3 @@
-"""Files: the artifact formats and integrity checks (artifacts), checkpoints, the negatives file, directory locks and provenance."""
+"""Files: the artifact formats and integrity checks (artifacts), checkpoints, the negatives file, directory locks and
+provenance.
+"""

@@ -1,1 +1,3 @@
-"""The offline pipeline: mining, scoring and SANS weights (mining), and mined negatives and weights as training inputs (inputs)."""
+"""The offline pipeline: mining, scoring and SANS weights (mining), and mined negatives and weights as training inputs
+(inputs).
+"""

@@ -1,1 +1,3 @@
-"""The process: one-sentence errors, several processes (torchrun), devices and precision, seeded random streams, progress bars."""
+"""The process: one-sentence errors, several processes (torchrun), devices and precision, seeded random streams,
+progress bars.
+"""

@@ -114,7 +114,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def model_dims(self, width: int | None = None, blocks: int | None = None, time_dim: int = 128) -> dict:
-        """The `dims` of this task's reference energy network (ebmtool.method.models.build_model); width/blocks scale it."""
+        """The `dims` of this task's reference energy network (ebmtool.method.models.build_model); width and
+        blocks scale it."""
 
     def draw(self, rng: np.random.Generator, n: int, harder: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """n fresh problems (x, y) from a random stream: a run's training batches under --train-size 0."""
