@@ -36,6 +36,9 @@ from ebmtool.training.loop import train as run_training
 from ebmtool.training.metrics import read_metrics
 from ebmtool.training.plan import plan_run
 from ebmtool.training.state import checkpoint_compute
+from ebmtool.plugins import load_plugins
+
+load_plugins()  # EBMTOOL_PLUGINS and installed plugins, as the command line loads them
 
 __all__ = ["train", "evaluate_run", "compare_runs", "mine_negatives", "score_negatives", "sans_weights",
            "load_model", "load_run", "export_model", "sample", "Run", "TrainConfig", "TrainResult"]

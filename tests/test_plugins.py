@@ -29,3 +29,17 @@ def test_a_missing_plugin_is_one_input_error(monkeypatch):
     monkeypatch.setattr(plugins, "_loaded", [])
     with pytest.raises(InputError, match="cannot import the plugin module 'no_such_ebmtool_plugin_xyz'"):
         plugins.load_plugins()
+
+
+def test_the_python_api_loads_plugins_as_the_command_line_does(tmp_path):
+    """A plugin named in EBMTOOL_PLUGINS is imported when the Python API is first used, not only by the CLI."""
+    import os
+    import subprocess
+
+    (tmp_path / "plug_api.py").write_text("from pathlib import Path\nPath(__file__).with_suffix('.loaded').touch()\n")
+    env = {**os.environ, plugins.ENV_VAR: "plug_api",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    code = "import sys, ebmtool; assert 'plug_api' not in sys.modules; ebmtool.train; assert 'plug_api' in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "plug_api.loaded").exists()
