@@ -28,9 +28,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the `ebmtool/` folder this module is part of
+
+
 def _git(*args) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.decode() if out.returncode == 0 else None
@@ -41,7 +44,7 @@ def _own_checkout() -> bool:
     from the source tree). An installed copy inside another project's repository (a virtual environment there) is
     not: that repository's commit says nothing about ebmtool's code."""
     top = _git("rev-parse", "--show-toplevel")
-    return top is not None and (Path(top.strip()) / "ebmtool").resolve() == Path(__file__).resolve().parent
+    return top is not None and (Path(top.strip()) / "ebmtool").resolve() == PACKAGE_DIR
 
 
 def code_version() -> dict:
