@@ -94,7 +94,7 @@ class TrainCommand(click.Command):
 @optgroup.option("--task", default=None, show_default=train_default("task"),
                  help=f"Built-in task ({', '.join(task_names())}) or an HDF5 data file with `inputs` and `targets`.")
 @optgroup.option("--recipe", type=click.Choice(tuple(RECIPES)), default=TRAIN_DEFAULTS["recipe"], show_default=True,
-                 help="Named budget: cpu = 8x8, 1500 steps, batch 256, lr 1e-3 (80 s on 2 cores); paper = 20x20, "
+                 help="Named budget: cpu = 8x8, 1500 steps, batch 256, lr 1e-3 (85 s on 2 cores); paper = 20x20, "
                  "100k steps, batch 2048, lr 1e-4 (a GPU job). Flags below override it.")
 @optgroup.option("--size", type=click.IntRange(min=2), default=None, help="Matrix size (the paper uses 20).")
 @optgroup.option("--width", type=click.IntRange(min=1), default=None,
