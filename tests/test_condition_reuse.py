@@ -54,7 +54,7 @@ def _rel(a, b):
 
 
 def test_every_path_agrees_with_the_code_before_the_change():
-    pre = torch.load(FIXTURE)
+    pre = torch.load(FIXTURE, weights_only=True)
     got = reuse_cases.cases(reuse_cases.model(pre["state"]))
     assert set(got) == set(pre["cases"])
     for key, want in pre["cases"].items():
@@ -68,7 +68,7 @@ def test_every_path_agrees_with_the_code_before_the_change():
 
 
 def _pair(dtype=torch.float64):
-    m = reuse_cases.model(torch.load(FIXTURE)["state"]).to(dtype)
+    m = reuse_cases.model(torch.load(FIXTURE, weights_only=True)["state"]).to(dtype)
     return m, Before(m)
 
 
@@ -123,7 +123,7 @@ def test_training_loss_and_parameter_gradients_equal_the_function_before_in_floa
     cfg = TrainConfig(task="inverse", size=4, k=2, negatives=negatives).validate()
     grads, losses = [], []
     for use_before in (False, True):
-        m = reuse_cases.model(torch.load(FIXTURE)["state"]).to(torch.float64).requires_grad_(True)
+        m = reuse_cases.model(torch.load(FIXTURE, weights_only=True)["state"]).to(torch.float64).requires_grad_(True)
         x, y, _, t = _inputs()
         net = Before(m) if use_before else m
         batch = Batch(x, y, t, torch.Generator().manual_seed(4), torch.Generator().manual_seed(5))

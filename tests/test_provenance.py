@@ -66,38 +66,50 @@ def _git(cwd, *args):
                           capture_output=True, text=True).stdout.strip()
 
 
+def _package_copy(dest):
+    """ebmtool's package folder copied to dest/ebmtool (no caches)."""
+    import shutil
+    from pathlib import Path
+
+    import ebmtool
+
+    shutil.copytree(Path(ebmtool.__file__).parent, dest / "ebmtool", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _code_version_in(pythonpath, cwd) -> dict:
+    """code_version() as a fresh process importing ebmtool from `pythonpath` reports it."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from ebmtool.io.artifacts import code_version; print(json.dumps(code_version()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**os.environ, "PYTHONPATH": str(pythonpath)},
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
 def test_an_installed_copy_inside_another_repository_records_no_commit(tmp_path):
     """Installed (files copied into site-packages) into a virtual environment inside another git repository, the
     package must not record that repository's commit as its own."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import ebmtool
 
     other = tmp_path / "project"
     site = other / ".venv" / "lib" / "site-packages"
-    shutil.copytree(Path(ebmtool.__file__).parent, site / "ebmtool", ignore=shutil.ignore_patterns("__pycache__"))
+    _package_copy(site)
     _git(other, "init", "-q")
     _git(other, "add", "-A")
     _git(other, "commit", "-q", "-m", "another project, with a copy of ebmtool in it")
-    code = "import json; from ebmtool.io.artifacts import code_version; print(json.dumps(code_version()))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
-                         capture_output=True, text=True, check=True).stdout
-    got = json.loads(out)
+    got = _code_version_in(site, tmp_path)
     assert got["git_commit"] == "not a git checkout" and got["git_dirty_hash"] == "clean"
     assert got["ebmtool_version"] == ebmtool.__version__
 
 
-def test_a_checkout_records_its_own_commit():
-    from pathlib import Path
-
-    import ebmtool
-    from ebmtool.io.artifacts import code_version
-
-    repo = Path(ebmtool.__file__).parent.parent
-    if not (repo / ".git").exists():
-        pytest.skip("not run from a git checkout of ebmtool")
-    assert code_version()["git_commit"] == _git(repo, "rev-parse", "HEAD")
+def test_a_checkout_records_its_own_commit(tmp_path):
+    """A checkout of ebmtool (the package at the top of a git repository, as in an editable install) records its
+    commit. The checkout is made here, so the test runs however the suite itself was checked out."""
+    checkout = tmp_path / "ebmtool-checkout"
+    _package_copy(checkout)
+    _git(checkout, "init", "-q")
+    _git(checkout, "add", "-A")
+    _git(checkout, "commit", "-q", "-m", "ebmtool")
+    assert _code_version_in(checkout, tmp_path)["git_commit"] == _git(checkout, "rev-parse", "HEAD")
